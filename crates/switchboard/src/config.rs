@@ -1,0 +1,297 @@
+//! Configuration: every limit and time-out, with its documented default.
+//!
+//! All settings are made on [`Builder`], returned by [`Switchboard::builder`](crate::Switchboard::builder).
+//! The defaults are meant for production: a long-poll hold below the 30 s that common proxies allow,
+//! bounded buffers everywhere, and WebSocket buffers sized so that an idle connection costs a few
+//! kilobytes rather than the 128 KiB axum uses by default.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::{AuthHook, Handshake, Refusal};
+use crate::router::Switchboard;
+
+/// Thresholds after which held-back low-priority messages are released.
+///
+/// A low-priority message (see [`Priority::Low`](crate::Priority::Low)) may wait in the session's
+/// buffer until one of these is reached, counted over the low-priority messages waiting; then all
+/// of them go out together. A normal-priority message releases everything before it at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coalescing {
+    /// Release when this many low-priority messages wait. Default: 32.
+    pub max_count: usize,
+    /// Release when the waiting low-priority messages hold this many bytes. Default: 16 KiB.
+    pub max_bytes: usize,
+    /// Release when the oldest waiting low-priority message has waited this long. Default: 50 ms.
+    pub max_delay: Duration,
+}
+
+impl Default for Coalescing {
+    fn default() -> Self {
+        Self {
+            max_count: 32,
+            max_bytes: 16 * 1024,
+            max_delay: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Which origins may use the endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Origins {
+    /// Only the server's own origin (the `Origin` host equals the `Host` header).
+    SameOrigin,
+    /// The listed origins (`scheme://host[:port]`), plus the server's own.
+    List(Vec<String>),
+    /// Any origin. Only for development or for APIs that need no browser protection.
+    Any,
+}
+
+/// The resolved settings of one [`Switchboard`].
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) origins: Origins,
+    pub(crate) ping_interval: Duration,
+    pub(crate) ping_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+    pub(crate) poll_hold: Duration,
+    pub(crate) resume_window: Duration,
+    pub(crate) max_message: usize,
+    pub(crate) max_body: usize,
+    pub(crate) max_buffered_messages: usize,
+    pub(crate) max_buffered_bytes: usize,
+    pub(crate) inbound_queue: usize,
+    pub(crate) max_sessions: usize,
+    pub(crate) max_rooms_per_session: usize,
+    pub(crate) coalescing: Coalescing,
+    pub(crate) ws_read_buffer: usize,
+    pub(crate) ws_write_buffer: usize,
+    pub(crate) shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            origins: Origins::SameOrigin,
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(20),
+            poll_hold: Duration::from_secs(20),
+            resume_window: Duration::from_secs(30),
+            max_message: 64 * 1024,
+            max_body: 1024 * 1024,
+            max_buffered_messages: 8192,
+            max_buffered_bytes: 8 * 1024 * 1024,
+            inbound_queue: 256,
+            max_sessions: 100_000,
+            max_rooms_per_session: 256,
+            coalescing: Coalescing::default(),
+            ws_read_buffer: 4 * 1024,
+            ws_write_buffer: 4 * 1024,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Builds a [`Switchboard`]. Every setting has a documented default; call only what you change.
+///
+/// ```
+/// use std::time::Duration;
+/// use switchboard::Switchboard;
+///
+/// let realtime = Switchboard::builder()
+///     .allowed_origins(["https://example.com"])
+///     .poll_hold(Duration::from_secs(15))
+///     .build();
+/// # let _ = realtime;
+/// ```
+pub struct Builder<U> {
+    config: Config,
+    auth: AuthHook<U>,
+}
+
+impl<U> std::fmt::Debug for Builder<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder<()> {
+    pub(crate) fn new() -> Self {
+        Self {
+            config: Config::default(),
+            auth: Arc::new(|_handshake| Box::pin(async { Ok(()) })),
+        }
+    }
+}
+
+impl<U: Clone + Send + Sync + 'static> Builder<U> {
+    /// Sets the authentication hook, which decides who may open a session.
+    ///
+    /// The hook sees the request headers (cookies included), the URI and the client's `auth` data
+    /// (see [`Handshake`]); it returns the user data that the session then carries
+    /// ([`Session::user`](crate::Session::user)), or a [`Refusal`] with the HTTP status the client
+    /// receives. Default: every session is accepted with user data `()`.
+    ///
+    /// ```
+    /// use switchboard::{Refusal, Switchboard};
+    ///
+    /// let realtime = Switchboard::builder()
+    ///     .authenticate(|handshake| async move {
+    ///         match handshake.auth().and_then(|auth| auth.get("token")?.as_str()) {
+    ///             Some("letmein") => Ok("alice".to_string()),
+    ///             _ => Err(Refusal::unauthorized("a valid token is required")),
+    ///         }
+    ///     })
+    ///     .build();
+    /// # let _ = realtime;
+    /// ```
+    pub fn authenticate<V, F, Fut>(self, hook: F) -> Builder<V>
+    where
+        V: Clone + Send + Sync + 'static,
+        F: Fn(Handshake) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<V, Refusal>> + Send + 'static,
+    {
+        Builder {
+            config: self.config,
+            auth: Arc::new(move |handshake| Box::pin(hook(handshake))),
+        }
+    }
+
+    /// Allows these origins (`scheme://host[:port]`, exactly as browsers send them in `Origin`) in
+    /// addition to the server's own. Cross-origin requests from them get CORS headers.
+    /// Default: only the server's own origin.
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.origins = Origins::List(
+            origins
+                .into_iter()
+                .map(|origin| origin.into().trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+        );
+        self
+    }
+
+    /// Allows every origin. Use only in development: any web page can then open sessions with the
+    /// credentials (cookies) of its visitors.
+    pub fn allow_any_origin(mut self) -> Self {
+        self.config.origins = Origins::Any;
+        self
+    }
+
+    /// How often the server pings an attached WebSocket. Default: 25 s.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.config.ping_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long after a missed ping a silent WebSocket is considered dead (it is dropped after
+    /// `ping_interval + ping_timeout` without any frame). Default: 20 s.
+    pub fn ping_timeout(mut self, timeout: Duration) -> Self {
+        self.config.ping_timeout = timeout;
+        self
+    }
+
+    /// How long a write to a WebSocket may stall before the transport is dropped. Default: 20 s.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.config.write_timeout = timeout;
+        self
+    }
+
+    /// How long a long poll is held when there is nothing to send. Default: 20 s (below the 30 s
+    /// after which common proxies cut requests).
+    pub fn poll_hold(mut self, hold: Duration) -> Self {
+        self.config.poll_hold = hold;
+        self
+    }
+
+    /// How long a session survives with no transport attached. Default: 30 s.
+    pub fn resume_window(mut self, window: Duration) -> Self {
+        self.config.resume_window = window;
+        self
+    }
+
+    /// Largest message payload in bytes, in either direction. Default: 64 KiB.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.max_message = bytes;
+        self
+    }
+
+    /// Largest POST body in bytes. Default: 1 MiB. Raised to at least twice the message size.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.config.max_body = bytes;
+        self
+    }
+
+    /// Most unacknowledged messages a session buffers before it is closed with reason `overflow`.
+    /// Default: 8192.
+    pub fn max_buffered_messages(mut self, messages: usize) -> Self {
+        self.config.max_buffered_messages = messages.max(1);
+        self
+    }
+
+    /// Most unacknowledged bytes a session buffers before it is closed with reason `overflow`.
+    /// Default: 8 MiB.
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_buffered_bytes = bytes.max(1);
+        self
+    }
+
+    /// Most received messages waiting for the application per session; when full, transports stop
+    /// reading from that client (back-pressure). Default: 256.
+    pub fn inbound_queue(mut self, messages: usize) -> Self {
+        self.config.inbound_queue = messages.max(1);
+        self
+    }
+
+    /// Most sessions this server holds at once; further opens get `503 session_limit`.
+    /// Default: 100 000.
+    pub fn max_sessions(mut self, sessions: usize) -> Self {
+        self.config.max_sessions = sessions;
+        self
+    }
+
+    /// Most rooms one session may be in. Default: 256.
+    pub fn max_rooms_per_session(mut self, rooms: usize) -> Self {
+        self.config.max_rooms_per_session = rooms;
+        self
+    }
+
+    /// Thresholds for releasing low-priority messages. Default: [`Coalescing::default`].
+    pub fn coalescing(mut self, coalescing: Coalescing) -> Self {
+        self.config.coalescing = coalescing;
+        self
+    }
+
+    /// WebSocket read buffer size per connection. Default: 4 KiB.
+    pub fn websocket_read_buffer(mut self, bytes: usize) -> Self {
+        self.config.ws_read_buffer = bytes;
+        self
+    }
+
+    /// WebSocket write buffer size per connection: frames are collected up to this size before a
+    /// write to the socket. Default: 4 KiB.
+    pub fn websocket_write_buffer(mut self, bytes: usize) -> Self {
+        self.config.ws_write_buffer = bytes;
+        self
+    }
+
+    /// How long [`Switchboard::shutdown`] waits for attached transports to say goodbye.
+    /// Default: 5 s.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// Builds the [`Switchboard`].
+    pub fn build(mut self) -> Switchboard<U> {
+        self.config.max_body = self.config.max_body.max(self.config.max_message * 2);
+        Switchboard::from_parts(self.config, self.auth)
+    }
+}

@@ -1,0 +1,235 @@
+//! The hub: rooms, broadcast and presence, the application-facing fan-out.
+//!
+//! A message sent through the hub is encoded once; every target session's buffer gets a
+//! reference-counted handle to the same bytes. The hub never sees transports: it appends to session
+//! buffers, and whichever transport is attached to each session drains it.
+//!
+//! ```no_run
+//! use switchboard::{Hub, Message, Session};
+//!
+//! fn announce(hub: &Hub, sender: &Session, text: &str) {
+//!     // Everyone in the room except the sender, at normal priority.
+//!     hub.to("lobby").except(sender).send(&Message::text(text));
+//!     // Everyone connected, as a named event; typing indicators and the like can go low priority.
+//!     hub.all().low_priority().emit("typing", &serde_json::json!({"who": "alice"})).ok();
+//! }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::error::{JoinError, SendError};
+use crate::message::Message;
+use crate::protocol::EncodedMessage;
+use crate::session::registry::Registry;
+use crate::session::{Priority, Session};
+
+/// Room membership: room name → member sessions by key.
+pub(crate) struct RoomIndex<U> {
+    rooms: DashMap<Arc<str>, HashMap<u64, Session<U>>>,
+}
+
+impl<U> RoomIndex<U> {
+    pub(crate) fn new() -> Self {
+        Self {
+            rooms: DashMap::new(),
+        }
+    }
+
+    pub(crate) fn join(&self, session: &Session<U>, room: &str) -> Result<(), JoinError> {
+        let name: Arc<str> = match self.rooms.get(room) {
+            Some(entry) => entry.key().clone(),
+            None => Arc::from(room),
+        };
+        // Insert first, then record it in the session: a concurrent close either sees the room in
+        // the session's list and removes it, or we see the close and undo the insert.
+        self.rooms
+            .entry(name.clone())
+            .or_default()
+            .insert(session.shared.key, session.clone());
+        match session.shared.add_room(&name) {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                if !session.shared.in_room(room) {
+                    self.remove(room, session.shared.key);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    pub(crate) fn remove(&self, room: &str, key: u64) {
+        if let Some(mut members) = self.rooms.get_mut(room) {
+            members.remove(&key);
+        }
+        self.rooms.remove_if(room, |_, members| members.is_empty());
+    }
+
+    fn members(&self, room: &str) -> Vec<Session<U>> {
+        self.rooms
+            .get(room)
+            .map(|members| members.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Rooms, broadcast and presence. Cheap to clone; get it from
+/// [`Switchboard::hub`](crate::Switchboard::hub).
+pub struct Hub<U = ()> {
+    pub(crate) registry: Arc<Registry<U>>,
+    pub(crate) rooms: Arc<RoomIndex<U>>,
+}
+
+impl<U> Clone for Hub<U> {
+    fn clone(&self) -> Self {
+        Self {
+            registry: self.registry.clone(),
+            rooms: self.rooms.clone(),
+        }
+    }
+}
+
+impl<U> fmt::Debug for Hub<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("sessions", &self.registry.len())
+            .field("rooms", &self.rooms.rooms.len())
+            .finish()
+    }
+}
+
+impl<U> Hub<U> {
+    /// Targets the members of `room`.
+    pub fn to<'a>(&'a self, room: &'a str) -> Broadcast<'a, U> {
+        Broadcast {
+            hub: self,
+            target: Target::Room(room),
+            except: None,
+            priority: Priority::Normal,
+        }
+    }
+
+    /// Targets every live session.
+    pub fn all(&self) -> Broadcast<'_, U> {
+        Broadcast {
+            hub: self,
+            target: Target::All,
+            except: None,
+            priority: Priority::Normal,
+        }
+    }
+
+    /// The sessions in `room` right now (presence).
+    pub fn members(&self, room: &str) -> Vec<Session<U>> {
+        self.rooms.members(room)
+    }
+
+    /// The number of sessions in `room`.
+    pub fn member_count(&self, room: &str) -> usize {
+        self.rooms
+            .rooms
+            .get(room)
+            .map_or(0, |members| members.len())
+    }
+
+    /// The names of all rooms that have members.
+    pub fn rooms(&self) -> Vec<String> {
+        self.rooms
+            .rooms
+            .iter()
+            .map(|entry| entry.key().to_string())
+            .collect()
+    }
+
+    /// Every session the server holds (ended ones included until they are forgotten).
+    pub fn sessions(&self) -> Vec<Session<U>> {
+        self.registry.all()
+    }
+
+    /// The number of sessions the server holds.
+    pub fn session_count(&self) -> usize {
+        self.registry.len()
+    }
+}
+
+enum Target<'a> {
+    Room(&'a str),
+    All,
+}
+
+/// A broadcast being set up: pick the target, optionally exclude one session and lower the
+/// priority, then [`send`](Broadcast::send) or [`emit`](Broadcast::emit).
+pub struct Broadcast<'a, U> {
+    hub: &'a Hub<U>,
+    target: Target<'a>,
+    except: Option<u64>,
+    priority: Priority,
+}
+
+impl<U> fmt::Debug for Broadcast<'_, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broadcast")
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<U> Broadcast<'_, U> {
+    /// Leaves `session` out (typically the sender).
+    pub fn except(mut self, session: &Session<U>) -> Self {
+        self.except = Some(session.shared.key);
+        self
+    }
+
+    /// Sends at low priority: may be held back briefly to go out with others.
+    pub fn low_priority(mut self) -> Self {
+        self.priority = Priority::Low;
+        self
+    }
+
+    /// Sends with the given priority.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sends `message` to every target session; returns how many sessions buffered it. Sessions
+    /// whose buffer overflows are closed with reason `overflow`; ended sessions are skipped.
+    pub fn send(self, message: &Message) -> usize {
+        let encoded = EncodedMessage::new(message);
+        let mut delivered = 0;
+        let mut push = |session: &Session<U>| {
+            if Some(session.shared.key) == self.except {
+                return;
+            }
+            // Overflow closes the session; that must happen outside the room lock we hold here,
+            // and `push` does it only after releasing the session's own lock.
+            if session.shared.push(&encoded, self.priority).is_ok() {
+                delivered += 1;
+            }
+        };
+        match self.target {
+            Target::Room(room) => {
+                // Snapshot the members so that closing an overflowing session (which edits the
+                // room index) never happens under the index's lock.
+                for session in self.hub.rooms.members(room) {
+                    push(&session);
+                }
+            }
+            Target::All => self.hub.registry.for_each(&mut push),
+        }
+        delivered
+    }
+
+    /// Sends a named event whose payload is `data` as JSON; returns how many sessions buffered it.
+    pub fn emit<T: Serialize + ?Sized>(self, event: &str, data: &T) -> Result<usize, SendError> {
+        let message = Message::json(data)
+            .map_err(|err| SendError::Encode(err.to_string()))?
+            .with_event(event);
+        Ok(self.send(&message))
+    }
+}

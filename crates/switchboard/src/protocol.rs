@@ -1,0 +1,405 @@
+//! The wire protocol: frame encoding and decoding, with no I/O.
+//!
+//! `docs/protocol.md` is the specification; this module is its implementation on the server side.
+//! Every frame is a JSON object with a type field `t`. Message frames are encoded in two parts so
+//! that a message broadcast to many sessions is encoded once: the *tail* (event name and payload,
+//! shared by every recipient) and the per-session prefix `{"t":"m","s":SEQ,`.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::message::{Message, Payload};
+
+/// The protocol version this crate speaks.
+pub const VERSION: u32 = 1;
+
+/// Largest sequence number or acknowledgement (2^53 − 1, the largest integer JavaScript represents
+/// exactly).
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
+/// Longest event name, in bytes.
+pub const MAX_EVENT_LEN: usize = 128;
+
+/// A message's event name and payload, encoded once as the tail of a message frame and shared
+/// (reference-counted) by every session it is sent to.
+#[derive(Clone, Debug)]
+pub(crate) struct EncodedMessage {
+    tail: Bytes,
+    payload_len: usize,
+}
+
+impl EncodedMessage {
+    /// Encodes `message`.
+    pub(crate) fn new(message: &Message) -> Self {
+        let mut tail = Vec::with_capacity(message.payload_len() + 24);
+        if let Some(event) = message.event() {
+            tail.extend_from_slice(b"\"e\":");
+            write_json_string(&mut tail, event);
+            tail.push(b',');
+        }
+        match message.payload() {
+            Payload::Json(raw) => {
+                tail.extend_from_slice(b"\"d\":");
+                tail.extend_from_slice(raw.get().as_bytes());
+            }
+            Payload::Binary(bytes) => {
+                tail.extend_from_slice(b"\"b\":\"");
+                let start = tail.len();
+                tail.resize(
+                    start + base64::encoded_len(bytes.len(), true).unwrap_or(0),
+                    0,
+                );
+                let written = BASE64.encode_slice(bytes, &mut tail[start..]).unwrap_or(0);
+                tail.truncate(start + written);
+                tail.push(b'"');
+            }
+        }
+        tail.push(b'}');
+        Self {
+            tail: Bytes::from(tail),
+            payload_len: message.payload_len(),
+        }
+    }
+
+    /// Bytes this message occupies in a session's buffer.
+    pub(crate) fn buffered_len(&self) -> usize {
+        self.tail.len()
+    }
+
+    /// The payload size counted against the message size limit.
+    pub(crate) fn payload_len(&self) -> usize {
+        self.payload_len
+    }
+}
+
+/// Appends the frame `{"t":"m","s":seq,<tail>` to `out`.
+pub(crate) fn write_message_frame(out: &mut Vec<u8>, seq: u64, message: &EncodedMessage) {
+    out.extend_from_slice(b"{\"t\":\"m\",\"s\":");
+    out.extend_from_slice(itoa(seq).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(&message.tail);
+}
+
+/// The exact length of the frame [`write_message_frame`] writes.
+pub(crate) fn message_frame_len(seq: u64, message: &EncodedMessage) -> usize {
+    14 + itoa(seq).len() + message.tail.len()
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
+
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    // Serialising a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The settings a client learns from the open frame.
+#[derive(Clone, Debug)]
+pub(crate) struct OpenInfo<'a> {
+    pub(crate) sid: &'a str,
+    pub(crate) resumed: bool,
+    pub(crate) ack: u64,
+    pub(crate) ping_ms: u64,
+    pub(crate) hold_ms: u64,
+    pub(crate) resume_ms: u64,
+    pub(crate) max_message: usize,
+    pub(crate) max_body: usize,
+}
+
+/// Encodes the open frame.
+pub(crate) fn open_frame(info: &OpenInfo<'_>) -> String {
+    format!(
+        "{{\"t\":\"open\",\"v\":{VERSION},\"sid\":\"{}\",\"resumed\":{},\"ack\":{},\"ping\":{},\"hold\":{},\"resume\":{},\"max_message\":{},\"max_body\":{}}}",
+        info.sid,
+        info.resumed,
+        info.ack,
+        info.ping_ms,
+        info.hold_ms,
+        info.resume_ms,
+        info.max_message,
+        info.max_body
+    )
+}
+
+/// Encodes an acknowledgement frame.
+pub(crate) fn ack_frame(ack: u64) -> String {
+    format!("{{\"t\":\"ack\",\"a\":{ack}}}")
+}
+
+/// The heartbeat request frame.
+pub(crate) const PING_FRAME: &str = "{\"t\":\"ping\"}";
+/// The heartbeat answer frame.
+pub(crate) const PONG_FRAME: &str = "{\"t\":\"pong\"}";
+
+/// Encodes a close frame.
+pub(crate) fn close_frame(code: u16, reason: &str) -> String {
+    let mut out = Vec::with_capacity(40 + reason.len());
+    out.extend_from_slice(b"{\"t\":\"close\",\"code\":");
+    out.extend_from_slice(code.to_string().as_bytes());
+    out.extend_from_slice(b",\"reason\":");
+    write_json_string(&mut out, reason);
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Encodes an error frame (WebSocket only).
+pub(crate) fn error_frame(code: &str, message: &str) -> String {
+    serde_json::json!({"t": "error", "code": code, "message": message}).to_string()
+}
+
+/// A frame sent by a client.
+#[derive(Debug)]
+pub(crate) enum ClientFrame {
+    /// An application message with its client sequence number.
+    Message { seq: u64, message: Message },
+    /// Cumulative acknowledgement of server messages.
+    Ack(u64),
+    /// Heartbeat request.
+    Ping,
+    /// Heartbeat answer.
+    Pong,
+    /// Request to end the session.
+    Close,
+}
+
+/// Why a client frame was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// Not a valid frame; the text says what is wrong.
+    Malformed(String),
+    /// A payload larger than the message size limit.
+    TooLarge { len: usize, max: usize },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Malformed(why) => write!(f, "malformed frame: {why}"),
+            FrameError::TooLarge { len, max } => {
+                write!(f, "payload of {len} bytes exceeds the limit of {max} bytes")
+            }
+        }
+    }
+}
+
+fn malformed(why: impl Into<String>) -> FrameError {
+    FrameError::Malformed(why.into())
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(borrow)]
+    t: Cow<'a, str>,
+    #[serde(default)]
+    s: Option<u64>,
+    #[serde(default)]
+    a: Option<u64>,
+    #[serde(default, borrow)]
+    e: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    d: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    b: Option<Cow<'a, str>>,
+}
+
+/// Keeps a present `null` as `Some(null)` instead of `None`.
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&'de RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// Decodes one client frame.
+pub(crate) fn decode_frame(text: &str, max_message: usize) -> Result<ClientFrame, FrameError> {
+    let raw: RawFrame<'_> = serde_json::from_str(text)
+        .map_err(|err| malformed(format!("not a frame object: {err}")))?;
+    from_raw(raw, max_message)
+}
+
+/// Decodes a JSON array of client frames (a POST body). Either every frame is valid, or an error
+/// is returned and nothing is decoded.
+pub(crate) fn decode_batch(
+    body: &[u8],
+    max_message: usize,
+) -> Result<Vec<ClientFrame>, FrameError> {
+    let raws: Vec<RawFrame<'_>> = serde_json::from_slice(body)
+        .map_err(|err| malformed(format!("body is not a JSON array of frames: {err}")))?;
+    raws.into_iter()
+        .map(|raw| from_raw(raw, max_message))
+        .collect()
+}
+
+fn from_raw(raw: RawFrame<'_>, max_message: usize) -> Result<ClientFrame, FrameError> {
+    match raw.t.as_ref() {
+        "m" => {
+            let seq = raw.s.ok_or_else(|| malformed("message frame without s"))?;
+            if seq == 0 || seq > MAX_SEQ {
+                return Err(malformed("s must be between 1 and 2^53-1"));
+            }
+            let payload = match (raw.d, raw.b) {
+                (Some(d), None) => {
+                    let len = d.get().len();
+                    if len > max_message {
+                        return Err(FrameError::TooLarge {
+                            len,
+                            max: max_message,
+                        });
+                    }
+                    Payload::Json(d.to_owned())
+                }
+                (None, Some(b)) => {
+                    // Reject before decoding if even the encoded text is far too large.
+                    if b.len() / 4 * 3 > max_message + 3 {
+                        return Err(FrameError::TooLarge {
+                            len: b.len() / 4 * 3,
+                            max: max_message,
+                        });
+                    }
+                    let bytes = BASE64
+                        .decode(b.as_bytes())
+                        .map_err(|err| malformed(format!("b is not valid base64: {err}")))?;
+                    if bytes.len() > max_message {
+                        return Err(FrameError::TooLarge {
+                            len: bytes.len(),
+                            max: max_message,
+                        });
+                    }
+                    Payload::Binary(Bytes::from(bytes))
+                }
+                _ => return Err(malformed("a message frame needs exactly one of d and b")),
+            };
+            let mut message = Message::from_payload(payload);
+            if let Some(event) = raw.e {
+                if event.len() > MAX_EVENT_LEN {
+                    return Err(malformed("event name longer than 128 bytes"));
+                }
+                message = message.with_event(event.into_owned());
+            }
+            Ok(ClientFrame::Message { seq, message })
+        }
+        "ack" => {
+            let a = raw.a.ok_or_else(|| malformed("ack frame without a"))?;
+            if a > MAX_SEQ {
+                return Err(malformed("a must be at most 2^53-1"));
+            }
+            Ok(ClientFrame::Ack(a))
+        }
+        "ping" => Ok(ClientFrame::Ping),
+        "pong" => Ok(ClientFrame::Pong),
+        "close" => Ok(ClientFrame::Close),
+        other => Err(malformed(format!("unknown frame type {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64, message: &Message) -> String {
+        let encoded = EncodedMessage::new(message);
+        let mut out = Vec::new();
+        write_message_frame(&mut out, seq, &encoded);
+        assert_eq!(out.len(), message_frame_len(seq, &encoded));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn message_frames_are_valid_json_and_round_trip() {
+        let text = Message::text("안녕하세요 👋 \"quoted\"\n").with_event("채팅");
+        let json: serde_json::Value = serde_json::from_str(&frame(7, &text)).unwrap();
+        assert_eq!(json["t"], "m");
+        assert_eq!(json["s"], 7);
+        assert_eq!(json["e"], "채팅");
+        assert_eq!(json["d"], "안녕하세요 👋 \"quoted\"\n");
+
+        let decoded = decode_frame(&frame(7, &text), 1024).unwrap();
+        match decoded {
+            ClientFrame::Message { seq, message } => {
+                assert_eq!(seq, 7);
+                assert_eq!(message.event(), Some("채팅"));
+                assert_eq!(message.as_text().unwrap(), "안녕하세요 👋 \"quoted\"\n");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn binary_payloads_round_trip_through_base64() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        let text = frame(1, &Message::binary(bytes.clone()));
+        match decode_frame(&text, 1024).unwrap() {
+            ClientFrame::Message { message, .. } => {
+                assert_eq!(message.as_bytes().unwrap().as_ref(), &bytes[..])
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn null_payload_is_a_payload() {
+        match decode_frame(r#"{"t":"m","s":1,"d":null}"#, 16).unwrap() {
+            ClientFrame::Message { message, .. } => assert_eq!(message.as_json_str(), Some("null")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_rejected_with_a_reason() {
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"{"t":"m","d":1}"#,
+            r#"{"t":"m","s":0,"d":1}"#,
+            r#"{"t":"m","s":1}"#,
+            r#"{"t":"m","s":1,"d":1,"b":"AA=="}"#,
+            r#"{"t":"m","s":1,"b":"%%%"}"#,
+            r#"{"t":"ack"}"#,
+            r#"{"t":"bogus"}"#,
+        ] {
+            assert!(
+                matches!(decode_frame(bad, 64), Err(FrameError::Malformed(_))),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        assert!(matches!(
+            decode_frame(r#"{"x":[1,2],"t":"ack","a":3,"future":true}"#, 16),
+            Ok(ClientFrame::Ack(3))
+        ));
+    }
+
+    #[test]
+    fn oversized_payloads_are_rejected() {
+        let big = format!(r#"{{"t":"m","s":1,"d":"{}"}}"#, "x".repeat(100));
+        assert!(matches!(
+            decode_frame(&big, 50),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let batch = format!("[{big}]");
+        assert!(matches!(
+            decode_batch(batch.as_bytes(), 50),
+            Err(FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn close_frame_escapes_reason() {
+        let json: serde_json::Value =
+            serde_json::from_str(&close_frame(4000, "bye \"now\" 👋")).unwrap();
+        assert_eq!(json["code"], 4000);
+        assert_eq!(json["reason"], "bye \"now\" 👋");
+    }
+}

@@ -1,0 +1,414 @@
+//! The axum router that exposes sessions over every transport, and the [`Switchboard`] that owns
+//! them.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::Notify;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::{AuthHook, Handshake};
+use crate::config::{Builder, Config, Origins};
+use crate::error::{ApiError, CloseReason};
+use crate::hub::{Hub, RoomIndex};
+use crate::session::registry::Registry;
+use crate::session::{Session, SessionId, Shared};
+use crate::transport;
+
+type Handler<U> = Arc<dyn Fn(Session<U>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The realtime server: configuration, sessions, rooms. Build it with [`Switchboard::builder`],
+/// mount [`Switchboard::router`] in your axum app, and use [`Switchboard::hub`] to fan out.
+///
+/// Cheap to clone: clones share everything.
+pub struct Switchboard<U = ()> {
+    pub(crate) inner: Arc<Inner<U>>,
+}
+
+impl<U> Clone for Switchboard<U> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<U> fmt::Debug for Switchboard<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Switchboard")
+            .field("sessions", &self.inner.registry.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Inner<U> {
+    pub(crate) config: Arc<Config>,
+    pub(crate) registry: Arc<Registry<U>>,
+    pub(crate) rooms: Arc<RoomIndex<U>>,
+    auth: AuthHook<U>,
+    shutting_down: AtomicBool,
+    /// Transports attached right now, across all sessions (for graceful shutdown).
+    pub(crate) attached: AtomicUsize,
+    pub(crate) attached_changed: Notify,
+    reaper: Once,
+}
+
+/// The per-router state: the shared core plus the application's session handler.
+pub(crate) struct Mounted<U> {
+    pub(crate) inner: Arc<Inner<U>>,
+    handler: Handler<U>,
+}
+
+impl<U> Clone for Mounted<U> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            handler: self.handler.clone(),
+        }
+    }
+}
+
+impl Switchboard<()> {
+    /// Starts configuring a server. See [`Builder`] for every setting and its default.
+    pub fn builder() -> Builder<()> {
+        Builder::new()
+    }
+}
+
+impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
+    pub(crate) fn from_parts(config: Config, auth: AuthHook<U>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config: Arc::new(config),
+                registry: Arc::new(Registry::new()),
+                rooms: Arc::new(RoomIndex::new()),
+                auth,
+                shutting_down: AtomicBool::new(false),
+                attached: AtomicUsize::new(0),
+                attached_changed: Notify::new(),
+                reaper: Once::new(),
+            }),
+        }
+    }
+
+    /// The hub: rooms, broadcast and presence over this server's sessions.
+    pub fn hub(&self) -> Hub<U> {
+        Hub {
+            registry: self.inner.registry.clone(),
+            rooms: self.inner.rooms.clone(),
+        }
+    }
+
+    /// The number of sessions held right now.
+    pub fn session_count(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// The axum router to mount (with [`Router::nest`]) at the path the client connects to.
+    ///
+    /// `on_session` runs once per new session, in its own task, with the session handle; when it
+    /// returns, the session is closed (code 4000, reason `"closed"`) unless it has ended already.
+    ///
+    /// Routes, relative to the mount point (see `docs/protocol.md`): `GET /ws` (WebSocket),
+    /// `POST /open`, `GET /poll`, `POST /poll`, and `GET /client.js` (the JavaScript client).
+    pub fn router<F, Fut>(&self, on_session: F) -> Router
+    where
+        F: Fn(Session<U>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mounted = Mounted {
+            inner: self.inner.clone(),
+            handler: Arc::new(move |session| Box::pin(on_session(session))),
+        };
+        let api = Router::new()
+            .route("/ws", get(transport::websocket::upgrade::<U>))
+            .route("/open", axum::routing::post(transport::poll::open::<U>))
+            .route(
+                "/poll",
+                get(transport::longpoll::receive::<U>).post(transport::poll::send::<U>),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(
+                self.inner.config.max_body,
+            ))
+            .layer(middleware::from_fn_with_state(
+                self.inner.config.clone(),
+                check_origin,
+            ))
+            .with_state(mounted);
+        let api = match cors_layer(&self.inner.config.origins) {
+            Some(cors) => api.layer(cors),
+            None => api,
+        };
+        api.route("/client.js", get(client_js))
+    }
+
+    /// Ends every session with reason `shutdown` (close code 4004), refuses new ones, answers waiting
+    /// polls, and waits (at most the configured grace period) until every transport has delivered
+    /// its close frame and detached. Call it from the future you pass to axum's
+    /// `with_graceful_shutdown`.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        for session in self.inner.registry.all() {
+            session.shared.close(CloseReason::Shutdown);
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.config.shutdown_grace;
+        loop {
+            let changed = self.inner.attached_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.inner.attached.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                tracing::warn!(
+                    transports = self.inner.attached.load(Ordering::SeqCst),
+                    "shutdown grace period over with transports still attached"
+                );
+                break;
+            }
+        }
+    }
+}
+
+impl<U: Clone + Send + Sync + 'static> Mounted<U> {
+    /// Opens a new session: checks the limits, runs the authentication hook, registers the
+    /// session and starts the application's handler for it.
+    pub(crate) async fn open_session(&self, handshake: Handshake) -> Result<Session<U>, ApiError> {
+        let inner = &self.inner;
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::shutting_down());
+        }
+        let reservation = inner
+            .registry
+            .reserve(inner.config.max_sessions)
+            .ok_or_else(ApiError::session_limit)?;
+        let user = (inner.auth)(handshake).await.map_err(|refusal| {
+            tracing::info!(
+                status = refusal.status.as_u16(),
+                "session refused by authentication hook"
+            );
+            ApiError::refused(refusal.status, refusal.message)
+        })?;
+        let key = inner.registry.next_key();
+        let shared = Arc::new(Shared::new(
+            key,
+            SessionId::random(),
+            user,
+            inner.config.clone(),
+            Arc::downgrade(&inner.rooms),
+        ));
+        let session = Session::from_shared(shared);
+        reservation.insert(session.clone());
+        self.inner.reaper.call_once(|| {
+            let period = (inner.config.resume_window / 4)
+                .clamp(Duration::from_millis(20), Duration::from_secs(1));
+            inner.registry.start_reaper(period);
+        });
+        let handler = self.handler.clone();
+        let handle = session.clone();
+        tokio::spawn(async move {
+            handler(handle.clone()).await;
+            handle.shared.close(CloseReason::Closed("closed".into()));
+        });
+        tracing::debug!(session = key, "session opened");
+        Ok(session)
+    }
+
+    pub(crate) fn lookup(&self, sid: &str) -> Result<Session<U>, ApiError> {
+        SessionId::parse(sid)
+            .and_then(|sid| self.inner.registry.get(&sid))
+            .ok_or_else(ApiError::unknown_session)
+    }
+
+    /// Marks a transport attached until the returned guard is dropped.
+    pub(crate) fn track_transport(&self, session: &Session<U>, generation: u64) -> Attached<U> {
+        self.inner.attached.fetch_add(1, Ordering::SeqCst);
+        Attached {
+            inner: self.inner.clone(),
+            session: session.clone(),
+            generation,
+        }
+    }
+}
+
+/// Detaches a transport from its session when dropped, however the transport ends (including a
+/// client that disconnects in the middle of a long poll).
+pub(crate) struct Attached<U> {
+    inner: Arc<Inner<U>>,
+    session: Session<U>,
+    generation: u64,
+}
+
+impl<U> Drop for Attached<U> {
+    fn drop(&mut self) {
+        self.session.shared.detach(self.generation);
+        self.inner.attached.fetch_sub(1, Ordering::SeqCst);
+        self.inner.attached_changed.notify_waiters();
+    }
+}
+
+impl<U> Attached<U> {
+    /// The session's close frame has been written: forget the session.
+    pub(crate) fn close_delivered(&self) {
+        self.inner.registry.remove(&self.session.shared.sid);
+    }
+}
+
+/// Refuses requests whose `Origin` is not allowed (`docs/protocol.md` §13).
+async fn check_origin(State(config): State<Arc<Config>>, request: Request, next: Next) -> Response {
+    if origin_allowed(&config.origins, request.headers()) {
+        next.run(request).await
+    } else {
+        tracing::info!(
+            origin = ?request.headers().get(header::ORIGIN),
+            path = request.uri().path(),
+            "request from a disallowed origin refused"
+        );
+        ApiError::origin_not_allowed().into_response()
+    }
+}
+
+fn origin_allowed(origins: &Origins, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    match origins {
+        Origins::Any => return true,
+        Origins::List(list) if list.contains(&origin) => return true,
+        _ => {}
+    }
+    // The server's own origin: the Origin's host[:port] equals the Host header.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    matches!((authority, host), (Some(authority), Some(host)) if authority == host)
+}
+
+fn cors_layer(origins: &Origins) -> Option<CorsLayer> {
+    let allow = match origins {
+        Origins::SameOrigin => return None,
+        Origins::Any => AllowOrigin::mirror_request(),
+        Origins::List(list) => AllowOrigin::list(
+            list.iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        ),
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE])
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
+/// The JavaScript client, served at `GET <mount>/client.js`.
+const CLIENT_JS: &str = include_str!("../assets/switchboard.js");
+
+fn client_etag() -> &'static str {
+    static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ETAG.get_or_init(|| {
+        // FNV-1a: stable across builds and processes, unlike the std hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in CLIENT_JS.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("\"{hash:016x}\"")
+    })
+}
+
+async fn client_js(headers: HeaderMap) -> Response {
+    let etag = client_etag();
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag));
+    let cache = [
+        (header::ETAG, etag.to_string()),
+        (header::CACHE_CONTROL, "public, max-age=3600".to_string()),
+    ];
+    if fresh {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    (
+        cache,
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        CLIENT_JS,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(
+            header::HOST,
+            HeaderValue::from_str(host).unwrap_or(HeaderValue::from_static("x")),
+        );
+        if let Some(origin) = origin {
+            map.insert(
+                header::ORIGIN,
+                HeaderValue::from_str(origin).unwrap_or(HeaderValue::from_static("x")),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn same_origin_is_the_default() {
+        let same = Origins::SameOrigin;
+        assert!(origin_allowed(&same, &headers(None, "a.test")));
+        assert!(origin_allowed(
+            &same,
+            &headers(Some("https://a.test"), "a.test")
+        ));
+        assert!(origin_allowed(
+            &same,
+            &headers(Some("http://A.test:8080"), "a.test:8080")
+        ));
+        assert!(!origin_allowed(
+            &same,
+            &headers(Some("https://evil.test"), "a.test")
+        ));
+        assert!(!origin_allowed(&same, &headers(Some("null"), "a.test")));
+    }
+
+    #[test]
+    fn listed_origins_are_allowed() {
+        let list = Origins::List(vec!["https://app.test".into()]);
+        assert!(origin_allowed(
+            &list,
+            &headers(Some("https://app.test"), "api.test")
+        ));
+        assert!(!origin_allowed(
+            &list,
+            &headers(Some("https://other.test"), "api.test")
+        ));
+        assert!(origin_allowed(
+            &Origins::Any,
+            &headers(Some("https://other.test"), "api.test")
+        ));
+    }
+}

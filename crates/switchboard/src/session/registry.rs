@@ -1,0 +1,139 @@
+//! The registry of live sessions: lookup by session id, the session limit, and the reaper that
+//! expires sessions whose client went away.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::error::CloseReason;
+use crate::session::{Expiry, Session, SessionId};
+
+pub(crate) struct Registry<U> {
+    sessions: DashMap<SessionId, Session<U>>,
+    next_key: AtomicU64,
+    /// Sessions counted against the limit (reserved before the authentication hook runs).
+    count: AtomicUsize,
+}
+
+impl<U> Registry<U> {
+    pub(crate) fn new() -> Self {
+        Self {
+            sessions: DashMap::new(),
+            next_key: AtomicU64::new(1),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reserves room for one more session; `None` when `max` are already held.
+    pub(crate) fn reserve(self: &Arc<Self>, max: usize) -> Option<Reservation<U>> {
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+                (count < max).then_some(count + 1)
+            })
+            .ok()
+            .map(|_| Reservation {
+                registry: self.clone(),
+                used: false,
+            })
+    }
+
+    pub(crate) fn next_key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn get(&self, sid: &SessionId) -> Option<Session<U>> {
+        self.sessions.get(sid).map(|entry| entry.value().clone())
+    }
+
+    /// Forgets a session (it has ended and its close frame was delivered, or it expired).
+    pub(crate) fn remove(&self, sid: &SessionId) {
+        if self.sessions.remove(sid).is_some() {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Number of sessions held, ended-but-not-yet-forgotten ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A snapshot of every session.
+    pub(crate) fn all(&self) -> Vec<Session<U>> {
+        self.sessions
+            .iter()
+            .map(|entry| entry.value().clone())
+            .collect()
+    }
+
+    /// Calls `f` on every session without copying the list.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Session<U>)) {
+        for entry in self.sessions.iter() {
+            f(entry.value());
+        }
+    }
+
+    /// One pass of the reaper.
+    pub(crate) fn reap(&self, now: Instant) -> usize {
+        let mut expired = Vec::new();
+        let mut gone = Vec::new();
+        for entry in self.sessions.iter() {
+            match entry.value().shared.expiry(now) {
+                Expiry::Keep => {}
+                Expiry::Expire => expired.push(entry.value().clone()),
+                Expiry::Remove => gone.push(*entry.key()),
+            }
+        }
+        let reaped = expired.len() + gone.len();
+        for session in expired {
+            tracing::debug!(session = session.shared.key, "session expired");
+            session.shared.close(CloseReason::Expired);
+            self.remove(&session.shared.sid);
+        }
+        for sid in gone {
+            self.remove(&sid);
+        }
+        reaped
+    }
+}
+
+impl<U: Send + Sync + 'static> Registry<U> {
+    /// Starts the reaper task; it stops when the registry is dropped.
+    pub(crate) fn start_reaper(self: &Arc<Self>, period: Duration) {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(registry) = weak.upgrade() else {
+                    break;
+                };
+                registry.reap(Instant::now());
+            }
+        });
+    }
+}
+
+/// A reserved place for a session that is being opened; released if not used.
+pub(crate) struct Reservation<U> {
+    registry: Arc<Registry<U>>,
+    used: bool,
+}
+
+impl<U> Reservation<U> {
+    /// Puts the session into the registry.
+    pub(crate) fn insert(mut self, session: Session<U>) {
+        self.used = true;
+        self.registry.sessions.insert(session.shared.sid, session);
+    }
+}
+
+impl<U> Drop for Reservation<U> {
+    fn drop(&mut self) {
+        if !self.used {
+            self.registry.count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}

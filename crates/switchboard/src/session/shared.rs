@@ -1,0 +1,486 @@
+//! The state one session shares between its transports, the hub and the application.
+//!
+//! Everything lives behind one short-held `std::sync::Mutex`; nothing awaits while holding it.
+//! Waiting (for data to send, for room in the inbound queue, for a message to receive, for a
+//! takeover) goes through one [`Notify`], always with the `enable`-before-check pattern so that no
+//! wake-up is lost.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::error::{CloseReason, JoinError, SendError};
+use crate::hub::RoomIndex;
+use crate::message::Message;
+use crate::protocol::EncodedMessage;
+use crate::session::{Priority, SessionId, TransportKind};
+
+pub(crate) struct Shared<U> {
+    pub(crate) key: u64,
+    pub(crate) sid: SessionId,
+    pub(crate) user: U,
+    pub(crate) config: Arc<Config>,
+    rooms: Weak<RoomIndex<U>>,
+    state: Mutex<State>,
+    pub(crate) notify: Notify,
+    inbound_lock: tokio::sync::Mutex<()>,
+    post_busy: AtomicBool,
+}
+
+struct State {
+    /// Unacknowledged outbound messages; the first has sequence number `acked + 1`.
+    out: VecDeque<(u64, EncodedMessage)>,
+    out_bytes: usize,
+    next_seq: u64,
+    acked: u64,
+    /// Messages up to this sequence number may be sent (low-priority ones wait until released).
+    released: u64,
+    low: Option<LowPending>,
+    inbox: VecDeque<Message>,
+    /// Highest client sequence number delivered to the application.
+    in_seq: u64,
+    generation: u64,
+    attached: Option<(u64, TransportKind)>,
+    idle_since: Instant,
+    close: Option<CloseReason>,
+    closed_at: Option<Instant>,
+    rooms: Vec<Arc<str>>,
+}
+
+#[derive(Clone, Copy)]
+struct LowPending {
+    since: Instant,
+    count: usize,
+    bytes: usize,
+}
+
+/// What a transport should do next.
+pub(crate) enum Drain {
+    /// A newer transport took over; release this one.
+    Superseded,
+    /// Write these frames (in order), then, if `close` is set, the close frame.
+    Ready {
+        frames: Vec<(u64, EncodedMessage)>,
+        close: Option<CloseReason>,
+    },
+    /// Nothing to send. Wait for a notification, or until `wake_at` (held low-priority messages).
+    Idle { wake_at: Option<Instant> },
+}
+
+/// What the reaper should do with a session.
+pub(crate) enum Expiry {
+    Keep,
+    /// No transport for the resume window: close it as expired and forget it.
+    Expire,
+    /// Closed long enough ago: forget it.
+    Remove,
+}
+
+impl<U> Shared<U> {
+    pub(crate) fn new(
+        key: u64,
+        sid: SessionId,
+        user: U,
+        config: Arc<Config>,
+        rooms: Weak<RoomIndex<U>>,
+    ) -> Self {
+        Self {
+            key,
+            sid,
+            user,
+            config,
+            rooms,
+            state: Mutex::new(State {
+                out: VecDeque::new(),
+                out_bytes: 0,
+                next_seq: 1,
+                acked: 0,
+                released: 0,
+                low: None,
+                inbox: VecDeque::new(),
+                in_seq: 0,
+                generation: 0,
+                attached: None,
+                idle_since: Instant::now(),
+                close: None,
+                closed_at: None,
+                rooms: Vec::new(),
+            }),
+            notify: Notify::new(),
+            inbound_lock: tokio::sync::Mutex::new(()),
+            post_busy: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn rooms_index(&self) -> Option<Arc<RoomIndex<U>>> {
+        self.rooms.upgrade()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state half-updated in a way that
+        // matters more than losing the session, so poisoning is ignored.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends an encoded message to the outbound buffer.
+    pub(crate) fn push(
+        &self,
+        message: &EncodedMessage,
+        priority: Priority,
+    ) -> Result<u64, SendError> {
+        let max = self.config.max_message;
+        if message.payload_len() > max {
+            return Err(SendError::TooLarge {
+                len: message.payload_len(),
+                max,
+            });
+        }
+        let len = message.buffered_len();
+        let mut state = self.state();
+        if let Some(reason) = &state.close {
+            return Err(SendError::Closed(reason.clone()));
+        }
+        if state.out.len() >= self.config.max_buffered_messages
+            || state.out_bytes + len > self.config.max_buffered_bytes
+        {
+            drop(state);
+            tracing::info!(
+                session = self.key,
+                "outbound buffer overflow; closing session"
+            );
+            self.close(CloseReason::Overflow);
+            return Err(SendError::Overflow);
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.out.push_back((seq, message.clone()));
+        state.out_bytes += len;
+        let wake = match priority {
+            Priority::Normal => {
+                state.released = seq;
+                state.low = None;
+                true
+            }
+            Priority::Low => {
+                let coalescing = self.config.coalescing;
+                let low = state.low.get_or_insert(LowPending {
+                    since: Instant::now(),
+                    count: 0,
+                    bytes: 0,
+                });
+                low.count += 1;
+                low.bytes += len;
+                let first = low.count == 1;
+                if low.count >= coalescing.max_count || low.bytes >= coalescing.max_bytes {
+                    state.released = seq;
+                    state.low = None;
+                    true
+                } else {
+                    // The first held message tells a waiting transport when to wake up.
+                    first
+                }
+            }
+        };
+        drop(state);
+        if wake {
+            self.notify.notify_waiters();
+        }
+        Ok(seq)
+    }
+
+    /// Applies the client's cumulative acknowledgement. Values beyond what was sent are clamped.
+    pub(crate) fn ack(&self, ack: u64) {
+        let mut state = self.state();
+        let ack = ack.min(state.next_seq - 1);
+        if ack <= state.acked {
+            return;
+        }
+        while let Some((seq, message)) = state.out.front() {
+            if *seq > ack {
+                break;
+            }
+            let len = message.buffered_len();
+            state.out_bytes -= len;
+            state.out.pop_front();
+        }
+        state.acked = ack;
+    }
+
+    /// Makes a new transport the one that drains this session; the previous one (if any) sees
+    /// [`Drain::Superseded`] on its next call. Returns the new transport's generation.
+    pub(crate) fn attach(&self, kind: TransportKind) -> u64 {
+        let mut state = self.state();
+        state.generation += 1;
+        let generation = state.generation;
+        let previous = state.attached.replace((generation, kind));
+        drop(state);
+        if previous.is_some() {
+            tracing::debug!(session = self.key, ?kind, "transport takes over");
+            self.notify.notify_waiters();
+        } else {
+            tracing::debug!(session = self.key, ?kind, "transport attached");
+        }
+        generation
+    }
+
+    /// Releases the transport of this generation (no-op if another has taken over since).
+    pub(crate) fn detach(&self, generation: u64) {
+        let mut state = self.state();
+        if matches!(state.attached, Some((current, _)) if current == generation) {
+            state.attached = None;
+            state.idle_since = Instant::now();
+            tracing::debug!(session = self.key, "transport detached");
+        }
+    }
+
+    /// The transport currently attached.
+    pub(crate) fn transport(&self) -> Option<TransportKind> {
+        self.state().attached.map(|(_, kind)| kind)
+    }
+
+    /// Collects what the transport of `generation` should send after `after` (the highest sequence
+    /// number it has already written or the client has acknowledged), up to about `max_bytes`.
+    pub(crate) fn drain(&self, generation: u64, after: u64, max_bytes: usize) -> Drain {
+        let mut state = self.state();
+        if !matches!(state.attached, Some((current, _)) if current == generation) {
+            return Drain::Superseded;
+        }
+        if let Some(low) = state.low
+            && low.since + self.config.coalescing.max_delay <= Instant::now()
+        {
+            state.released = state.next_seq - 1;
+            state.low = None;
+        }
+        let start = after.saturating_sub(state.acked) as usize;
+        let mut frames = Vec::new();
+        let mut bytes = 0;
+        for (seq, message) in state.out.iter().skip(start) {
+            if *seq > state.released || (bytes > 0 && bytes + message.buffered_len() > max_bytes) {
+                break;
+            }
+            bytes += message.buffered_len() + 24;
+            frames.push((*seq, message.clone()));
+        }
+        let last_sent = frames
+            .last()
+            .map_or(after.max(state.acked), |(seq, _)| *seq);
+        if let Some(reason) = &state.close {
+            let everything = last_sent >= state.next_seq - 1;
+            return Drain::Ready {
+                frames,
+                close: everything.then(|| reason.clone()),
+            };
+        }
+        if frames.is_empty() {
+            Drain::Idle {
+                wake_at: state
+                    .low
+                    .map(|low| low.since + self.config.coalescing.max_delay),
+            }
+        } else {
+            Drain::Ready {
+                frames,
+                close: None,
+            }
+        }
+    }
+
+    /// The highest client sequence number delivered to the application.
+    pub(crate) fn inbound_ack(&self) -> u64 {
+        self.state().in_seq
+    }
+
+    /// Delivers client messages in order, exactly once: duplicates (`seq <= delivered`) are dropped,
+    /// a gap stops delivery. Waits while the application's inbound queue is full. Returns the
+    /// highest client sequence number delivered.
+    pub(crate) async fn deliver(&self, messages: Vec<(u64, Message)>) -> u64 {
+        let _one_at_a_time = self.inbound_lock.lock().await;
+        let cap = self.config.inbound_queue;
+        for (seq, message) in messages {
+            let mut message = Some(message);
+            loop {
+                let notified = self.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut state = self.state();
+                    if state.close.is_some() || seq > state.in_seq + 1 {
+                        return state.in_seq;
+                    }
+                    if seq <= state.in_seq {
+                        break;
+                    }
+                    if state.inbox.len() < cap {
+                        if let Some(message) = message.take() {
+                            state.inbox.push_back(message);
+                        }
+                        state.in_seq = seq;
+                        drop(state);
+                        self.notify.notify_waiters();
+                        break;
+                    }
+                }
+                notified.await;
+            }
+        }
+        self.inbound_ack()
+    }
+
+    /// Takes the next received message; `None` once the session has ended and the queue is empty.
+    pub(crate) async fn recv(&self) -> Option<Message> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.state();
+                let was_full = state.inbox.len() >= self.config.inbound_queue;
+                if let Some(message) = state.inbox.pop_front() {
+                    drop(state);
+                    if was_full {
+                        self.notify.notify_waiters();
+                    }
+                    return Some(message);
+                }
+                if state.close.is_some() {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until the session has ended.
+    pub(crate) async fn closed(&self) -> CloseReason {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(reason) = self.close_reason() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.state().close.clone()
+    }
+
+    /// Ends the session. Returns `false` if it had already ended.
+    pub(crate) fn close(&self, reason: CloseReason) -> bool {
+        let mut state = self.state();
+        if state.close.is_some() {
+            return false;
+        }
+        let discard = matches!(
+            reason,
+            CloseReason::Overflow | CloseReason::ProtocolError(_) | CloseReason::Expired
+        );
+        if discard {
+            state.out.clear();
+            state.out_bytes = 0;
+            state.acked = state.next_seq - 1;
+        }
+        state.released = state.next_seq - 1;
+        state.low = None;
+        tracing::debug!(session = self.key, reason = %reason, "session closed");
+        state.close = Some(reason);
+        state.closed_at = Some(Instant::now());
+        let rooms = std::mem::take(&mut state.rooms);
+        drop(state);
+        if let Some(index) = self.rooms.upgrade() {
+            for room in rooms {
+                index.remove(&room, self.key);
+            }
+        }
+        self.notify.notify_waiters();
+        true
+    }
+
+    /// Records that the session is in `room`. The caller has already added it to the room index;
+    /// on `Err` the caller removes it again.
+    pub(crate) fn add_room(&self, room: &Arc<str>) -> Result<bool, JoinError> {
+        let mut state = self.state();
+        if state.close.is_some() {
+            return Err(JoinError::Closed);
+        }
+        if state.rooms.iter().any(|joined| joined == room) {
+            return Ok(false);
+        }
+        if state.rooms.len() >= self.config.max_rooms_per_session {
+            return Err(JoinError::TooManyRooms {
+                max: self.config.max_rooms_per_session,
+            });
+        }
+        state.rooms.push(room.clone());
+        Ok(true)
+    }
+
+    /// Forgets `room`; returns whether the session was in it.
+    pub(crate) fn remove_room(&self, room: &str) -> bool {
+        let mut state = self.state();
+        let before = state.rooms.len();
+        state.rooms.retain(|joined| joined.as_ref() != room);
+        before != state.rooms.len()
+    }
+
+    pub(crate) fn rooms(&self) -> Vec<String> {
+        self.state()
+            .rooms
+            .iter()
+            .map(|room| room.to_string())
+            .collect()
+    }
+
+    pub(crate) fn in_room(&self, room: &str) -> bool {
+        self.state()
+            .rooms
+            .iter()
+            .any(|joined| joined.as_ref() == room)
+    }
+
+    /// Number of messages and bytes waiting for acknowledgement.
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.out.len(), state.out_bytes)
+    }
+
+    /// Whether the reaper should expire or forget this session.
+    pub(crate) fn expiry(&self, now: Instant) -> Expiry {
+        let state = self.state();
+        let window = self.config.resume_window;
+        if state.attached.is_some() {
+            return Expiry::Keep;
+        }
+        match state.closed_at {
+            Some(closed_at) if closed_at + window <= now => Expiry::Remove,
+            Some(_) => Expiry::Keep,
+            None if state.idle_since + window <= now => Expiry::Expire,
+            None => Expiry::Keep,
+        }
+    }
+
+    /// Claims the session's single POST slot; `None` if a POST is already in progress.
+    pub(crate) fn begin_post(self: &Arc<Self>) -> Option<PostSlot<U>> {
+        self.post_busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| PostSlot(self.clone()))
+    }
+}
+
+/// Holds a session's POST slot until dropped.
+pub(crate) struct PostSlot<U>(Arc<Shared<U>>);
+
+impl<U> Drop for PostSlot<U> {
+    fn drop(&mut self) {
+        self.0.post_busy.store(false, Ordering::Release);
+    }
+}

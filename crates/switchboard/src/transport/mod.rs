@@ -1,0 +1,107 @@
+//! Transports: thin adapters that attach to a session, drain its buffer and feed it client frames.
+//!
+//! - [`websocket`]: one socket carries frames both ways; the server pings, detects dead peers, and
+//!   writes every queued frame before flushing once.
+//! - [`longpoll`]: `GET /poll` drains the session, held until there is something to send
+//!   (`wait=1`, long polling) or answered at once (`wait=0`, short polling).
+//! - [`poll`]: the HTTP side shared by both polling modes: `POST /open` opens a session and
+//!   `POST /poll` carries client frames up in batches.
+//!
+//! Transports never talk to the hub, and the hub never knows which transport is attached.
+
+pub(crate) mod longpoll;
+pub(crate) mod poll;
+pub(crate) mod websocket;
+
+use axum::http::{HeaderValue, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::protocol::{self, EncodedMessage};
+
+/// Query parameters of every endpoint (`docs/protocol.md` §4–5).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Params {
+    pub(crate) v: Option<u32>,
+    pub(crate) sid: Option<String>,
+    pub(crate) ack: Option<u64>,
+    pub(crate) wait: Option<u8>,
+    pub(crate) auth: Option<String>,
+}
+
+impl Params {
+    pub(crate) fn from_uri(uri: &Uri) -> Result<Self, ApiError> {
+        let params: Params = match uri.query() {
+            Some(query) => serde_urlencoded_query(query)?,
+            None => Params::default(),
+        };
+        if let Some(version) = params.v
+            && version != protocol::VERSION
+        {
+            return Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "unsupported_version",
+                format!("this server speaks protocol version {}", protocol::VERSION),
+            ));
+        }
+        if params.ack.is_some_and(|ack| ack > protocol::MAX_SEQ) {
+            return Err(ApiError::bad_request("ack must be at most 2^53-1"));
+        }
+        Ok(params)
+    }
+
+    pub(crate) fn sid(&self) -> Result<&str, ApiError> {
+        self.sid
+            .as_deref()
+            .ok_or_else(|| ApiError::bad_request("missing query parameter sid"))
+    }
+}
+
+fn serde_urlencoded_query(query: &str) -> Result<Params, ApiError> {
+    axum::extract::Query::<Params>::try_from_uri(
+        &format!("/?{query}")
+            .parse::<Uri>()
+            .map_err(|_| ApiError::bad_request("unreadable query string"))?,
+    )
+    .map(|axum::extract::Query(params)| params)
+    .map_err(|err| ApiError::bad_request(format!("bad query parameter: {}", err.body_text())))
+}
+
+/// Writes a JSON array of frames: messages, then the extra frames (already encoded).
+pub(crate) fn frames_body(messages: &[(u64, EncodedMessage)], extra: &[String]) -> Vec<u8> {
+    let len = messages
+        .iter()
+        .map(|(seq, message)| protocol::message_frame_len(*seq, message) + 1)
+        .sum::<usize>()
+        + extra.iter().map(|frame| frame.len() + 1).sum::<usize>()
+        + 2;
+    let mut body = Vec::with_capacity(len);
+    body.push(b'[');
+    for (seq, message) in messages {
+        if body.len() > 1 {
+            body.push(b',');
+        }
+        protocol::write_message_frame(&mut body, *seq, message);
+    }
+    for frame in extra {
+        if body.len() > 1 {
+            body.push(b',');
+        }
+        body.extend_from_slice(frame.as_bytes());
+    }
+    body.push(b']');
+    body
+}
+
+/// A `200` answer with a JSON body that no cache may keep.
+pub(crate) fn json_response(body: impl Into<axum::body::Body>) -> Response {
+    let mut response = body.into().into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,151 @@
+//! The HTTP side of polling: `POST /open` opens a session, `POST /poll` carries client frames.
+//!
+//! A POST body is a JSON array of client frames. It is validated whole before anything in it is
+//! delivered, so a bad batch changes nothing. Message frames are delivered by sequence number:
+//! a retried POST whose answer was lost is recognised and its messages are not delivered twice.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::auth::Handshake;
+use crate::error::{ApiError, CloseReason};
+use crate::protocol::{self, ClientFrame, FrameError, OpenInfo};
+use crate::router::Mounted;
+use crate::session::TransportKind;
+use crate::transport::{Params, json_response};
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large("request body exceeds the size limit")
+    } else {
+        ApiError::bad_request(format!("unreadable body: {}", rejection.body_text()))
+    }
+}
+
+#[derive(Deserialize)]
+struct OpenBody {
+    #[serde(default)]
+    auth: Option<serde_json::Value>,
+}
+
+pub(crate) async fn open<U: Clone + Send + Sync + 'static>(
+    State(mounted): State<Mounted<U>>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match open_session(mounted, headers, uri, body).await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::info!(error = err.code, "session open refused");
+            err.into_response()
+        }
+    }
+}
+
+async fn open_session<U: Clone + Send + Sync + 'static>(
+    mounted: Mounted<U>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    Params::from_uri(&uri)?;
+    let body = body.map_err(body_error)?;
+    let auth = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<OpenBody>(&body)
+            .map_err(|err| {
+                ApiError::bad_request(format!("open body must be {{\"auth\": ...}}: {err}"))
+            })?
+            .auth
+    };
+    let session = mounted
+        .open_session(Handshake {
+            headers,
+            uri,
+            auth,
+            transport: TransportKind::LongPoll,
+        })
+        .await?;
+    let config = &session.shared.config;
+    let sid = session.shared.sid.to_hex();
+    let frame = protocol::open_frame(&OpenInfo {
+        sid: &sid,
+        resumed: false,
+        ack: 0,
+        ping_ms: config.ping_interval.as_millis() as u64,
+        hold_ms: config.poll_hold.as_millis() as u64,
+        resume_ms: config.resume_window.as_millis() as u64,
+        max_message: config.max_message,
+        max_body: config.max_body,
+    });
+    Ok(json_response(frame))
+}
+
+pub(crate) async fn send<U: Clone + Send + Sync + 'static>(
+    State(mounted): State<Mounted<U>>,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match receive_frames(mounted, uri, body).await {
+        Ok(response) => response,
+        Err(err) => {
+            if err.status == StatusCode::NOT_FOUND || err.status == StatusCode::TOO_MANY_REQUESTS {
+                tracing::debug!(error = err.code, "POST refused");
+            } else {
+                tracing::info!(error = err.code, message = %err.message, "POST refused");
+            }
+            err.into_response()
+        }
+    }
+}
+
+async fn receive_frames<U: Clone + Send + Sync + 'static>(
+    mounted: Mounted<U>,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let params = Params::from_uri(&uri)?;
+    let session = mounted.lookup(params.sid()?)?;
+    let shared = &session.shared;
+    let body = body.map_err(body_error)?;
+    let _slot = shared.begin_post().ok_or_else(ApiError::busy)?;
+    let frames =
+        protocol::decode_batch(&body, shared.config.max_message).map_err(|err| match err {
+            FrameError::Malformed(_) => ApiError::malformed_frame(err.to_string()),
+            FrameError::TooLarge { .. } => ApiError::too_large(err.to_string()),
+        })?;
+    let mut messages = Vec::new();
+    let mut pong = false;
+    let mut close = false;
+    for frame in frames {
+        match frame {
+            ClientFrame::Message { seq, message } => messages.push((seq, message)),
+            ClientFrame::Ack(ack) => shared.ack(ack),
+            ClientFrame::Ping => pong = true,
+            ClientFrame::Pong => {}
+            ClientFrame::Close => close = true,
+        }
+    }
+    let ack = if messages.is_empty() {
+        shared.inbound_ack()
+    } else {
+        shared.deliver(messages).await
+    };
+    if close {
+        shared.close(CloseReason::ClientClosed);
+    }
+    let mut answer = vec![protocol::ack_frame(ack)];
+    if pong {
+        answer.push(protocol::PONG_FRAME.to_string());
+    }
+    if let Some(reason) = shared.close_reason() {
+        answer.push(protocol::close_frame(reason.code(), reason.reason()));
+    }
+    Ok(json_response(format!("[{}]", answer.join(","))))
+}

@@ -1,0 +1,329 @@
+//! `GET /ws`: the WebSocket transport.
+//!
+//! One task per socket. It writes every frame the session has released, back to back, and flushes
+//! once; reads client frames in bursts and acknowledges each burst once; pings the client every
+//! ping interval and drops the socket (not the session) when the client has been silent for the
+//! ping interval plus the ping timeout, or when a write stalls for the write timeout.
+//!
+//! Read and write buffers are sized by the configuration (4 KiB each by default) rather than
+//! axum's 128 KiB, which would dominate the memory of an idle connection.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::{FutureExt as _, SinkExt as _};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use crate::auth::Handshake;
+use crate::error::{ApiError, CloseReason};
+use crate::protocol::{self, ClientFrame, OpenInfo};
+use crate::router::Mounted;
+use crate::session::{Drain, Session, TransportKind};
+use crate::transport::Params;
+
+/// WebSocket close codes of the transport (the session lives on), `docs/protocol.md` §5.1.
+const SUPERSEDED: u16 = 4100;
+const HEARTBEAT_TIMEOUT: u16 = 4101;
+const WRITE_TIMEOUT: u16 = 4102;
+
+/// Most client frames read in one burst before they are delivered and acknowledged.
+const READ_BURST: usize = 256;
+/// About how many bytes of messages are written between flushes.
+const WRITE_BATCH: usize = 256 * 1024;
+
+pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
+    State(mounted): State<Mounted<U>>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return ApiError::bad_request(format!("expected a WebSocket upgrade: {rejection}"))
+                .into_response();
+        }
+    };
+    let config = mounted.inner.config.clone();
+    // A `m` frame carries at most max_message payload bytes, base64-inflated, plus framing.
+    let max_frame = config.max_message / 3 * 4 + 1024;
+    upgrade
+        .read_buffer_size(config.ws_read_buffer)
+        .write_buffer_size(config.ws_write_buffer)
+        .max_write_buffer_size(config.ws_write_buffer.max(max_frame) + WRITE_BATCH)
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| async move {
+            match attach(&mounted, headers, uri).await {
+                Ok((session, resumed, ack)) => {
+                    run(socket, mounted, session, resumed, ack).await;
+                }
+                Err(err) => {
+                    tracing::info!(error = err.code, "WebSocket session refused");
+                    refuse(socket, err).await;
+                }
+            }
+        })
+}
+
+/// Resolves the session a new socket is for: resumed (`sid`) or newly opened.
+async fn attach<U: Clone + Send + Sync + 'static>(
+    mounted: &Mounted<U>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<(Session<U>, bool, u64), ApiError> {
+    let params = Params::from_uri(&uri)?;
+    if let Some(sid) = &params.sid {
+        let session = mounted.lookup(sid)?;
+        let ack = params.ack.unwrap_or(0);
+        session.shared.ack(ack);
+        return Ok((session, true, ack));
+    }
+    let auth = match &params.auth {
+        Some(text) => Some(
+            serde_json::from_str(text)
+                .map_err(|err| ApiError::bad_request(format!("auth is not JSON: {err}")))?,
+        ),
+        None => None,
+    };
+    let session = mounted
+        .open_session(Handshake {
+            headers,
+            uri,
+            auth,
+            transport: TransportKind::WebSocket,
+        })
+        .await?;
+    Ok((session, false, 0))
+}
+
+async fn refuse(mut socket: WebSocket, err: ApiError) {
+    let close = WsMessage::Close(Some(CloseFrame {
+        code: err.close_code(),
+        reason: Utf8Bytes::from(err.code),
+    }));
+    let _ = timeout(Duration::from_secs(5), socket.send(close)).await;
+}
+
+fn text(frame: String) -> WsMessage {
+    WsMessage::Text(Utf8Bytes::from(frame))
+}
+
+fn close_message(code: u16, reason: &str) -> WsMessage {
+    // A close reason may hold at most 123 bytes; cut at a character boundary.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(&reason[..end]),
+    }))
+}
+
+/// Writes `messages` and flushes once; `false` if the socket failed or stalled.
+async fn write_all(socket: &mut WebSocket, messages: Vec<WsMessage>, limit: Duration) -> bool {
+    let write = async {
+        for message in messages {
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    };
+    matches!(timeout(limit, write).await, Ok(Ok(())))
+}
+
+async fn run<U: Clone + Send + Sync + 'static>(
+    mut socket: WebSocket,
+    mounted: Mounted<U>,
+    session: Session<U>,
+    resumed: bool,
+    client_ack: u64,
+) {
+    let shared = &session.shared;
+    let config = shared.config.clone();
+    let generation = shared.attach(TransportKind::WebSocket);
+    let attached = mounted.track_transport(&session, generation);
+    let sid = shared.sid.to_hex();
+    let open = protocol::open_frame(&OpenInfo {
+        sid: &sid,
+        resumed,
+        ack: shared.inbound_ack(),
+        ping_ms: config.ping_interval.as_millis() as u64,
+        hold_ms: config.poll_hold.as_millis() as u64,
+        resume_ms: config.resume_window.as_millis() as u64,
+        max_message: config.max_message,
+        max_body: config.max_body,
+    });
+    drop(sid);
+    if !write_all(&mut socket, vec![text(open)], config.write_timeout).await {
+        return;
+    }
+    let silence_limit = config.ping_interval + config.ping_timeout;
+    let mut sent = client_ack;
+    let mut last_heard = Instant::now();
+    let mut next_ping = last_heard + config.ping_interval;
+    loop {
+        let notified = shared.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let wake_at = match shared.drain(generation, sent, WRITE_BATCH) {
+            Drain::Superseded => {
+                let _ = write_all(
+                    &mut socket,
+                    vec![close_message(SUPERSEDED, "superseded")],
+                    config.write_timeout,
+                )
+                .await;
+                return;
+            }
+            Drain::Ready { frames, close } => {
+                let mut out = Vec::with_capacity(frames.len() + 2);
+                for (seq, message) in &frames {
+                    let mut frame = Vec::with_capacity(protocol::message_frame_len(*seq, message));
+                    protocol::write_message_frame(&mut frame, *seq, message);
+                    match String::from_utf8(frame) {
+                        Ok(frame) => out.push(text(frame)),
+                        Err(_) => {
+                            tracing::error!(session = shared.key, "encoded frame is not UTF-8");
+                            return;
+                        }
+                    }
+                }
+                if let Some((seq, _)) = frames.last() {
+                    sent = *seq;
+                }
+                if let Some(reason) = &close {
+                    out.push(text(protocol::close_frame(reason.code(), reason.reason())));
+                    out.push(close_message(reason.code(), reason.reason()));
+                }
+                if !write_all(&mut socket, out, config.write_timeout).await {
+                    tracing::debug!(session = shared.key, "WebSocket write failed or stalled");
+                    if close.is_none() {
+                        let _ = timeout(
+                            Duration::from_millis(100),
+                            socket.send(close_message(WRITE_TIMEOUT, "write_timeout")),
+                        )
+                        .await;
+                    }
+                    return;
+                }
+                if close.is_some() {
+                    attached.close_delivered();
+                    return;
+                }
+                continue;
+            }
+            Drain::Idle { wake_at } => wake_at.map(Instant::from_std),
+        };
+        let dead_at = last_heard + silence_limit;
+        let timer = [Some(next_ping), Some(dead_at), wake_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_ping);
+        tokio::select! {
+            incoming = socket.recv() => {
+                let Some(Ok(first)) = incoming else {
+                    tracing::debug!(session = shared.key, "WebSocket closed by the network");
+                    return;
+                };
+                last_heard = Instant::now();
+                let mut burst = vec![first];
+                while burst.len() < READ_BURST {
+                    match socket.recv().now_or_never() {
+                        Some(Some(Ok(message))) => burst.push(message),
+                        Some(_) => break,
+                        None => break,
+                    }
+                }
+                match handle_burst(&mut socket, &session, burst).await {
+                    Ok(()) => {}
+                    Err(()) => return,
+                }
+            }
+            _ = &mut notified => {}
+            _ = sleep_until(timer) => {
+                let now = Instant::now();
+                if now >= dead_at {
+                    tracing::debug!(session = shared.key, "WebSocket heartbeat timeout");
+                    let _ = timeout(
+                        Duration::from_millis(100),
+                        socket.send(close_message(HEARTBEAT_TIMEOUT, "heartbeat_timeout")),
+                    )
+                    .await;
+                    return;
+                }
+                if now >= next_ping {
+                    next_ping = now + config.ping_interval;
+                    if !write_all(&mut socket, vec![text(protocol::PING_FRAME.to_string())], config.write_timeout).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Handles a burst of client frames: acknowledgements and heartbeats at once, messages delivered
+/// in order and then acknowledged with one `ack` frame. `Err` means the socket is finished.
+async fn handle_burst<U>(
+    socket: &mut WebSocket,
+    session: &Session<U>,
+    burst: Vec<WsMessage>,
+) -> Result<(), ()> {
+    let shared = &session.shared;
+    let max_message = shared.config.max_message;
+    let mut messages = Vec::new();
+    let mut replies = Vec::new();
+    let mut close = false;
+    for incoming in burst {
+        match incoming {
+            WsMessage::Text(frame) => match protocol::decode_frame(frame.as_str(), max_message) {
+                Ok(ClientFrame::Message { seq, message }) => messages.push((seq, message)),
+                Ok(ClientFrame::Ack(ack)) => shared.ack(ack),
+                Ok(ClientFrame::Ping) => replies.push(text(protocol::PONG_FRAME.to_string())),
+                Ok(ClientFrame::Pong) => {}
+                Ok(ClientFrame::Close) => close = true,
+                Err(err) => {
+                    tracing::info!(session = shared.key, error = %err, "rejected a WebSocket frame");
+                    let code = match err {
+                        protocol::FrameError::Malformed(_) => "malformed_frame",
+                        protocol::FrameError::TooLarge { .. } => "payload_too_large",
+                    };
+                    replies.push(text(protocol::error_frame(code, &err.to_string())));
+                }
+            },
+            WsMessage::Binary(_) => {
+                tracing::info!(session = shared.key, "rejected a binary WebSocket message");
+                replies.push(text(protocol::error_frame(
+                    "malformed_frame",
+                    "binary WebSocket messages are not part of protocol v1; send payloads base64-encoded in b",
+                )));
+            }
+            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            WsMessage::Close(_) => {
+                tracing::debug!(session = shared.key, "WebSocket closed by the client");
+                return Err(());
+            }
+        }
+    }
+    if !messages.is_empty() {
+        let ack = shared.deliver(messages).await;
+        replies.push(text(protocol::ack_frame(ack)));
+    }
+    if close {
+        shared.close(CloseReason::ClientClosed);
+    }
+    if replies.is_empty() {
+        return Ok(());
+    }
+    if write_all(socket, replies, shared.config.write_timeout).await {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
