@@ -215,6 +215,21 @@ async fn run<U: Clone + Send + Sync + 'static>(
                     attached.close_delivered();
                     return;
                 }
+                // While the application keeps the socket busy with output, still take in what the
+                // client sent (acknowledgements above all), so that the buffer can drain.
+                if let Some(incoming) = socket.recv().now_or_never() {
+                    let Some(Ok(first)) = incoming else {
+                        tracing::debug!(session = shared.key, "WebSocket closed by the network");
+                        return;
+                    };
+                    last_heard = Instant::now();
+                    if handle_burst(&mut socket, &session, first).await.is_err() {
+                        return;
+                    }
+                } else if Instant::now() >= last_heard + silence_limit {
+                    tracing::debug!(session = shared.key, "WebSocket heartbeat timeout");
+                    return;
+                }
                 continue;
             }
             Drain::Idle { wake_at } => wake_at.map(Instant::from_std),
@@ -232,17 +247,8 @@ async fn run<U: Clone + Send + Sync + 'static>(
                     return;
                 };
                 last_heard = Instant::now();
-                let mut burst = vec![first];
-                while burst.len() < READ_BURST {
-                    match socket.recv().now_or_never() {
-                        Some(Some(Ok(message))) => burst.push(message),
-                        Some(_) => break,
-                        None => break,
-                    }
-                }
-                match handle_burst(&mut socket, &session, burst).await {
-                    Ok(()) => {}
-                    Err(()) => return,
+                if handle_burst(&mut socket, &session, first).await.is_err() {
+                    return;
                 }
             }
             _ = &mut notified => {}
@@ -268,13 +274,26 @@ async fn run<U: Clone + Send + Sync + 'static>(
     }
 }
 
+/// Collects `first` and whatever else the client has already sent, up to [`READ_BURST`] frames.
+fn read_burst(socket: &mut WebSocket, first: WsMessage) -> Vec<WsMessage> {
+    let mut burst = vec![first];
+    while burst.len() < READ_BURST {
+        match socket.recv().now_or_never() {
+            Some(Some(Ok(message))) => burst.push(message),
+            _ => break,
+        }
+    }
+    burst
+}
+
 /// Handles a burst of client frames: acknowledgements and heartbeats at once, messages delivered
 /// in order and then acknowledged with one `ack` frame. `Err` means the socket is finished.
 async fn handle_burst<U>(
     socket: &mut WebSocket,
     session: &Session<U>,
-    burst: Vec<WsMessage>,
+    first: WsMessage,
 ) -> Result<(), ()> {
+    let burst = read_burst(socket, first);
     let shared = &session.shared;
     let max_message = shared.config.max_message;
     let mut messages = Vec::new();

@@ -1,0 +1,91 @@
+//! A real server on 127.0.0.1 for the integration tests.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchboard::{Session, Switchboard};
+use tokio::sync::mpsc;
+
+/// A running server. Every new session is handed to the test through `sessions`, so the test
+/// plays the application: it sends, receives and closes through the `Session` handle.
+pub struct TestServer<U: Clone + Send + Sync + 'static = ()> {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub realtime: Switchboard<U>,
+    pub sessions: mpsc::Receiver<Session<U>>,
+}
+
+impl<U: Clone + Send + Sync + 'static> TestServer<U> {
+    /// Starts `realtime` mounted at `/rt` on an ephemeral port.
+    pub async fn start(realtime: Switchboard<U>) -> Self {
+        let (tx, sessions) = mpsc::channel(1024);
+        let app = axum::Router::new().nest(
+            "/rt",
+            realtime.router(move |session: Session<U>| {
+                let tx = tx.clone();
+                async move {
+                    let keep = session.clone();
+                    if tx.send(session).await.is_ok() {
+                        keep.closed().await;
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            addr,
+            base: format!("http://{addr}/rt"),
+            realtime,
+            sessions,
+        }
+    }
+
+    /// The next session opened by a client.
+    pub async fn next_session(&mut self) -> Session<U> {
+        tokio::time::timeout(Duration::from_secs(10), self.sessions.recv())
+            .await
+            .expect("no session opened within 10 s")
+            .expect("server gone")
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/rt/ws?v=1{query}", self.addr)
+    }
+}
+
+/// Starts a server with default settings.
+pub async fn start_default() -> TestServer {
+    TestServer::start(Switchboard::builder().build()).await
+}
+
+/// Waits until `condition` holds, polling every 10 ms, for at most `limit`.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
+/// Test payloads: Korean, emoji, mixed scripts, escapes.
+pub const TEXTS: &[&str] = &[
+    "안녕하세요, 세계!",
+    "👋🎉🚀 emoji 👨‍👩‍👧‍👦",
+    "mixed: 한국어 + English + 日本語 + العربية",
+    "escapes: \"quotes\" \\ backslash \n newline \t tab \u{0000} nul",
+];
+
+/// A binary payload holding every byte value, plus invalid UTF-8 sequences.
+pub fn binary_payload() -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..=255u8).collect();
+    bytes.extend_from_slice(&[0xff, 0xfe, 0xc0, 0x80, 0xed, 0xa0, 0x80]);
+    bytes
+}
