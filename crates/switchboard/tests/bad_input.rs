@@ -7,50 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, start_default};
+use common::{TestServer, get, open, post, start_default};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchboard::{Refusal, Switchboard};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, client::IntoClientRequest};
-
-async fn open(http: &reqwest::Client, base: &str) -> String {
-    let open: Value = http
-        .post(format!("{base}/open?v=1"))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(open["t"], "open");
-    open["sid"].as_str().unwrap().to_string()
-}
-
-async fn post(
-    http: &reqwest::Client,
-    base: &str,
-    sid: &str,
-    body: impl Into<reqwest::Body>,
-) -> (StatusCode, Value) {
-    let response = http
-        .post(format!("{base}/poll?v=1&sid={sid}"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn get(http: &reqwest::Client, url: String) -> (StatusCode, Value) {
-    let response = http.get(url).send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 /// Checks that a session still works end to end: the client's message `seq` reaches the
 /// application and the application's answer reaches the client.

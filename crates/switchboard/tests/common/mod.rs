@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use reqwest::StatusCode;
+use serde_json::Value;
 use switchboard::{Session, Switchboard};
 use tokio::sync::mpsc;
 
@@ -88,4 +90,43 @@ pub fn binary_payload() -> Vec<u8> {
     let mut bytes: Vec<u8> = (0..=255u8).collect();
     bytes.extend_from_slice(&[0xff, 0xfe, 0xc0, 0x80, 0xed, 0xa0, 0x80]);
     bytes
+}
+
+/// `POST /open`: a new polling session's sid.
+pub async fn open(http: &reqwest::Client, base: &str) -> String {
+    let open: Value = http
+        .post(format!("{base}/open?v=1"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(open["t"], "open");
+    open["sid"].as_str().unwrap().to_string()
+}
+
+pub async fn post(
+    http: &reqwest::Client,
+    base: &str,
+    sid: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value) {
+    let response = http
+        .post(format!("{base}/poll?v=1&sid={sid}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn get(http: &reqwest::Client, url: String) -> (StatusCode, Value) {
+    let response = http.get(url).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
 }

@@ -1,0 +1,290 @@
+//! Latency and batching (DESIGN.md guarantee 6): a waiting long poll is answered as soon as a
+//! normal message is sent, messages that piled up go out together, and low-priority messages
+//! coalesce by count, bytes or delay. These tests check *what* is answered and by which trigger,
+//! never how fast: hold times and delays are set far apart so that each trigger is unambiguous.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, get, open};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use switchboard::{Coalescing, Message, Priority, Switchboard};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn poll_url(server: &TestServer, sid: &str, ack: u64, wait: bool) -> String {
+    format!(
+        "{}/poll?v=1&sid={sid}&ack={ack}&wait={}",
+        server.base,
+        u8::from(wait)
+    )
+}
+
+async fn server_with(coalescing: Coalescing) -> TestServer {
+    TestServer::start(
+        Switchboard::builder()
+            .poll_hold(LONG)
+            .resume_window(LONG * 2)
+            .coalescing(coalescing)
+            .build(),
+    )
+    .await
+}
+
+fn texts(frames: &Value) -> Vec<String> {
+    frames
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|frame| frame["d"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_waiting_long_poll_is_answered_when_a_normal_message_is_sent() {
+    let mut server = server_with(Coalescing::default()).await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    let waiting = tokio::spawn({
+        let http = http.clone();
+        let url = poll_url(&server, &sid, 0, true);
+        async move { get(&http, url).await }
+    });
+    assert!(common::eventually(Duration::from_secs(5), || session.transport().is_some()).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the poll must wait while there is nothing to send"
+    );
+    session.send("지금 바로").unwrap();
+    // The hold time is a minute: an answer within 10 s can only have been triggered by the send.
+    let (status, frames) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(frames, json!([{"t":"m","s":1,"d":"지금 바로"}]));
+}
+
+#[tokio::test]
+async fn messages_that_pile_up_go_out_in_one_response() {
+    let mut server = server_with(Coalescing::default()).await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    for i in 1..=200 {
+        session.send(format!("batched {i}")).unwrap();
+    }
+    let (_, frames) = get(&http, poll_url(&server, &sid, 0, true)).await;
+    assert_eq!(texts(&frames).len(), 200);
+    assert_eq!(frames[199]["s"], 200);
+}
+
+#[tokio::test]
+async fn low_priority_messages_wait_for_the_count_threshold() {
+    let mut server = server_with(Coalescing {
+        max_count: 5,
+        max_bytes: 1 << 20,
+        max_delay: LONG,
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    for i in 1..=4 {
+        session
+            .send_with(Message::text(format!("typing {i}")), Priority::Low)
+            .unwrap();
+    }
+    // Held: a short poll sees nothing, a long poll waits.
+    let (_, frames) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    assert_eq!(frames, json!([]));
+    let waiting = tokio::spawn({
+        let http = http.clone();
+        let url = poll_url(&server, &sid, 0, true);
+        async move { get(&http, url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished());
+    // The fifth reaches the count: all five go out together.
+    session
+        .send_with(Message::text("typing 5"), Priority::Low)
+        .unwrap();
+    let (_, frames) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        texts(&frames),
+        ["typing 1", "typing 2", "typing 3", "typing 4", "typing 5"]
+    );
+}
+
+#[tokio::test]
+async fn low_priority_messages_wait_for_the_byte_threshold() {
+    let mut server = server_with(Coalescing {
+        max_count: 1000,
+        max_bytes: 1000,
+        max_delay: LONG,
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    // Each message buffers about 306 bytes ("d":"…"} around 100 three-byte Hangul syllables).
+    let syllables = "가".repeat(100);
+    for _ in 0..3 {
+        session
+            .send_with(Message::text(&syllables), Priority::Low)
+            .unwrap();
+    }
+    let (_, frames) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    assert_eq!(frames, json!([]));
+    session
+        .send_with(Message::text(&syllables), Priority::Low)
+        .unwrap();
+    let (_, frames) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    assert_eq!(texts(&frames).len(), 4);
+}
+
+#[tokio::test]
+async fn low_priority_messages_are_released_after_the_delay() {
+    let mut server = server_with(Coalescing {
+        max_count: 1000,
+        max_bytes: 1 << 20,
+        max_delay: Duration::from_millis(300),
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    let waiting = tokio::spawn({
+        let http = http.clone();
+        let url = poll_url(&server, &sid, 0, true);
+        async move { get(&http, url).await }
+    });
+    assert!(common::eventually(Duration::from_secs(5), || session.transport().is_some()).await);
+    session
+        .send_with(Message::text("cursor 1"), Priority::Low)
+        .unwrap();
+    session
+        .send_with(Message::text("cursor 2"), Priority::Low)
+        .unwrap();
+    // Neither count nor bytes is reached; the poll is held (for a minute) until the delay passes.
+    let (_, frames) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(texts(&frames), ["cursor 1", "cursor 2"]);
+}
+
+#[tokio::test]
+async fn a_normal_message_releases_held_low_priority_ones_in_order() {
+    let mut server = server_with(Coalescing {
+        max_count: 1000,
+        max_bytes: 1 << 20,
+        max_delay: LONG,
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    session
+        .send_with(Message::text("low 1"), Priority::Low)
+        .unwrap();
+    session
+        .send_with(Message::text("low 2"), Priority::Low)
+        .unwrap();
+    session.send("normal 3").unwrap();
+    let (_, frames) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    assert_eq!(texts(&frames), ["low 1", "low 2", "normal 3"]);
+    assert_eq!(frames[2]["s"], 3);
+}
+
+#[tokio::test]
+async fn low_priority_coalescing_applies_to_websockets_too() {
+    let mut server = server_with(Coalescing {
+        max_count: 3,
+        max_bytes: 1 << 20,
+        max_delay: LONG,
+    })
+    .await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
+        .await
+        .unwrap();
+    let _open = socket.next().await.unwrap().unwrap();
+    let session = server.next_session().await;
+    session
+        .send_with(Message::text("a"), Priority::Low)
+        .unwrap();
+    session
+        .send_with(Message::text("b"), Priority::Low)
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), socket.next())
+            .await
+            .is_err(),
+        "held low-priority messages must not be written yet"
+    );
+    session
+        .send_with(Message::text("c"), Priority::Low)
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        if let Some(Ok(WsMessage::Text(text))) = socket.next().await {
+            let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+            got.push(frame["d"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(got, ["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn a_broadcast_reaches_every_member_in_order_and_skips_the_sender() {
+    let mut server = server_with(Coalescing::default()).await;
+    let http = reqwest::Client::new();
+    let mut members = Vec::new();
+    for _ in 0..20 {
+        let sid = open(&http, &server.base).await;
+        let session = server.next_session().await;
+        session.join("광장").unwrap();
+        members.push((sid, session));
+    }
+    let hub = server.realtime.hub();
+    assert_eq!(hub.member_count("광장"), 20);
+    let sender = &members[0].1;
+    for i in 0..50 {
+        let delivered = hub
+            .to("광장")
+            .except(sender)
+            .send(&Message::text(format!("📣 {i}")));
+        assert_eq!(delivered, 19);
+    }
+    members[5].1.leave("광장");
+    hub.to("광장").send(&Message::binary(vec![0u8, 255]));
+    for (index, (sid, _)) in members.iter().enumerate() {
+        let (_, frames) = get(&http, poll_url(&server, sid, 0, false)).await;
+        let frames = frames.as_array().unwrap();
+        let expected = match index {
+            0 => 1,
+            5 => 50,
+            _ => 51,
+        };
+        assert_eq!(frames.len(), expected, "member {index}");
+        for (seq, frame) in frames.iter().enumerate() {
+            assert_eq!(frame["s"], seq as u64 + 1);
+        }
+        if index != 0 {
+            assert_eq!(frames[49]["d"], "📣 49");
+        }
+        if index != 5 {
+            assert_eq!(frames.last().unwrap()["b"], "AP8=");
+        }
+    }
+}

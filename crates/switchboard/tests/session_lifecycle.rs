@@ -1,0 +1,362 @@
+//! A session outlives its transports and ends only by close, expiry or overflow (DESIGN.md
+//! guarantees 1 and 4), each with its documented outcome.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, eventually, get, open, post};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use switchboard::{CloseReason, SendError, Switchboard};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+fn poll_url(server: &TestServer, sid: &str, ack: u64, wait: bool) -> String {
+    format!(
+        "{}/poll?v=1&sid={sid}&ack={ack}&wait={}",
+        server.base,
+        u8::from(wait)
+    )
+}
+
+async fn next_json<S>(socket: &mut S) -> Value
+where
+    S: StreamExt<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(WsMessage::Text(text))) => return serde_json::from_str(text.as_str()).unwrap(),
+            Some(Ok(WsMessage::Close(frame))) => {
+                return json!({"ws_close": frame.map(|frame| u16::from(frame.code))});
+            }
+            Some(Ok(_)) => {}
+            other => return json!({"ws_end": format!("{other:?}")}),
+        }
+    }
+}
+
+#[tokio::test]
+async fn resume_after_the_resume_window_is_refused_with_404() {
+    let mut server = TestServer::start(
+        Switchboard::builder()
+            .resume_window(Duration::from_millis(300))
+            .build(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    session.send("waiting for you").unwrap();
+
+    // Within the window the session is there; the poll attaches and detaches.
+    let (status, frames) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(frames[0]["d"], "waiting for you");
+
+    // Then nothing is attached for longer than the window.
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), session.closed())
+            .await
+            .unwrap(),
+        CloseReason::Expired
+    );
+    assert!(matches!(
+        session.send("too late"),
+        Err(SendError::Closed(CloseReason::Expired))
+    ));
+    let (status, error) = get(&http, poll_url(&server, &sid, 1, false)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["error"], "unknown_session");
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=1")))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut socket).await, json!({"ws_close": 4404}));
+}
+
+#[tokio::test]
+async fn an_attached_transport_keeps_the_session_past_the_resume_window() {
+    let mut server = TestServer::start(
+        Switchboard::builder()
+            .resume_window(Duration::from_millis(200))
+            .ping_interval(Duration::from_millis(50))
+            .build(),
+    )
+    .await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut socket).await["t"], "open");
+    let session = server.next_session().await;
+    // Answer pings for a while: far longer than the resume window.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
+    while tokio::time::Instant::now() < deadline {
+        let frame = next_json(&mut socket).await;
+        assert_eq!(frame["t"], "ping", "{frame}");
+        socket
+            .send(WsMessage::text(r#"{"t":"pong"}"#))
+            .await
+            .unwrap();
+    }
+    assert!(!session.is_closed());
+}
+
+#[tokio::test]
+async fn overflow_closes_the_session_with_4003_and_tells_both_sides() {
+    let mut server = TestServer::start(
+        Switchboard::builder()
+            .max_buffered_messages(100)
+            .max_buffered_bytes(1 << 20)
+            .build(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    for i in 0..100 {
+        session.send(format!("message {i}")).unwrap();
+    }
+    // The client never acknowledges; the 101st message overflows the buffer.
+    assert_eq!(session.send("one too many"), Err(SendError::Overflow));
+    assert_eq!(session.close_reason(), Some(CloseReason::Overflow));
+    // The client's next poll gets the close frame at once (the buffer was discarded), then 404.
+    let (status, frames) = get(&http, poll_url(&server, &sid, 0, true)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        frames,
+        json!([{"t":"close","code":4003,"reason":"overflow"}])
+    );
+    let (status, _) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The byte limit works the same way, on WebSocket.
+    let mut server =
+        TestServer::start(Switchboard::builder().max_buffered_bytes(10_000).build()).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut socket).await["t"], "open");
+    let session = server.next_session().await;
+    let mut sent = 0;
+    while session.send("가".repeat(500)).is_ok() {
+        sent += 1;
+        assert!(sent < 100, "byte limit never hit");
+    }
+    assert_eq!(session.close_reason(), Some(CloseReason::Overflow));
+    let mut last = Value::Null;
+    loop {
+        let frame = next_json(&mut socket).await;
+        if frame.get("ws_close").is_some() {
+            assert_eq!(frame, json!({"ws_close": 4003}));
+            break;
+        }
+        last = frame;
+    }
+    assert_eq!(last, json!({"t":"close","code":4003,"reason":"overflow"}));
+}
+
+#[tokio::test]
+async fn expired_sessions_are_reaped_and_their_memory_released() {
+    let mut server = TestServer::start(
+        Switchboard::builder()
+            .resume_window(Duration::from_millis(200))
+            .build(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for _ in 0..500 {
+        open(&http, &server.base).await;
+        let session = server.next_session().await;
+        for i in 0..10 {
+            session.send(format!("buffered {i} 🎈")).unwrap();
+        }
+        session.join("room").unwrap();
+    }
+    assert_eq!(server.realtime.session_count(), 500);
+    assert_eq!(server.realtime.hub().member_count("room"), 500);
+    assert!(
+        eventually(Duration::from_secs(10), || server.realtime.session_count()
+            == 0)
+        .await
+    );
+    assert_eq!(server.realtime.hub().member_count("room"), 0);
+    assert!(server.realtime.hub().rooms().is_empty());
+    assert!(server.realtime.hub().sessions().is_empty());
+}
+
+#[tokio::test]
+async fn application_close_delivers_buffered_messages_then_the_reason() {
+    let mut server = TestServer::start(Switchboard::builder().build()).await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    session.send("first").unwrap();
+    session.send("last words").unwrap();
+    session.close("kicked by 관리자");
+    let (_, frames) = get(&http, poll_url(&server, &sid, 0, true)).await;
+    assert_eq!(
+        frames,
+        json!([
+            {"t":"m","s":1,"d":"first"},
+            {"t":"m","s":2,"d":"last words"},
+            {"t":"close","code":4000,"reason":"kicked by 관리자"}
+        ])
+    );
+}
+
+#[tokio::test]
+async fn the_client_can_close_its_session() {
+    let mut server = TestServer::start(Switchboard::builder().build()).await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    let (status, answer) = post(
+        &http,
+        &server.base,
+        &sid,
+        json!([{"t":"m","s":1,"d":"bye"},{"t":"close"}]).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer,
+        json!([{"t":"ack","a":1},{"t":"close","code":4001,"reason":"client_closed"}])
+    );
+    // The message before the close still reaches the application, then recv ends.
+    assert_eq!(
+        session.recv().await.unwrap().as_text().as_deref(),
+        Some("bye")
+    );
+    assert!(session.recv().await.is_none());
+    assert_eq!(session.close_reason(), Some(CloseReason::ClientClosed));
+}
+
+#[tokio::test]
+async fn graceful_shutdown_tells_clients_and_releases_waiting_polls() {
+    let mut server = TestServer::start(Switchboard::builder().build()).await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let polling = server.next_session().await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut socket).await["t"], "open");
+    let _ws = server.next_session().await;
+    let waiting = tokio::spawn({
+        let http = http.clone();
+        let url = poll_url(&server, &sid, 0, true);
+        async move { get(&http, url).await }
+    });
+    assert!(eventually(Duration::from_secs(5), || polling.transport().is_some()).await);
+
+    tokio::time::timeout(Duration::from_secs(10), server.realtime.shutdown())
+        .await
+        .unwrap();
+
+    let (status, frames) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        frames,
+        json!([{"t":"close","code":4004,"reason":"shutdown"}])
+    );
+    assert_eq!(
+        next_json(&mut socket).await,
+        json!({"t":"close","code":4004,"reason":"shutdown"})
+    );
+    assert_eq!(next_json(&mut socket).await, json!({"ws_close": 4004}));
+    let response = http
+        .post(format!("{}/open?v=1", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"], "shutting_down");
+}
+
+#[tokio::test]
+async fn the_session_limit_refuses_new_sessions_with_503() {
+    let mut server = TestServer::start(Switchboard::builder().max_sessions(3).build()).await;
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        open(&http, &server.base).await;
+        server.next_session().await;
+    }
+    let response = http
+        .post(format!("{}/open?v=1", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut socket).await, json!({"ws_close": 4503}));
+}
+
+#[tokio::test]
+async fn a_silent_websocket_is_dropped_but_its_session_lives() {
+    let mut server = TestServer::start(
+        Switchboard::builder()
+            .ping_interval(Duration::from_millis(100))
+            .ping_timeout(Duration::from_millis(100))
+            .build(),
+    )
+    .await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
+        .await
+        .unwrap();
+    let open = next_json(&mut socket).await;
+    let sid = open["sid"].as_str().unwrap().to_string();
+    let session = server.next_session().await;
+    // Never answer: the server pings, then gives up on the socket with 4101.
+    assert_eq!(next_json(&mut socket).await, json!({"t":"ping"}));
+    let mut last = next_json(&mut socket).await;
+    while last["t"] == "ping" {
+        last = next_json(&mut socket).await;
+    }
+    assert_eq!(last, json!({"ws_close": 4101}));
+    assert!(!session.is_closed());
+    // The session resumes on a new socket.
+    session.send("still yours").unwrap();
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=0")))
+            .await
+            .unwrap();
+    let open = next_json(&mut socket).await;
+    assert_eq!(open["resumed"], true);
+    assert_eq!(
+        next_json(&mut socket).await,
+        json!({"t":"m","s":1,"d":"still yours"})
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_takeover_closes_the_old_socket_with_4100() {
+    let mut server = TestServer::start(Switchboard::builder().build()).await;
+    let (mut old, _) = tokio_tungstenite::connect_async(server.ws_url(""))
+        .await
+        .unwrap();
+    let sid = next_json(&mut old).await["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let session = server.next_session().await;
+    session.send("one").unwrap();
+    assert_eq!(next_json(&mut old).await["s"], 1);
+    let (mut new, _) =
+        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=0")))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut new).await["resumed"], true);
+    // Not acknowledged yet, so the new socket gets it again; the client drops the duplicate.
+    assert_eq!(next_json(&mut new).await["s"], 1);
+    assert_eq!(next_json(&mut old).await, json!({"ws_close": 4100}));
+    session.send("two").unwrap();
+    assert_eq!(next_json(&mut new).await, json!({"t":"m","s":2,"d":"two"}));
+}
