@@ -113,3 +113,8 @@ pub use hub::{Broadcast, Hub};
 pub use message::{Message, Payload};
 pub use router::Switchboard;
 pub use session::{Priority, Session, SessionKey, TransportKind};
+
+/// The README's code blocks, compiled as doc tests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
