@@ -233,3 +233,51 @@ impl<U> Broadcast<'_, U> {
         Ok(self.send(&message))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::session::{Drain, SessionId, Shared, TransportKind};
+
+    #[test]
+    fn a_broadcast_is_encoded_once_and_shared_by_every_buffer() {
+        let hub: Hub<()> = Hub {
+            registry: Arc::new(Registry::new()),
+            rooms: Arc::new(RoomIndex::new()),
+        };
+        let config = Arc::new(Config::default());
+        let sessions: Vec<Session<()>> = (0..3)
+            .map(|key| {
+                Session::from_shared(Arc::new(Shared::new(
+                    key,
+                    SessionId::random(),
+                    (),
+                    config.clone(),
+                    Arc::downgrade(&hub.rooms),
+                )))
+            })
+            .collect();
+        for session in &sessions {
+            session.join("room").unwrap();
+        }
+        let message = Message::text("x".repeat(1000));
+        assert_eq!(hub.to("room").except(&sessions[2]).send(&message), 2);
+        let mut tails = Vec::new();
+        for session in &sessions[..2] {
+            let generation = session.shared.attach(TransportKind::LongPoll);
+            match session.shared.drain(generation, 0, usize::MAX) {
+                Drain::Ready { frames, .. } => tails.push(frames[0].1.tail_ptr()),
+                _ => panic!("nothing buffered"),
+            }
+        }
+        assert_eq!(
+            tails[0], tails[1],
+            "both buffers must point at the same bytes"
+        );
+        assert_eq!(sessions[2].buffered(), (0, 0));
+    }
+}

@@ -72,6 +72,12 @@ impl EncodedMessage {
         self.tail.len()
     }
 
+    /// Where the shared encoded bytes live (to check that recipients share one copy).
+    #[cfg(test)]
+    pub(crate) fn tail_ptr(&self) -> *const u8 {
+        self.tail.as_ptr()
+    }
+
     /// The payload size counted against the message size limit.
     pub(crate) fn payload_len(&self) -> usize {
         self.payload_len

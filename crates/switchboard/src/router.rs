@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::Notify;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument as _;
 
 use crate::auth::{AuthHook, Handshake};
 use crate::config::{Builder, Config, Origins};
@@ -216,10 +217,14 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
         });
         let handler = self.handler.clone();
         let handle = session.clone();
-        tokio::spawn(async move {
-            handler(handle.clone()).await;
-            handle.shared.close(CloseReason::Closed("closed".into()));
-        });
+        let span = tracing::info_span!("session", key);
+        tokio::spawn(
+            async move {
+                handler(handle.clone()).await;
+                handle.shared.close(CloseReason::Closed("closed".into()));
+            }
+            .instrument(span),
+        );
         tracing::debug!(session = key, "session opened");
         Ok(session)
     }

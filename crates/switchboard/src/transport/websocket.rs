@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::{FutureExt as _, SinkExt as _};
 use tokio::time::{Instant, sleep_until, timeout};
+use tracing::Instrument as _;
 
 use crate::auth::Handshake;
 use crate::error::{ApiError, CloseReason};
@@ -60,7 +61,10 @@ pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
         .on_upgrade(move |socket| async move {
             match attach(&mounted, headers, uri).await {
                 Ok((session, resumed, ack)) => {
-                    run(socket, mounted, session, resumed, ack).await;
+                    let span = tracing::info_span!("websocket", session = session.shared.key);
+                    run(socket, mounted, session, resumed, ack)
+                        .instrument(span)
+                        .await;
                 }
                 Err(err) => {
                     tracing::info!(error = err.code, "WebSocket session refused");
