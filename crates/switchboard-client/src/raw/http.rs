@@ -1,0 +1,247 @@
+//! The HTTP side of the protocol (§4.2, §5.2, §5.5, §12).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::http_error;
+use crate::error::Error;
+use crate::frame::{ClientFrame, OpenFrame, ServerFrame};
+use crate::url::{Base, encode_component};
+
+/// An HTTP client bound to one mount point `B` (for example `http://127.0.0.1:8080/realtime`).
+///
+/// Cheap to clone (the connection pool is shared). Every method performs exactly one request.
+#[derive(Debug, Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    base: String,
+    headers: Vec<(String, String)>,
+    timeout: Option<Duration>,
+}
+
+/// A complete HTTP response, as returned by [`Http::request_raw`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Response headers (names in lowercase), in the order received.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as UTF-8 text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Http {
+    /// A client for mount point `base` (`http://host:port/path`, trailing slash optional) with a
+    /// fresh connection pool.
+    ///
+    /// The base is not validated here; an unusable base makes every request fail.
+    pub fn new(base: &str) -> Http {
+        Http::with_client(base, reqwest::Client::new())
+    }
+
+    /// A client for mount point `base` that uses an existing `reqwest` client (to share a pool).
+    pub fn with_client(base: &str, client: reqwest::Client) -> Http {
+        let base = match Base::parse(base) {
+            Ok(b) => b.http(),
+            Err(_) => base.trim_end_matches('/').to_owned(),
+        };
+        Http {
+            client,
+            base,
+            headers: Vec::new(),
+            timeout: None,
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) the `Origin` header sent with every request.
+    #[must_use]
+    pub fn with_origin(mut self, origin: Option<&str>) -> Http {
+        self.headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case("origin"));
+        if let Some(o) = origin {
+            self.headers.push(("Origin".to_owned(), o.to_owned()));
+        }
+        self
+    }
+
+    /// Adds a header sent with every request.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Http {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets a time-out for every request (none by default; long polls are held for `hold` ms).
+    /// A request that times out fails with [`Error::Timeout`].
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Http {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The mount point URL this client talks to.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `POST B/open?v=1`, body `{"auth": auth}` (or an empty body without `auth`).
+    /// Returns the open frame of a `200` answer; other statuses become [`Error::Http`].
+    pub async fn open(&self, auth: Option<&Value>) -> Result<OpenFrame, Error> {
+        let body = match auth {
+            Some(a) => serde_json::json!({ "auth": a }).to_string().into_bytes(),
+            None => Vec::new(),
+        };
+        let ctype = auth.map(|_| "application/json");
+        let resp = self.send("POST", "/open?v=1", ctype, Some(body)).await?;
+        let resp = expect_json_ok(resp)?;
+        let v: Value = serde_json::from_slice(&resp.body)
+            .map_err(|e| Error::protocol(format!("open answer is not JSON: {e}")))?;
+        match ServerFrame::from_json(&v)? {
+            ServerFrame::Open(o) => Ok(o),
+            other => Err(Error::protocol(format!(
+                "open answer is not an open frame: {other:?}"
+            ))),
+        }
+    }
+
+    /// `GET B/poll?v=1&sid=SID&ack=ACK&wait=1|0`. Returns the frames of a `200` answer.
+    pub async fn poll(&self, sid: &str, ack: u64, wait: bool) -> Result<Vec<ServerFrame>, Error> {
+        let path = format!(
+            "/poll?v=1&sid={}&ack={ack}&wait={}",
+            encode_component(sid),
+            u8::from(wait)
+        );
+        let resp = self.send("GET", &path, None, None).await?;
+        let resp = expect_json_ok(resp)?;
+        ServerFrame::parse_array(&resp.body)
+    }
+
+    /// `POST B/poll?v=1&sid=SID` with `frames` as a JSON array. Returns the frames of a `200`
+    /// answer (an `ack`, maybe a `pong` and a `close`).
+    pub async fn post(&self, sid: &str, frames: &[ClientFrame]) -> Result<Vec<ServerFrame>, Error> {
+        self.post_raw(sid, ClientFrame::encode_array(frames).into_bytes())
+            .await
+    }
+
+    /// `POST B/poll?v=1&sid=SID` with an arbitrary body (`Content-Type: application/json`).
+    pub async fn post_raw(&self, sid: &str, body: Vec<u8>) -> Result<Vec<ServerFrame>, Error> {
+        let path = format!("/poll?v=1&sid={}", encode_component(sid));
+        let resp = self
+            .send("POST", &path, Some("application/json"), Some(body))
+            .await?;
+        let resp = expect_json_ok(resp)?;
+        ServerFrame::parse_array(&resp.body)
+    }
+
+    /// `GET B<path_and_query>` (for example `"/client.js"` or `"/poll?v=2&sid=x"`): status and
+    /// body, whatever the status.
+    pub async fn get_raw(&self, path_and_query: &str) -> Result<(u16, Vec<u8>), Error> {
+        let r = self.send("GET", path_and_query, None, None).await?;
+        Ok((r.status, r.body))
+    }
+
+    /// Any request relative to the mount point, with extra headers (on top of the client's own)
+    /// and an optional body. Returns the full response whatever the status.
+    pub async fn request_raw(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<RawResponse, Error> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|e| Error::InvalidUrl(format!("bad method {method:?}: {e}")))?;
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path_and_query));
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(t) = self.timeout {
+            req = req.timeout(t);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.map_err(map_reqwest)?;
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = resp.bytes().await.map_err(map_reqwest)?.to_vec();
+        Ok(RawResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<RawResponse, Error> {
+        let ct: Vec<(&str, &str)> = content_type
+            .map(|c| vec![("Content-Type", c)])
+            .unwrap_or_default();
+        self.request_raw(method, path, &ct, body).await
+    }
+}
+
+/// Turns a non-200 answer into [`Error::Http`] and checks the content type of a 200 answer.
+fn expect_json_ok(resp: RawResponse) -> Result<RawResponse, Error> {
+    if resp.status != 200 {
+        return Err(http_error(resp.status, &resp.body));
+    }
+    let ct = resp.header("content-type").unwrap_or("");
+    if !ct.to_ascii_lowercase().starts_with("application/json") {
+        return Err(Error::protocol(format!(
+            "200 answer with Content-Type {ct:?}, expected application/json"
+        )));
+    }
+    Ok(resp)
+}
+
+fn map_reqwest(e: reqwest::Error) -> Error {
+    if e.is_timeout() {
+        Error::Timeout
+    } else {
+        // include the source chain: reqwest's own Display is terse
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        Error::Io(msg)
+    }
+}
