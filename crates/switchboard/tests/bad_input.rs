@@ -316,17 +316,9 @@ async fn a_second_poll_supersedes_the_first_with_409() {
     let sid = open(&http, &server.base).await;
     let session = server.next_session().await;
 
-    let first = tokio::spawn({
-        let http = http.clone();
-        let url = format!("{}/poll?v=1&sid={sid}&ack=0", server.base);
-        async move { get(&http, url).await }
-    });
+    let first = common::spawn_get(&http, server.poll_url(&sid, 0, true));
     assert!(common::eventually(Duration::from_secs(5), || session.transport().is_some()).await);
-    let second = tokio::spawn({
-        let http = http.clone();
-        let url = format!("{}/poll?v=1&sid={sid}&ack=0", server.base);
-        async move { get(&http, url).await }
-    });
+    let second = common::spawn_get(&http, server.poll_url(&sid, 0, true));
     let (status, error) = first.await.unwrap();
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(error["error"], "superseded");

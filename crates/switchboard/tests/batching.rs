@@ -17,14 +17,6 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn poll_url(server: &TestServer, sid: &str, ack: u64, wait: bool) -> String {
-    format!(
-        "{}/poll?v=1&sid={sid}&ack={ack}&wait={}",
-        server.base,
-        u8::from(wait)
-    )
-}
-
 async fn server_with(coalescing: Coalescing) -> TestServer {
     TestServer::start(
         Switchboard::builder()
@@ -51,11 +43,7 @@ async fn a_waiting_long_poll_is_answered_when_a_normal_message_is_sent() {
     let http = reqwest::Client::new();
     let sid = open(&http, &server.base).await;
     let session = server.next_session().await;
-    let waiting = tokio::spawn({
-        let http = http.clone();
-        let url = poll_url(&server, &sid, 0, true);
-        async move { get(&http, url).await }
-    });
+    let waiting = common::spawn_get(&http, server.poll_url(&sid, 0, true));
     assert!(common::eventually(Duration::from_secs(5), || session.transport().is_some()).await);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
@@ -81,7 +69,7 @@ async fn messages_that_pile_up_go_out_in_one_response() {
     for i in 1..=200 {
         session.send(format!("batched {i}")).unwrap();
     }
-    let (_, frames) = get(&http, poll_url(&server, &sid, 0, true)).await;
+    let (_, frames) = get(&http, server.poll_url(&sid, 0, true)).await;
     assert_eq!(texts(&frames).len(), 200);
     assert_eq!(frames[199]["s"], 200);
 }
@@ -103,13 +91,9 @@ async fn low_priority_messages_wait_for_the_count_threshold() {
             .unwrap();
     }
     // Held: a short poll sees nothing, a long poll waits.
-    let (_, frames) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    let (_, frames) = get(&http, server.poll_url(&sid, 0, false)).await;
     assert_eq!(frames, json!([]));
-    let waiting = tokio::spawn({
-        let http = http.clone();
-        let url = poll_url(&server, &sid, 0, true);
-        async move { get(&http, url).await }
-    });
+    let waiting = common::spawn_get(&http, server.poll_url(&sid, 0, true));
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!waiting.is_finished());
     // The fifth reaches the count: all five go out together.
@@ -144,12 +128,12 @@ async fn low_priority_messages_wait_for_the_byte_threshold() {
             .send_with(Message::text(&syllables), Priority::Low)
             .unwrap();
     }
-    let (_, frames) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    let (_, frames) = get(&http, server.poll_url(&sid, 0, false)).await;
     assert_eq!(frames, json!([]));
     session
         .send_with(Message::text(&syllables), Priority::Low)
         .unwrap();
-    let (_, frames) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    let (_, frames) = get(&http, server.poll_url(&sid, 0, false)).await;
     assert_eq!(texts(&frames).len(), 4);
 }
 
@@ -164,11 +148,7 @@ async fn low_priority_messages_are_released_after_the_delay() {
     let http = reqwest::Client::new();
     let sid = open(&http, &server.base).await;
     let session = server.next_session().await;
-    let waiting = tokio::spawn({
-        let http = http.clone();
-        let url = poll_url(&server, &sid, 0, true);
-        async move { get(&http, url).await }
-    });
+    let waiting = common::spawn_get(&http, server.poll_url(&sid, 0, true));
     assert!(common::eventually(Duration::from_secs(5), || session.transport().is_some()).await);
     session
         .send_with(Message::text("cursor 1"), Priority::Low)
@@ -202,7 +182,7 @@ async fn a_normal_message_releases_held_low_priority_ones_in_order() {
         .send_with(Message::text("low 2"), Priority::Low)
         .unwrap();
     session.send("normal 3").unwrap();
-    let (_, frames) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    let (_, frames) = get(&http, server.poll_url(&sid, 0, false)).await;
     assert_eq!(texts(&frames), ["low 1", "low 2", "normal 3"]);
     assert_eq!(frames[2]["s"], 3);
 }
@@ -269,7 +249,7 @@ async fn a_broadcast_reaches_every_member_in_order_and_skips_the_sender() {
     members[5].1.leave("광장");
     hub.to("광장").send(&Message::binary(vec![0u8, 255]));
     for (index, (sid, _)) in members.iter().enumerate() {
-        let (_, frames) = get(&http, poll_url(&server, sid, 0, false)).await;
+        let (_, frames) = get(&http, server.poll_url(sid, 0, false)).await;
         let frames = frames.as_array().unwrap();
         let expected = match index {
             0 => 1,

@@ -13,14 +13,6 @@ use serde_json::{Value, json};
 use switchboard::{CloseReason, SendError, Switchboard};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-fn poll_url(server: &TestServer, sid: &str, ack: u64, wait: bool) -> String {
-    format!(
-        "{}/poll?v=1&sid={sid}&ack={ack}&wait={}",
-        server.base,
-        u8::from(wait)
-    )
-}
-
 async fn next_json<S>(socket: &mut S) -> Value
 where
     S: StreamExt<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
@@ -54,7 +46,7 @@ async fn resume_after_the_resume_window_is_refused_with_404() {
     session.send("waiting for you").unwrap();
 
     // Within the window the session is there; the poll attaches and detaches.
-    let (status, frames) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    let (status, frames) = get(&http, server.poll_url(&sid, 0, false)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(frames[0]["d"], "waiting for you");
 
@@ -69,7 +61,7 @@ async fn resume_after_the_resume_window_is_refused_with_404() {
         session.send("too late"),
         Err(SendError::Closed(CloseReason::Expired))
     ));
-    let (status, error) = get(&http, poll_url(&server, &sid, 1, false)).await;
+    let (status, error) = get(&http, server.poll_url(&sid, 1, false)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error["error"], "unknown_session");
     let (mut socket, _) =
@@ -125,13 +117,13 @@ async fn overflow_closes_the_session_with_4003_and_tells_both_sides() {
     assert_eq!(session.send("one too many"), Err(SendError::Overflow));
     assert_eq!(session.close_reason(), Some(CloseReason::Overflow));
     // The client's next poll gets the close frame at once (the buffer was discarded), then 404.
-    let (status, frames) = get(&http, poll_url(&server, &sid, 0, true)).await;
+    let (status, frames) = get(&http, server.poll_url(&sid, 0, true)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         frames,
         json!([{"t":"close","code":4003,"reason":"overflow"}])
     );
-    let (status, _) = get(&http, poll_url(&server, &sid, 0, false)).await;
+    let (status, _) = get(&http, server.poll_url(&sid, 0, false)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // The byte limit works the same way, on WebSocket.
@@ -198,7 +190,7 @@ async fn application_close_delivers_buffered_messages_then_the_reason() {
     session.send("first").unwrap();
     session.send("last words").unwrap();
     session.close("kicked by 관리자");
-    let (_, frames) = get(&http, poll_url(&server, &sid, 0, true)).await;
+    let (_, frames) = get(&http, server.poll_url(&sid, 0, true)).await;
     assert_eq!(
         frames,
         json!([
@@ -247,11 +239,7 @@ async fn graceful_shutdown_tells_clients_and_releases_waiting_polls() {
         .unwrap();
     assert_eq!(next_json(&mut socket).await["t"], "open");
     let _ws = server.next_session().await;
-    let waiting = tokio::spawn({
-        let http = http.clone();
-        let url = poll_url(&server, &sid, 0, true);
-        async move { get(&http, url).await }
-    });
+    let waiting = common::spawn_get(&http, server.poll_url(&sid, 0, true));
     assert!(eventually(Duration::from_secs(5), || polling.transport().is_some()).await);
 
     tokio::time::timeout(Duration::from_secs(10), server.realtime.shutdown())

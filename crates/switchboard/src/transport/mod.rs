@@ -13,8 +13,8 @@ pub(crate) mod longpoll;
 pub(crate) mod poll;
 pub(crate) mod websocket;
 
-use axum::http::{HeaderValue, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::Uri;
+use axum::response::Response;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -96,12 +96,5 @@ pub(crate) fn frames_body(messages: &[(u64, EncodedMessage)], extra: &[String]) 
 
 /// A `200` answer with a JSON body that no cache may keep.
 pub(crate) fn json_response(body: impl Into<axum::body::Body>) -> Response {
-    let mut response = body.into().into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    crate::error::json_response(axum::http::StatusCode::OK, body)
 }

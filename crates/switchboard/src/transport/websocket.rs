@@ -222,14 +222,13 @@ async fn run<U: Clone + Send + Sync + 'static>(
                 // While the application keeps the socket busy with output, still take in what the
                 // client sent (acknowledgements above all), so that the buffer can drain.
                 if let Some(incoming) = socket.recv().now_or_never() {
-                    let Some(Ok(first)) = incoming else {
-                        tracing::debug!(session = shared.key, "WebSocket closed by the network");
-                        return;
-                    };
-                    last_heard = Instant::now();
-                    if handle_burst(&mut socket, &session, first).await.is_err() {
+                    if handle_incoming(&mut socket, &session, incoming)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
+                    last_heard = Instant::now();
                 } else if Instant::now() >= last_heard + silence_limit {
                     tracing::debug!(session = shared.key, "WebSocket heartbeat timeout");
                     return;
@@ -246,14 +245,10 @@ async fn run<U: Clone + Send + Sync + 'static>(
             .unwrap_or(next_ping);
         tokio::select! {
             incoming = socket.recv() => {
-                let Some(Ok(first)) = incoming else {
-                    tracing::debug!(session = shared.key, "WebSocket closed by the network");
-                    return;
-                };
-                last_heard = Instant::now();
-                if handle_burst(&mut socket, &session, first).await.is_err() {
+                if handle_incoming(&mut socket, &session, incoming).await.is_err() {
                     return;
                 }
+                last_heard = Instant::now();
             }
             _ = &mut notified => {}
             _ = sleep_until(timer) => {
@@ -290,13 +285,21 @@ fn read_burst(socket: &mut WebSocket, first: WsMessage) -> Vec<WsMessage> {
     burst
 }
 
-/// Handles a burst of client frames: acknowledgements and heartbeats at once, messages delivered
-/// in order and then acknowledged with one `ack` frame. `Err` means the socket is finished.
-async fn handle_burst<U>(
+/// Handles what the socket yielded and whatever else the client has already sent: acknowledgements
+/// and heartbeats at once, messages delivered in order and then acknowledged with one `ack` frame.
+/// `Err` means the socket is finished.
+async fn handle_incoming<U>(
     socket: &mut WebSocket,
     session: &Session<U>,
-    first: WsMessage,
+    incoming: Option<Result<WsMessage, axum::Error>>,
 ) -> Result<(), ()> {
+    let Some(Ok(first)) = incoming else {
+        tracing::debug!(
+            session = session.shared.key,
+            "WebSocket closed by the network"
+        );
+        return Err(());
+    };
     let burst = read_burst(socket, first);
     let shared = &session.shared;
     let max_message = shared.config.max_message;

@@ -55,6 +55,15 @@ impl<U: Clone + Send + Sync + 'static> TestServer<U> {
             .expect("server gone")
     }
 
+    /// `GET /poll` for `sid`, acknowledging `ack`; a long poll when `wait`.
+    pub fn poll_url(&self, sid: &str, ack: u64, wait: bool) -> String {
+        format!(
+            "{}/poll?v=1&sid={sid}&ack={ack}&wait={}",
+            self.base,
+            u8::from(wait)
+        )
+    }
+
     pub fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/rt/ws?v=1{query}", self.addr)
     }
@@ -129,4 +138,13 @@ pub async fn get(http: &reqwest::Client, url: String) -> (StatusCode, Value) {
     let response = http.get(url).send().await.unwrap();
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Starts a `GET` in the background (a poll that will wait) and returns its eventual answer.
+pub fn spawn_get(
+    http: &reqwest::Client,
+    url: String,
+) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let http = http.clone();
+    tokio::spawn(async move { get(&http, url).await })
 }
