@@ -37,6 +37,14 @@ impl Default for Coalescing {
     }
 }
 
+/// Longest duration any setting accepts (one year): longer values are cut to it, so that
+/// adding them to a point in time cannot overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn capped(duration: Duration) -> Duration {
+    duration.min(MAX_DURATION)
+}
+
 /// Which origins may use the endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Origins {
@@ -187,33 +195,33 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
 
     /// How often the server pings an attached WebSocket. Default: 25 s.
     pub fn ping_interval(mut self, interval: Duration) -> Self {
-        self.config.ping_interval = interval.max(Duration::from_millis(10));
+        self.config.ping_interval = capped(interval).max(Duration::from_millis(10));
         self
     }
 
     /// How long after a missed ping a silent WebSocket is considered dead (it is dropped after
     /// `ping_interval + ping_timeout` without any frame). Default: 20 s.
     pub fn ping_timeout(mut self, timeout: Duration) -> Self {
-        self.config.ping_timeout = timeout;
+        self.config.ping_timeout = capped(timeout);
         self
     }
 
     /// How long a write to a WebSocket may stall before the transport is dropped. Default: 20 s.
     pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.config.write_timeout = timeout;
+        self.config.write_timeout = capped(timeout);
         self
     }
 
     /// How long a long poll is held when there is nothing to send. Default: 20 s (below the 30 s
     /// after which common proxies cut requests).
     pub fn poll_hold(mut self, hold: Duration) -> Self {
-        self.config.poll_hold = hold;
+        self.config.poll_hold = capped(hold);
         self
     }
 
     /// How long a session survives with no transport attached. Default: 30 s.
     pub fn resume_window(mut self, window: Duration) -> Self {
-        self.config.resume_window = window;
+        self.config.resume_window = capped(window);
         self
     }
 
@@ -265,7 +273,10 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
 
     /// Thresholds for releasing low-priority messages. Default: [`Coalescing::default`].
     pub fn coalescing(mut self, coalescing: Coalescing) -> Self {
-        self.config.coalescing = coalescing;
+        self.config.coalescing = Coalescing {
+            max_delay: capped(coalescing.max_delay),
+            ..coalescing
+        };
         self
     }
 
@@ -285,7 +296,7 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
     /// How long [`Switchboard::shutdown`] waits for attached transports to say goodbye.
     /// Default: 5 s.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.config.shutdown_grace = grace;
+        self.config.shutdown_grace = capped(grace);
         self
     }
 

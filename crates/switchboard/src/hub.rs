@@ -9,7 +9,7 @@
 //!
 //! fn announce(hub: &Hub, sender: &Session, text: &str) {
 //!     // Everyone in the room except the sender, at normal priority.
-//!     hub.to("lobby").except(sender).send(&Message::text(text));
+//!     hub.to("lobby").except(sender).send(&Message::text(text)).ok();
 //!     // Everyone connected, as a named event; typing indicators and the like can go low priority.
 //!     hub.all().low_priority().emit("typing", &serde_json::json!({"who": "alice"})).ok();
 //! }
@@ -82,6 +82,7 @@ impl<U> RoomIndex<U> {
 pub struct Hub<U = ()> {
     pub(crate) registry: Arc<Registry<U>>,
     pub(crate) rooms: Arc<RoomIndex<U>>,
+    pub(crate) max_message: usize,
 }
 
 impl<U> Clone for Hub<U> {
@@ -89,6 +90,7 @@ impl<U> Clone for Hub<U> {
         Self {
             registry: self.registry.clone(),
             rooms: self.rooms.clone(),
+            max_message: self.max_message,
         }
     }
 }
@@ -199,8 +201,17 @@ impl<U> Broadcast<'_, U> {
 
     /// Sends `message` to every target session; returns how many sessions buffered it. Sessions
     /// whose buffer overflows are closed with reason `overflow`; ended sessions are skipped.
-    pub fn send(self, message: &Message) -> usize {
+    ///
+    /// Fails, sending nothing, if the payload exceeds the message size limit.
+    pub fn send(self, message: &Message) -> Result<usize, SendError> {
         let encoded = EncodedMessage::new(message);
+        let max = self.hub.max_message;
+        if encoded.payload_len() > max {
+            return Err(SendError::TooLarge {
+                len: encoded.payload_len(),
+                max,
+            });
+        }
         let mut delivered = 0;
         let mut push = |session: &Session<U>| {
             if Some(session.shared.key) == self.except {
@@ -222,7 +233,7 @@ impl<U> Broadcast<'_, U> {
             }
             Target::All => self.hub.registry.for_each(&mut push),
         }
-        delivered
+        Ok(delivered)
     }
 
     /// Sends a named event whose payload is `data` as JSON; returns how many sessions buffered it.
@@ -230,7 +241,7 @@ impl<U> Broadcast<'_, U> {
         let message = Message::json(data)
             .map_err(|err| SendError::Encode(err.to_string()))?
             .with_event(event);
-        Ok(self.send(&message))
+        self.send(&message)
     }
 }
 
@@ -248,13 +259,14 @@ mod tests {
         let hub: Hub<()> = Hub {
             registry: Arc::new(Registry::new()),
             rooms: Arc::new(RoomIndex::new()),
+            max_message: 1 << 16,
         };
         let config = Arc::new(Config::default());
         let sessions: Vec<Session<()>> = (0..3)
             .map(|key| {
                 Session::from_shared(Arc::new(Shared::new(
                     key,
-                    SessionId::random(),
+                    SessionId::random().unwrap(),
                     (),
                     config.clone(),
                     Arc::downgrade(&hub.rooms),
@@ -265,7 +277,7 @@ mod tests {
             session.join("room").unwrap();
         }
         let message = Message::text("x".repeat(1000));
-        assert_eq!(hub.to("room").except(&sessions[2]).send(&message), 2);
+        assert_eq!(hub.to("room").except(&sessions[2]).send(&message), Ok(2));
         let mut tails = Vec::new();
         for session in &sessions[..2] {
             let generation = session.shared.attach(TransportKind::LongPoll);

@@ -44,7 +44,7 @@
 //! async fn on_session(session: Session, hub: Hub) {
 //!     session.join("lobby").ok();
 //!     while let Some(message) = session.recv().await {
-//!         hub.to("lobby").except(&session).send(&message);
+//!         hub.to("lobby").except(&session).send(&message).ok();
 //!     }
 //! }
 //! ```

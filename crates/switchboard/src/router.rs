@@ -107,6 +107,7 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
         Hub {
             registry: self.inner.registry.clone(),
             rooms: self.inner.rooms.clone(),
+            max_message: self.inner.config.max_message,
         }
     }
 
@@ -200,16 +201,31 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
             );
             ApiError::refused(refusal.status, refusal.message)
         })?;
+        let sid = SessionId::random().ok_or_else(|| {
+            tracing::error!("the operating system's random generator failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "cannot create a session id right now",
+            )
+        })?;
         let key = inner.registry.next_key();
         let shared = Arc::new(Shared::new(
             key,
-            SessionId::random(),
+            sid,
             user,
             inner.config.clone(),
             Arc::downgrade(&inner.rooms),
         ));
         let session = Session::from_shared(shared);
         reservation.insert(session.clone());
+        // `shutdown` sets its flag before it snapshots the sessions, and we registered before
+        // looking at the flag: either its snapshot holds this session or we see the flag here.
+        if inner.shutting_down.load(Ordering::SeqCst) {
+            session.shared.close(CloseReason::Shutdown);
+            inner.registry.remove(&session.shared.sid);
+            return Err(ApiError::shutting_down());
+        }
         self.inner.reaper.call_once(|| {
             let period = (inner.config.resume_window / 4)
                 .clamp(Duration::from_millis(20), Duration::from_secs(1));
@@ -220,8 +236,9 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
         let span = tracing::info_span!("session", key);
         tokio::spawn(
             async move {
-                handler(handle.clone()).await;
-                handle.shared.close(CloseReason::Closed("closed".into()));
+                // Closes the session when the handler returns, and also if it panics.
+                let _close = CloseOnDrop(handle.clone());
+                handler(handle).await;
             }
             .instrument(span),
         );
@@ -230,8 +247,11 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
     }
 
     pub(crate) fn lookup(&self, sid: &str) -> Result<Session<U>, ApiError> {
-        SessionId::parse(sid)
-            .and_then(|sid| self.inner.registry.get(&sid))
+        let sid = SessionId::parse(sid)
+            .ok_or_else(|| ApiError::bad_request("sid must be 32 hexadecimal digits"))?;
+        self.inner
+            .registry
+            .get(&sid)
             .ok_or_else(ApiError::unknown_session)
     }
 
@@ -243,6 +263,15 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
             session: session.clone(),
             generation,
         }
+    }
+}
+
+/// Ends a session when its handler task finishes, whether it returned or panicked.
+struct CloseOnDrop<U>(Session<U>);
+
+impl<U> Drop for CloseOnDrop<U> {
+    fn drop(&mut self) {
+        self.0.shared.close(CloseReason::Closed("closed".into()));
     }
 }
 
@@ -259,13 +288,6 @@ impl<U> Drop for Attached<U> {
         self.session.shared.detach(self.generation);
         self.inner.attached.fetch_sub(1, Ordering::SeqCst);
         self.inner.attached_changed.notify_waiters();
-    }
-}
-
-impl<U> Attached<U> {
-    /// The session's close frame has been written: forget the session.
-    pub(crate) fn close_delivered(&self) {
-        self.inner.registry.remove(&self.session.shared.sid);
     }
 }
 
@@ -321,6 +343,7 @@ fn cors_layer(origins: &Origins) -> Option<CorsLayer> {
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers([header::CONTENT_TYPE])
+            .allow_credentials(true)
             .max_age(Duration::from_secs(3600)),
     )
 }

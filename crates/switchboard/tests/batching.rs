@@ -244,10 +244,17 @@ async fn a_broadcast_reaches_every_member_in_order_and_skips_the_sender() {
             .to("광장")
             .except(sender)
             .send(&Message::text(format!("📣 {i}")));
-        assert_eq!(delivered, 19);
+        assert_eq!(delivered, Ok(19));
     }
     members[5].1.leave("광장");
-    hub.to("광장").send(&Message::binary(vec![0u8, 255]));
+    hub.to("광장")
+        .send(&Message::binary(vec![0u8, 255]))
+        .unwrap();
+    // Too large for anyone: refused as a whole, nothing buffered.
+    assert!(matches!(
+        hub.to("광장").send(&Message::binary(vec![0u8; 70_000])),
+        Err(switchboard::SendError::TooLarge { .. })
+    ));
     for (index, (sid, _)) in members.iter().enumerate() {
         let (_, frames) = get(&http, server.poll_url(sid, 0, false)).await;
         let frames = frames.as_array().unwrap();

@@ -43,12 +43,15 @@ use crate::protocol::EncodedMessage;
 /// It is a bearer credential, so it has no `Display` and its `Debug` output is redacted: the
 /// library never logs it. Use [`Session::key`] to refer to a session in logs.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct SessionId(u128);
+pub(crate) struct SessionId(uuid::Uuid);
 
 impl SessionId {
-    /// A fresh random id (UUID v4 bits, from the OS generator).
-    pub(crate) fn random() -> Self {
-        Self(uuid::Uuid::new_v4().as_u128())
+    /// A fresh id: all 128 bits from the operating system's random generator (a version-4 UUID
+    /// would fix 6 of them). `None` if the generator fails: then no session can be opened safely.
+    pub(crate) fn random() -> Option<Self> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).ok()?;
+        Some(Self(uuid::Uuid::from_bytes(bytes)))
     }
 
     /// Parses the 32-hex-digit form; `None` for anything else.
@@ -56,12 +59,12 @@ impl SessionId {
         if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        u128::from_str_radix(text, 16).ok().map(Self)
+        uuid::Uuid::try_parse(text).ok().map(Self)
     }
 
-    /// The 32-hex-digit form sent to the client.
+    /// The 32-lowercase-hex-digit form sent to the client.
     pub(crate) fn to_hex(self) -> String {
-        format!("{:032x}", self.0)
+        self.0.simple().to_string()
     }
 }
 
@@ -113,7 +116,7 @@ pub enum Priority {
 /// async fn on_session(session: Session, hub: Hub) {
 ///     session.join("lobby").ok();
 ///     while let Some(message) = session.recv().await {
-///         hub.to("lobby").except(&session).send(&message);
+///         hub.to("lobby").except(&session).send(&message).ok();
 ///     }
 ///     tracing::info!(session = %session.key(), reason = ?session.close_reason(), "ended");
 /// }

@@ -87,9 +87,12 @@ impl<U> Registry<U> {
         }
         let reaped = expired.len() + gone.len();
         for session in expired {
-            tracing::debug!(session = session.shared.key, "session expired");
-            session.shared.close(CloseReason::Expired);
-            self.remove(&session.shared.sid);
+            // If the application closed it in the meantime, keep it until its close frame has
+            // had the resume window to be picked up.
+            if session.shared.close(CloseReason::Expired) {
+                tracing::debug!(session = session.shared.key, "session expired");
+                self.remove(&session.shared.sid);
+            }
         }
         for sid in gone {
             self.remove(&sid);

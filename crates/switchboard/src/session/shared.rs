@@ -26,7 +26,10 @@ pub(crate) struct Shared<U> {
     pub(crate) config: Arc<Config>,
     rooms: Weak<RoomIndex<U>>,
     state: Mutex<State>,
-    pub(crate) notify: Notify,
+    /// Wakes the attached transport: messages released, takeover, close.
+    pub(crate) outbound: Notify,
+    /// Wakes the application and inbound deliveries: a message received or taken, takeover, close.
+    inbound: Notify,
     inbound_lock: tokio::sync::Mutex<()>,
     post_busy: AtomicBool,
 }
@@ -110,7 +113,8 @@ impl<U> Shared<U> {
                 closed_at: None,
                 rooms: Vec::new(),
             }),
-            notify: Notify::new(),
+            outbound: Notify::new(),
+            inbound: Notify::new(),
             inbound_lock: tokio::sync::Mutex::new(()),
             post_busy: AtomicBool::new(false),
         }
@@ -189,17 +193,19 @@ impl<U> Shared<U> {
         };
         drop(state);
         if wake {
-            self.notify.notify_waiters();
+            self.outbound.notify_waiters();
         }
         Ok(seq)
     }
 
-    /// Applies the client's cumulative acknowledgement. Values beyond what was sent are clamped.
-    pub(crate) fn ack(&self, ack: u64) {
+    /// Applies the client's cumulative acknowledgement and returns the acknowledged position.
+    /// A value beyond what may have been sent (released) is clamped to it, so that a bogus ack can
+    /// neither skip messages nor drop held ones unsent.
+    pub(crate) fn ack(&self, ack: u64) -> u64 {
         let mut state = self.state();
-        let ack = ack.min(state.next_seq - 1);
+        let ack = ack.min(state.released);
         if ack <= state.acked {
-            return;
+            return state.acked;
         }
         while let Some((seq, message)) = state.out.front() {
             if *seq > ack {
@@ -210,6 +216,7 @@ impl<U> Shared<U> {
             state.out.pop_front();
         }
         state.acked = ack;
+        ack
     }
 
     /// Makes a new transport the one that drains this session; the previous one (if any) sees
@@ -222,7 +229,8 @@ impl<U> Shared<U> {
         drop(state);
         if previous.is_some() {
             tracing::debug!(session = self.key, ?kind, "transport takes over");
-            self.notify.notify_waiters();
+            self.outbound.notify_waiters();
+            self.inbound.notify_waiters();
         } else {
             tracing::debug!(session = self.key, ?kind, "transport attached");
         }
@@ -236,6 +244,14 @@ impl<U> Shared<U> {
             state.attached = None;
             state.idle_since = Instant::now();
             tracing::debug!(session = self.key, "transport detached");
+        }
+    }
+
+    /// Counts a request that does not attach (a POST) as a sign of life for expiry.
+    pub(crate) fn touch(&self) {
+        let mut state = self.state();
+        if state.attached.is_none() {
+            state.idle_since = Instant::now();
         }
     }
 
@@ -297,20 +313,30 @@ impl<U> Shared<U> {
     }
 
     /// Delivers client messages in order, exactly once: duplicates (`seq <= delivered`) are dropped,
-    /// a gap stops delivery. Waits while the application's inbound queue is full. Returns the
-    /// highest client sequence number delivered.
-    pub(crate) async fn deliver(&self, messages: Vec<(u64, Message)>) -> u64 {
+    /// a gap stops delivery. Waits while the application's inbound queue is full, unless the
+    /// session ends or, for a transport (`generation` set), another transport takes over. Returns
+    /// the highest client sequence number delivered.
+    ///
+    /// Cancel-safe: each message is delivered entirely or not at all.
+    pub(crate) async fn deliver(
+        &self,
+        generation: Option<u64>,
+        messages: Vec<(u64, Message)>,
+    ) -> u64 {
         let _one_at_a_time = self.inbound_lock.lock().await;
         let cap = self.config.inbound_queue;
         for (seq, message) in messages {
             let mut message = Some(message);
             loop {
-                let notified = self.notify.notified();
+                let notified = self.inbound.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 {
                     let mut state = self.state();
-                    if state.close.is_some() || seq > state.in_seq + 1 {
+                    let superseded = generation.is_some_and(|generation| {
+                        !matches!(state.attached, Some((current, _)) if current == generation)
+                    });
+                    if state.close.is_some() || superseded || seq > state.in_seq + 1 {
                         return state.in_seq;
                     }
                     if seq <= state.in_seq {
@@ -322,7 +348,7 @@ impl<U> Shared<U> {
                         }
                         state.in_seq = seq;
                         drop(state);
-                        self.notify.notify_waiters();
+                        self.inbound.notify_waiters();
                         break;
                     }
                 }
@@ -335,7 +361,7 @@ impl<U> Shared<U> {
     /// Takes the next received message; `None` once the session has ended and the queue is empty.
     pub(crate) async fn recv(&self) -> Option<Message> {
         loop {
-            let notified = self.notify.notified();
+            let notified = self.inbound.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
@@ -344,7 +370,7 @@ impl<U> Shared<U> {
                 if let Some(message) = state.inbox.pop_front() {
                     drop(state);
                     if was_full {
-                        self.notify.notify_waiters();
+                        self.inbound.notify_waiters();
                     }
                     return Some(message);
                 }
@@ -359,7 +385,7 @@ impl<U> Shared<U> {
     /// Waits until the session has ended.
     pub(crate) async fn closed(&self) -> CloseReason {
         loop {
-            let notified = self.notify.notified();
+            let notified = self.inbound.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(reason) = self.close_reason() {
@@ -400,7 +426,8 @@ impl<U> Shared<U> {
                 index.remove(&room, self.key);
             }
         }
-        self.notify.notify_waiters();
+        self.outbound.notify_waiters();
+        self.inbound.notify_waiters();
         true
     }
 

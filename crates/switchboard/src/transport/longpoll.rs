@@ -38,8 +38,7 @@ async fn poll<U: Clone + Send + Sync + 'static>(
     let params = Params::from_uri(&uri)?;
     let session = mounted.lookup(params.sid()?)?;
     let shared = &session.shared;
-    let ack = params.ack.unwrap_or(0);
-    shared.ack(ack);
+    let ack = shared.ack(params.ack.unwrap_or(0));
     let wait = params.wait != Some(0);
     let kind = if wait {
         TransportKind::LongPoll
@@ -47,10 +46,10 @@ async fn poll<U: Clone + Send + Sync + 'static>(
         TransportKind::ShortPoll
     };
     let generation = shared.attach(kind);
-    let attached = mounted.track_transport(&session, generation);
+    let _attached = mounted.track_transport(&session, generation);
     let hold_until = Instant::now() + shared.config.poll_hold;
     loop {
-        let notified = shared.notify.notified();
+        let notified = shared.outbound.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         match shared.drain(generation, ack, shared.config.max_body) {
@@ -60,9 +59,6 @@ async fn poll<U: Clone + Send + Sync + 'static>(
                     .iter()
                     .map(|reason| protocol::close_frame(reason.code(), reason.reason()))
                     .collect();
-                if close.is_some() {
-                    attached.close_delivered();
-                }
                 return Ok(json_response(frames_body(&frames, &extra)));
             }
             Drain::Idle { wake_at } => {

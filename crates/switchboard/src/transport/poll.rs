@@ -115,6 +115,7 @@ async fn receive_frames<U: Clone + Send + Sync + 'static>(
     let shared = &session.shared;
     let body = body.map_err(body_error)?;
     let _slot = shared.begin_post().ok_or_else(ApiError::busy)?;
+    shared.touch();
     let frames =
         protocol::decode_batch(&body, shared.config.max_message).map_err(|err| match err {
             FrameError::Malformed(_) => ApiError::malformed_frame(err.to_string()),
@@ -126,16 +127,21 @@ async fn receive_frames<U: Clone + Send + Sync + 'static>(
     for frame in frames {
         match frame {
             ClientFrame::Message { seq, message } => messages.push((seq, message)),
-            ClientFrame::Ack(ack) => shared.ack(ack),
+            ClientFrame::Ack(ack) => {
+                shared.ack(ack);
+            }
             ClientFrame::Ping => pong = true,
             ClientFrame::Pong => {}
             ClientFrame::Close => close = true,
         }
     }
-    let ack = if messages.is_empty() {
-        shared.inbound_ack()
-    } else {
-        shared.deliver(messages).await
+    // Back-pressure holds the answer while the application's queue is full, but not beyond the
+    // poll hold time: then the answer acknowledges what was delivered and the client resends the
+    // rest later.
+    let hold = shared.config.poll_hold;
+    let ack = match tokio::time::timeout(hold, shared.deliver(None, messages)).await {
+        Ok(ack) => ack,
+        Err(_) => shared.inbound_ack(),
     };
     if close {
         shared.close(CloseReason::ClientClosed);

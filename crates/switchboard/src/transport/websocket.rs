@@ -50,14 +50,15 @@ pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
         }
     };
     let config = mounted.inner.config.clone();
-    // A `m` frame carries at most max_message payload bytes, base64-inflated, plus framing.
-    let max_frame = config.max_message / 3 * 4 + 1024;
+    let max_frame = max_frame(&config);
     upgrade
         .read_buffer_size(config.ws_read_buffer)
         .write_buffer_size(config.ws_write_buffer)
         .max_write_buffer_size(config.ws_write_buffer.max(max_frame) + WRITE_BATCH)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
+        // Frames above `max_frame` get a clean close 1009 from `handle_incoming`; the socket
+        // layer only stops gross abuse (anything above the POST body limit).
+        .max_message_size(config.max_body.max(max_frame))
+        .max_frame_size(config.max_body.max(max_frame))
         .on_upgrade(move |socket| async move {
             match attach(&mounted, headers, uri).await {
                 Ok((session, resumed, ack)) => {
@@ -74,6 +75,12 @@ pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
         })
 }
 
+/// Largest text frame accepted: a `m` frame carries at most `max_message` payload bytes,
+/// base64-inflated, plus framing.
+fn max_frame(config: &crate::config::Config) -> usize {
+    config.max_message / 3 * 4 + 1024
+}
+
 /// Resolves the session a new socket is for: resumed (`sid`) or newly opened.
 async fn attach<U: Clone + Send + Sync + 'static>(
     mounted: &Mounted<U>,
@@ -83,8 +90,7 @@ async fn attach<U: Clone + Send + Sync + 'static>(
     let params = Params::from_uri(&uri)?;
     if let Some(sid) = &params.sid {
         let session = mounted.lookup(sid)?;
-        let ack = params.ack.unwrap_or(0);
-        session.shared.ack(ack);
+        let ack = session.shared.ack(params.ack.unwrap_or(0));
         return Ok((session, true, ack));
     }
     let auth = match &params.auth {
@@ -150,7 +156,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
     let shared = &session.shared;
     let config = shared.config.clone();
     let generation = shared.attach(TransportKind::WebSocket);
-    let attached = mounted.track_transport(&session, generation);
+    let _attached = mounted.track_transport(&session, generation);
     let sid = shared.sid.to_hex();
     let open = protocol::open_frame(&OpenInfo {
         sid: &sid,
@@ -171,7 +177,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
     let mut last_heard = Instant::now();
     let mut next_ping = last_heard + config.ping_interval;
     loop {
-        let notified = shared.notify.notified();
+        let notified = shared.outbound.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let wake_at = match shared.drain(generation, sent, WRITE_BATCH) {
@@ -216,13 +222,12 @@ async fn run<U: Clone + Send + Sync + 'static>(
                     return;
                 }
                 if close.is_some() {
-                    attached.close_delivered();
                     return;
                 }
                 // While the application keeps the socket busy with output, still take in what the
                 // client sent (acknowledgements above all), so that the buffer can drain.
                 if let Some(incoming) = socket.recv().now_or_never() {
-                    if handle_incoming(&mut socket, &session, incoming)
+                    if handle_incoming(&mut socket, &session, generation, incoming)
                         .await
                         .is_err()
                     {
@@ -230,7 +235,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
                     }
                     last_heard = Instant::now();
                 } else if Instant::now() >= last_heard + silence_limit {
-                    tracing::debug!(session = shared.key, "WebSocket heartbeat timeout");
+                    heartbeat_timeout(&mut socket, shared.key).await;
                     return;
                 }
                 continue;
@@ -245,7 +250,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
             .unwrap_or(next_ping);
         tokio::select! {
             incoming = socket.recv() => {
-                if handle_incoming(&mut socket, &session, incoming).await.is_err() {
+                if handle_incoming(&mut socket, &session, generation, incoming).await.is_err() {
                     return;
                 }
                 last_heard = Instant::now();
@@ -254,12 +259,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
             _ = sleep_until(timer) => {
                 let now = Instant::now();
                 if now >= dead_at {
-                    tracing::debug!(session = shared.key, "WebSocket heartbeat timeout");
-                    let _ = timeout(
-                        Duration::from_millis(100),
-                        socket.send(close_message(HEARTBEAT_TIMEOUT, "heartbeat_timeout")),
-                    )
-                    .await;
+                    heartbeat_timeout(&mut socket, shared.key).await;
                     return;
                 }
                 if now >= next_ping {
@@ -271,6 +271,13 @@ async fn run<U: Clone + Send + Sync + 'static>(
             }
         }
     }
+}
+
+/// Gives up on a socket that has been silent (or stuck) too long; the session lives on.
+async fn heartbeat_timeout(socket: &mut WebSocket, key: u64) {
+    tracing::debug!(session = key, "WebSocket heartbeat timeout");
+    let close = close_message(HEARTBEAT_TIMEOUT, "heartbeat_timeout");
+    let _ = timeout(Duration::from_millis(100), socket.send(close)).await;
 }
 
 /// Collects `first` and whatever else the client has already sent, up to [`READ_BURST`] frames.
@@ -291,6 +298,7 @@ fn read_burst(socket: &mut WebSocket, first: WsMessage) -> Vec<WsMessage> {
 async fn handle_incoming<U>(
     socket: &mut WebSocket,
     session: &Session<U>,
+    generation: u64,
     incoming: Option<Result<WsMessage, axum::Error>>,
 ) -> Result<(), ()> {
     let Some(Ok(first)) = incoming else {
@@ -303,14 +311,27 @@ async fn handle_incoming<U>(
     let burst = read_burst(socket, first);
     let shared = &session.shared;
     let max_message = shared.config.max_message;
+    let max_frame = max_frame(&shared.config);
     let mut messages = Vec::new();
     let mut replies = Vec::new();
     let mut close = false;
     for incoming in burst {
         match incoming {
+            WsMessage::Text(frame) if frame.len() > max_frame => {
+                tracing::info!(
+                    session = shared.key,
+                    len = frame.len(),
+                    "WebSocket frame too large"
+                );
+                let close = close_message(1009, "payload_too_large");
+                let _ = timeout(Duration::from_millis(100), socket.send(close)).await;
+                return Err(());
+            }
             WsMessage::Text(frame) => match protocol::decode_frame(frame.as_str(), max_message) {
                 Ok(ClientFrame::Message { seq, message }) => messages.push((seq, message)),
-                Ok(ClientFrame::Ack(ack)) => shared.ack(ack),
+                Ok(ClientFrame::Ack(ack)) => {
+                    shared.ack(ack);
+                }
                 Ok(ClientFrame::Ping) => replies.push(text(protocol::PONG_FRAME.to_string())),
                 Ok(ClientFrame::Pong) => {}
                 Ok(ClientFrame::Close) => close = true,
@@ -338,7 +359,19 @@ async fn handle_incoming<U>(
         }
     }
     if !messages.is_empty() {
-        let ack = shared.deliver(messages).await;
+        // Back-pressure: while the application's queue is full this socket is not read. If the
+        // application takes nothing for as long as a silent peer is tolerated, drop the socket
+        // (the session lives on); a takeover or a close ends the wait at once.
+        let config = &shared.config;
+        let patience = config.ping_interval + config.ping_timeout;
+        let Ok(ack) = timeout(patience, shared.deliver(Some(generation), messages)).await else {
+            tracing::info!(
+                session = shared.key,
+                "application is not taking messages; dropping the WebSocket"
+            );
+            heartbeat_timeout(socket, shared.key).await;
+            return Err(());
+        };
         replies.push(text(protocol::ack_frame(ack)));
     }
     if close {
