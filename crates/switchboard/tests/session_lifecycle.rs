@@ -6,7 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, eventually, get, open, post};
+use std::sync::Arc;
+
+use common::{TestServer, eventually, get, open, post, start_default};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -348,4 +350,165 @@ async fn a_websocket_takeover_closes_the_old_socket_with_4100() {
     assert_eq!(next_json(&mut old).await, json!({"ws_close": 4100}));
     session.send("two").unwrap();
     assert_eq!(next_json(&mut new).await, json!({"t":"m","s":2,"d":"two"}));
+}
+
+#[tokio::test]
+async fn an_ack_beyond_what_was_sent_skips_nothing() {
+    let mut server = start_default().await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    session.send("하나").unwrap();
+    // A buggy or hostile client acknowledges far more than it was sent.
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=100")))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut socket).await["t"], "open");
+    // Message 1 counts as acknowledged (clamped to what was sent), and what follows still flows.
+    session.send("둘").unwrap();
+    assert_eq!(
+        next_json(&mut socket).await,
+        json!({"t":"m","s":2,"d":"둘"})
+    );
+    assert_eq!(session.buffered().0, 1);
+}
+
+#[tokio::test]
+async fn a_websocket_stuck_on_a_full_inbound_queue_is_dropped_and_can_be_taken_over() {
+    // The application never reads and its inbound queue holds one message.
+    let mut server = TestServer::start(
+        Switchboard::builder()
+            .inbound_queue(1)
+            .ping_interval(Duration::from_millis(100))
+            .ping_timeout(Duration::from_millis(200))
+            .resume_window(Duration::from_millis(500))
+            .build(),
+    )
+    .await;
+    let (mut stuck, _) = tokio_tungstenite::connect_async(server.ws_url(""))
+        .await
+        .unwrap();
+    let sid = next_json(&mut stuck).await["sid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let session = server.next_session().await;
+    for seq in 1..=3 {
+        let frame = json!({"t":"m","s":seq,"d":format!("메시지 {seq}")}).to_string();
+        stuck.send(WsMessage::text(frame)).await.unwrap();
+    }
+    // A second socket takes over at once, although the first is waiting for queue room.
+    let (mut fresh, _) =
+        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=0")))
+            .await
+            .unwrap();
+    let open = next_json(&mut fresh).await;
+    assert_eq!(open["resumed"], true);
+    let mut last = next_json(&mut stuck).await;
+    while last["t"] == "ack" || last["t"] == "ping" {
+        last = next_json(&mut stuck).await;
+    }
+    assert_eq!(last, json!({"ws_close": 4100}));
+    // The new socket, blocked the same way, is dropped after the silence limit; it does not
+    // hold the session forever.
+    let resend = json!({"t":"m","s":2,"d":"메시지 2"}).to_string();
+    fresh.send(WsMessage::text(resend)).await.unwrap();
+    let mut last = next_json(&mut fresh).await;
+    while last["t"] == "ping" {
+        last = next_json(&mut fresh).await;
+    }
+    assert_eq!(last, json!({"ws_close": 4101}));
+    // With no transport left, the session expires as documented.
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), session.closed())
+            .await
+            .unwrap(),
+        CloseReason::Expired
+    );
+    // What was delivered before is still there for the application, in order.
+    assert_eq!(
+        session.recv().await.unwrap().as_text().as_deref(),
+        Some("메시지 1")
+    );
+}
+
+#[tokio::test]
+async fn a_session_opened_during_shutdown_is_refused() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let server = TestServer::start(
+        Switchboard::builder()
+            .authenticate({
+                let gate = gate.clone();
+                move |_| {
+                    let gate = gate.clone();
+                    async move {
+                        gate.notified().await;
+                        Ok(())
+                    }
+                }
+            })
+            .build(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let opening = tokio::spawn({
+        let http = http.clone();
+        let url = format!("{}/open?v=1", server.base);
+        async move { http.post(url).send().await.unwrap().status() }
+    });
+    // The authentication hook is running when shutdown starts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.realtime.shutdown().await;
+    gate.notify_waiters();
+    assert_eq!(opening.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(server.realtime.session_count(), 0);
+}
+
+#[tokio::test]
+async fn a_panicking_session_handler_closes_its_session() {
+    let realtime = Switchboard::builder().build();
+    let app = axum::Router::new().nest(
+        "/rt",
+        realtime.router(|session: switchboard::Session| async move {
+            if let Some(message) = session.recv().await {
+                panic!("the application failed on {:?}", message.as_text());
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/rt", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    let sid = open(&http, &base).await;
+    post(
+        &http,
+        &base,
+        &sid,
+        json!([{"t":"m","s":1,"d":"boom"}]).to_string(),
+    )
+    .await;
+    let url = format!("{base}/poll?v=1&sid={sid}&ack=0");
+    let (_, frames) = get(&http, url).await;
+    assert_eq!(frames, json!([{"t":"close","code":4000,"reason":"closed"}]));
+}
+
+#[tokio::test]
+async fn posts_alone_keep_a_session_alive() {
+    let mut server = TestServer::start(
+        Switchboard::builder()
+            .resume_window(Duration::from_millis(300))
+            .build(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    // A proxy cuts every GET, but POSTs get through: they are signs of life too.
+    for _ in 0..10 {
+        let (status, _) = post(&http, &server.base, &sid, "[]").await;
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!session.is_closed());
 }
