@@ -1,0 +1,637 @@
+/* Switchboard client 0.1.0 | MIT OR Apache-2.0 */
+
+// src/backoff.js
+function backoff(attempt, { min = 250, max = 1e4, jitter = 0.5 } = {}, random = Math.random) {
+  const base = Math.min(max, min * 2 ** Math.min(attempt, 30));
+  return Math.round(base * (1 - jitter * random()));
+}
+
+// src/emitter.js
+var Emitter = class {
+  constructor() {
+    this._listeners = /* @__PURE__ */ new Map();
+  }
+  /** Subscribes `listener` to `event`. */
+  on(event, listener) {
+    const list = this._listeners.get(event) || [];
+    this._listeners.set(event, [...list, listener]);
+    return this;
+  }
+  /** Removes `listener` from `event`. */
+  off(event, listener) {
+    const list = this._listeners.get(event) || [];
+    this._listeners.set(event, list.filter((l) => l !== listener));
+    return this;
+  }
+  _fire(event, ...args) {
+    for (const listener of this._listeners.get(event) || []) {
+      try {
+        listener(...args);
+      } catch (error) {
+        setTimeout(() => {
+          throw error;
+        });
+      }
+    }
+  }
+};
+
+// src/frames.js
+var isBinary = (data) => data instanceof ArrayBuffer || ArrayBuffer.isView(data);
+var bytesOf = (data) => new Uint8Array(data.buffer || data, data.byteOffset, data.byteLength);
+function toBase64(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 32768) {
+    text += String.fromCharCode.apply(null, bytes.subarray(i, i + 32768));
+  }
+  return btoa(text);
+}
+function fromBase64(text) {
+  const chars = atob(text);
+  const bytes = new Uint8Array(chars.length);
+  for (let i = 0; i < chars.length; i++) bytes[i] = chars.charCodeAt(i);
+  return bytes;
+}
+var utf8 = new TextEncoder();
+function encodeMessage(seq, data, event) {
+  let text = `{"t":"m","s":${seq}`;
+  if (event !== void 0) text += `,"e":${JSON.stringify(String(event))}`;
+  let size;
+  if (isBinary(data)) {
+    const bytes = bytesOf(data);
+    text += `,"b":"${toBase64(bytes)}"}`;
+    size = bytes.length;
+  } else {
+    const json = JSON.stringify(data) ?? "null";
+    text += `,"d":${json}}`;
+    size = utf8.encode(json).length;
+  }
+  return { text, size };
+}
+var payloadOf = (frame) => "b" in frame ? fromBase64(frame.b) : frame.d;
+
+// src/memory.js
+var TransportMemory = class {
+  /**
+   * @param {Pick<Storage, "getItem" | "setItem"> | null} storage
+   * @param {string} key storage key (one per mount URL)
+   * @param {number} ttl how long a failure is remembered, in ms
+   */
+  constructor(storage, key, ttl, now = Date.now) {
+    this._storage = storage;
+    this._key = key;
+    this._ttl = ttl;
+    this._now = now;
+  }
+  // Without storage (private mode, Node without one) nothing is remembered.
+  _read() {
+    try {
+      return JSON.parse(this._storage.getItem(this._key)) || {};
+    } catch {
+      return {};
+    }
+  }
+  _write(entries) {
+    try {
+      this._storage.setItem(this._key, JSON.stringify(entries));
+    } catch {
+    }
+  }
+  /** Whether `name` failed within the remembered period. */
+  failed(name) {
+    const until = this._read()[name];
+    return typeof until === "number" && until > this._now();
+  }
+  /** Records that `name` failed now. */
+  remember(name) {
+    this._write({ ...this._read(), [name]: this._now() + this._ttl });
+  }
+  /** Forgets a failure of `name` (it worked again). */
+  forget(name) {
+    const entries = this._read();
+    if (name in entries) {
+      delete entries[name];
+      this._write(entries);
+    }
+  }
+};
+
+// src/polling.js
+var PollingTransport = class {
+  /**
+   * Polls for `conn`'s session (which must exist) and reports `_frames(transport, frames)` and, once,
+   * `_down(transport, { code, reason, status, lifetime })` when a poll fails.
+   * @param {"longpoll" | "poll"} name
+   */
+  constructor(conn, name) {
+    this.name = name;
+    this._conn = conn;
+    this._aborts = /* @__PURE__ */ new Set();
+    this._loop();
+  }
+  async _loop() {
+    const conn = this._conn;
+    const options = conn._options;
+    const long = this.name === "longpoll";
+    while (!this._stopped) {
+      const started = Date.now();
+      const ack = conn._rx;
+      let answer;
+      try {
+        answer = await conn._request(
+          "GET",
+          `poll?v=1&sid=${conn._sid}&ack=${ack}&wait=${long ? 1 : 0}`,
+          null,
+          (long ? conn._hold : 0) + options.requestTimeout,
+          this._aborts
+        );
+      } catch {
+        answer = { status: 0, body: null };
+      }
+      if (this._stopped) return;
+      if (answer.status !== 200 || !Array.isArray(answer.body)) {
+        this._stopped = true;
+        const body = answer.body || {};
+        return conn._down(this, {
+          code: answer.status >= 400 && answer.status < 600 ? 4e3 + answer.status : 0,
+          reason: body.error,
+          status: answer.status,
+          lifetime: Date.now() - started
+        });
+      }
+      conn._acked = Math.max(conn._acked, ack);
+      conn._frames(this, answer.body);
+      if (!long && !this._stopped) await new Promise((wake) => this._wake = setTimeout(wake, options.pollInterval));
+    }
+  }
+  /** Gives up on this transport (for example after a sequence gap) and reports it. */
+  _fail(code, reason) {
+    if (this._stopped) return;
+    this.stop();
+    this._conn._down(this, { code, reason, status: 0, lifetime: Infinity });
+  }
+  /** Polling writes nothing itself: client frames go up in POSTs. */
+  send() {
+  }
+  /** Stops polling and abandons the request in flight. */
+  stop() {
+    this._stopped = true;
+    clearTimeout(this._wake);
+    for (const abort of this._aborts) abort.abort();
+  }
+};
+
+// src/websocket.js
+var WebSocketTransport = class {
+  /**
+   * Opens a socket for `conn`'s session (or a new session when it has none) and reports to the
+   * connection: `_attached(transport, openFrame)`, `_frame(transport, frame)` and, once, when the
+   * socket fails or closes, `_down(transport, { code, reason, opened, lifetime })`.
+   */
+  constructor(conn) {
+    this.name = "websocket";
+    this._conn = conn;
+    const options = conn._options;
+    let url = conn._base.replace(/^http/, "ws") + "/ws?v=1";
+    if (conn._sid) url += `&sid=${conn._sid}&ack=${conn._rx}`;
+    else if (options.auth !== void 0) url += "&auth=" + encodeURIComponent(JSON.stringify(options.auth));
+    const ws = this._ws = new options.WebSocket(url);
+    this._timer = setTimeout(() => this._fail(0), options.connectTimeout);
+    ws.onmessage = (event) => this._receive(event.data);
+    ws.onclose = (event) => this._fail(event.code, event.reason);
+  }
+  _receive(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return this._fail(1007);
+    }
+    this._heard = Date.now();
+    if (this._openedAt) return this._conn._frame(this, frame);
+    if (frame.t !== "open") return this._fail(frame.code || 1002, frame.reason);
+    this._openedAt = this._heard;
+    clearTimeout(this._timer);
+    const limit = frame.ping + 1e4;
+    this._timer = setInterval(() => Date.now() - this._heard > limit && this._fail(0), Math.min(limit / 4, 5e3));
+    this._conn._attached(this, frame);
+  }
+  /** Writes frames, if the socket is open. */
+  send(frames) {
+    if (this._openedAt && this._ws.readyState === 1) for (const frame of frames) this._ws.send(frame);
+  }
+  _fail(code, reason) {
+    if (this._stop()) {
+      this._conn._down(this, {
+        code,
+        reason,
+        opened: !!this._openedAt,
+        lifetime: this._openedAt ? Date.now() - this._openedAt : 0
+      });
+    }
+  }
+  /** Closes the socket without reporting; returns whether it was still running. */
+  _stop() {
+    if (this._stopped) return false;
+    this._stopped = true;
+    clearTimeout(this._timer);
+    clearInterval(this._timer);
+    this._ws.onmessage = this._ws.onclose = null;
+    try {
+      this._ws.close(1e3);
+    } catch {
+    }
+    return true;
+  }
+  /** Stops the transport quietly (switch or close). */
+  stop() {
+    this._stop();
+  }
+};
+
+// src/connection.js
+var DEFAULTS = {
+  transports: ["websocket", "longpoll", "poll"],
+  connectTimeout: 2500,
+  earlyCloseWindow: 3e3,
+  pollInterval: 1e3,
+  requestTimeout: 1e4,
+  probeDelay: 3e3,
+  probeMax: 6e4,
+  rememberFor: 3e5,
+  maxBuffered: 1e3,
+  lowPriorityDelay: 50
+};
+var RESERVED = ["open", "message", "close", "transport", "state", "reset"];
+var RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "protocol_error" };
+var FATAL = [4400, 4401, 4403];
+var sleep = (ms) => new Promise((wake) => setTimeout(wake, ms));
+function localStorageOrNull() {
+  try {
+    return globalThis.localStorage || null;
+  } catch {
+    return null;
+  }
+}
+var failure = (code) => Object.assign(new Error("switchboard: " + code), { code });
+var Connection = class extends Emitter {
+  constructor(url, options = {}) {
+    super();
+    const g = globalThis;
+    this._options = {
+      ...DEFAULTS,
+      WebSocket: g.WebSocket,
+      fetch: g.fetch && g.fetch.bind(g),
+      storage: localStorageOrNull(),
+      ...options
+    };
+    this._base = new URL(url, g.location && g.location.href).href.replace(/\/+$/, "");
+    this._memory = new TransportMemory(this._options.storage, "switchboard:" + this._base, this._options.rememberFor);
+    this._fresh();
+    this._hold = 2e4;
+    this._maxMessage = 65536;
+    this._maxBody = 1 << 20;
+    this._attempt = this._probeAttempt = this._cuts = this._postFailures = 0;
+    this._timers = {};
+    this.transport = null;
+    this.state = "connecting";
+    setTimeout(() => this._connect(this._first()));
+  }
+  /** Forgets the session: a new one starts from sequence numbers 0. */
+  _fresh() {
+    this._sid = null;
+    this._rx = this._acked = this._seq = this._serverAck = this._sent = this._posted = 0;
+    this._out = [];
+  }
+  /** Sends text (a string), JSON (any other value) or binary (`Uint8Array`/`ArrayBuffer`). */
+  send(data, options) {
+    this._queue(data, void 0, options);
+  }
+  /** Sends a named event. */
+  emit(event, data, options) {
+    this._queue(data, event, options);
+  }
+  _queue(data, event, { lowPriority = false } = {}) {
+    if (this.state === "closed") throw failure("closed");
+    if (this._out.length >= this._options.maxBuffered) throw failure("buffer_full");
+    const { text, size } = encodeMessage(this._seq + 1, data, event);
+    if (size > this._maxMessage) throw failure("too_large");
+    this._out.push({ seq: ++this._seq, text });
+    if (!lowPriority) {
+      this._clear("flush");
+      this._flush();
+    } else if (!this._timers.flush) {
+      this._timers.flush = setTimeout(() => {
+        this._timers.flush = null;
+        this._flush();
+      }, this._options.lowPriorityDelay);
+    }
+  }
+  /** Ends the session. */
+  close() {
+    if (this.state === "closed") return;
+    const current = this._current;
+    if (current && this.state === "open") {
+      if (current.name === "websocket") current.send(['{"t":"close"}']);
+      else this._request("POST", `poll?v=1&sid=${this._sid}`, '[{"t":"close"}]', this._options.requestTimeout).catch(() => {
+      });
+    }
+    this._end(1e3, "closed by client");
+  }
+  // --- Choosing and attaching transports ---------------------------------------------------------
+  /** The first of `list` that has not failed recently here (or simply the first). */
+  _pick(list) {
+    return list.find((name) => !this._memory.failed(name)) || list[0];
+  }
+  /** The best transport to start with. */
+  _first() {
+    return this._pick(this._options.transports);
+  }
+  /** The transport to fall back to from `name`. */
+  _after(name) {
+    const list = this._options.transports;
+    return this._pick(list.slice(list.indexOf(name) + 1));
+  }
+  _connect(name) {
+    if (this.state === "closed") return;
+    this._clear("retry");
+    if (name === "websocket") {
+      this._current = new WebSocketTransport(this);
+    } else if (this._sid) {
+      this._current = new PollingTransport(this, name);
+      this._posted = this._serverAck;
+      this._sync = true;
+      this._post();
+    } else {
+      const opening = this._current = { name, stop() {
+      } };
+      const body = JSON.stringify(this._options.auth === void 0 ? {} : { auth: this._options.auth });
+      this._request("POST", "open?v=1", body, this._options.requestTimeout).catch(() => ({ status: 0, body: null })).then(({ status, body: body2 }) => {
+        if (this._current !== opening) return;
+        if (status === 200 && body2 && body2.t === "open") {
+          this._attached(this._current = new PollingTransport(this, name), body2);
+        } else {
+          this._down(opening, {
+            code: status >= 400 ? 4e3 + status : 0,
+            reason: body2 && body2.error,
+            status,
+            lifetime: 0
+          });
+        }
+      });
+    }
+  }
+  /** A transport delivered an open frame (WebSocket, or `POST /open` for polling). */
+  _attached(transport, open) {
+    if (transport === this._probe) {
+      this._probe = null;
+      const old = this._current;
+      this._current = transport;
+      if (old) old.stop();
+    } else if (transport !== this._current) {
+      return transport.stop();
+    }
+    this._superseded = null;
+    this._clear("retry");
+    const fresh = this._sid !== open.sid;
+    this._sid = open.sid;
+    this._hold = open.hold;
+    this._maxMessage = open.max_message;
+    this._maxBody = open.max_body;
+    this._onAck(open.ack);
+    this._acked = this._rx;
+    this._sent = this._posted = this._serverAck;
+    this._use(transport);
+    if (fresh) this._fire("open", { sid: open.sid, resumed: false });
+    this._flush();
+  }
+  /** `transport` works: make it the one in use. */
+  _use(transport) {
+    const name = transport.name;
+    this._attempt = 0;
+    for (const failed of this._suspects || []) this._memory.remember(failed);
+    this._suspects = [];
+    if (name === "websocket") this._memory.forget(name);
+    if (this.transport !== name) {
+      this.transport = name;
+      this._fire("transport", name);
+    }
+    this._setState("open");
+    this._scheduleProbe();
+  }
+  /** A transport failed or closed. Decide: reset, end, fall back, or retry with backoff. */
+  _down(transport, { code, reason, opened, lifetime, status }) {
+    const options = this._options;
+    if (transport === this._probe) {
+      this._probe = null;
+      this._probeAttempt++;
+      const back = this._superseded;
+      this._superseded = null;
+      return back ? this._connect(back) : this._scheduleProbe();
+    }
+    if (transport !== this._current || this.state === "closed") return;
+    this._current = null;
+    if (code === 4409 && this._probe) {
+      this._superseded = transport.name;
+      return;
+    }
+    if (code === 4404) return this._reset("unknown_session");
+    if (RESET[code]) return this._reset(RESET[code]);
+    if (code === 4e3 || code === 4001 || FATAL.includes(code)) return this._end(code, reason);
+    this._setState(this._sid ? "reconnecting" : "connecting");
+    const name = transport.name;
+    let fallback = false;
+    if (name === "websocket") {
+      if (!opened || lifetime < options.earlyCloseWindow) {
+        fallback = true;
+        if (opened) this._probeAttempt++;
+      } else {
+        this._probeAttempt = 0;
+      }
+    } else if (name === "longpoll" && !status && lifetime > Math.min(1e3, this._hold / 4) && lifetime < this._hold * 0.9) {
+      fallback = ++this._cuts >= 2;
+    }
+    const next = fallback && this._after(name);
+    if (next) {
+      (this._suspects ||= []).push(name);
+      return this._connect(next);
+    }
+    this._timers.retry = setTimeout(() => this._connect(name), backoff(this._attempt++, options.backoff));
+  }
+  /** While on a fallback, try WebSocket again now and then; it takes over when it works. */
+  _scheduleProbe() {
+    const options = this._options;
+    if (this._timers.probe || this._probe || this.transport === "websocket") return;
+    if (!options.transports.includes("websocket") || !options.WebSocket || this.state !== "open") return;
+    const delay = backoff(this._probeAttempt, { min: options.probeDelay, max: options.probeMax, jitter: 0.3 });
+    this._timers.probe = setTimeout(() => {
+      this._timers.probe = null;
+      if (this.state === "open" && this.transport !== "websocket") this._probe = new WebSocketTransport(this);
+    }, delay);
+  }
+  // --- Frames ------------------------------------------------------------------------------------
+  /** Frames from a poll answer (transport set) or a POST answer (transport `null`). */
+  _frames(transport, frames) {
+    if (transport && transport !== this._current) return;
+    if (transport && (this.state !== "open" || this.transport !== transport.name)) this._use(transport);
+    for (const frame of frames) this._frame(null, frame);
+  }
+  _frame(transport, frame) {
+    if (transport && transport !== this._current) return;
+    if (frame.t === "m") {
+      if (frame.s <= this._rx) return;
+      if (frame.s !== this._rx + 1) return this._current && this._current._fail(0);
+      this._rx = frame.s;
+      const data = payloadOf(frame);
+      const info = { seq: frame.s };
+      if (frame.e !== void 0) info.event = frame.e;
+      this._fire("message", data, info);
+      if (frame.e !== void 0 && !RESERVED.includes(frame.e)) this._fire(frame.e, data, info);
+      this._scheduleAck();
+    } else if (frame.t === "ack") {
+      this._onAck(frame.a);
+    } else if (frame.t === "ping") {
+      if (this._current) this._current.send(['{"t":"pong"}']);
+    } else if (frame.t === "close") {
+      if (this._current) this._current.stop();
+      this._current = null;
+      if (RESET[frame.code]) this._reset(RESET[frame.code]);
+      else this._end(frame.code, frame.reason);
+    }
+  }
+  /** The server has our messages up to `ack`: stop keeping them. */
+  _onAck(ack) {
+    if (ack > this._serverAck) this._serverAck = ack;
+    while (this._out.length && this._out[0].seq <= this._serverAck) this._out.shift();
+  }
+  /** On WebSocket, acknowledge after 32 messages or 100 ms (polls carry the ack themselves). */
+  _scheduleAck() {
+    if (this.transport !== "websocket") return;
+    const ack = () => {
+      this._clear("ack");
+      if (this._rx > this._acked && this._current) {
+        this._current.send([`{"t":"ack","a":${this._rx}}`]);
+        this._acked = this._rx;
+      }
+    };
+    if (this._rx - this._acked >= 32) ack();
+    else this._timers.ack ||= setTimeout(ack, 100);
+  }
+  // --- Sending -----------------------------------------------------------------------------------
+  /** Writes what the server has not acknowledged yet and the current transport has not sent. */
+  _flush() {
+    const current = this._current;
+    if (!current || this.state !== "open") return;
+    if (current.name !== "websocket") return this._post();
+    const pending = this._out.filter((message) => message.seq > this._sent);
+    if (pending.length) {
+      current.send(pending.map((message) => message.text));
+      this._sent = pending[pending.length - 1].seq;
+    }
+  }
+  /** POSTs pending messages, one request at a time, in batches. */
+  async _post() {
+    if (this._posting) return;
+    this._posting = true;
+    const sid = this._sid;
+    const polling = () => this._sid === sid && this._current && this._current.name !== "websocket";
+    try {
+      while (polling()) {
+        const pending = this._out.filter((message) => message.seq > this._posted);
+        if (!pending.length && !this._sync) break;
+        this._sync = false;
+        const batch = [];
+        let size = 0;
+        for (const message of pending) {
+          if (batch.length && (size += message.text.length * 4) > this._maxBody / 2) break;
+          batch.push(message);
+        }
+        const body = "[" + batch.map((message) => message.text).join(",") + "]";
+        const answer = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout).catch(
+          () => ({ status: 0 })
+        );
+        if (!polling()) break;
+        if (answer.status === 200 && Array.isArray(answer.body)) {
+          this._postFailures = 0;
+          if (batch.length) this._posted = Math.max(this._posted, batch[batch.length - 1].seq);
+          this._frames(null, answer.body);
+          continue;
+        }
+        if (answer.status === 404) return this._reset("unknown_session");
+        if (FATAL.includes(4e3 + answer.status)) return this._end(4e3 + answer.status, (answer.body || {}).error);
+        this._posted = this._serverAck;
+        await sleep(backoff(this._postFailures++, this._options.backoff));
+      }
+    } finally {
+      this._posting = false;
+    }
+  }
+  /** One HTTP request to the mount point; resolves `{ status, body }` (body parsed as JSON, or null). */
+  async _request(method, path, body, timeout, aborts) {
+    const abort = new AbortController();
+    if (aborts) aborts.add(abort);
+    const timer = setTimeout(() => abort.abort(), timeout);
+    try {
+      const response = await this._options.fetch(`${this._base}/${path}`, {
+        // A string body goes as text/plain, which keeps cross-origin POSTs "simple" (no preflight).
+        method,
+        body,
+        credentials: "include",
+        signal: abort.signal
+      });
+      const json = await response.json().catch(() => null);
+      return { status: response.status, body: json };
+    } finally {
+      clearTimeout(timer);
+      if (aborts) aborts.delete(abort);
+    }
+  }
+  // --- Endings -----------------------------------------------------------------------------------
+  /** The server no longer has our session: start a new one and tell the application. */
+  _reset(reason) {
+    const unsent = this._out.length;
+    this._stopAll();
+    this._fresh();
+    this._setState("reconnecting");
+    this._fire("reset", { reason, unsent });
+    if (this.state === "closed") return;
+    const first = this._first();
+    if (reason === "shutdown") {
+      this._timers.retry = setTimeout(() => this._connect(first), backoff(this._attempt++, this._options.backoff));
+    } else {
+      this._connect(first);
+    }
+  }
+  _end(code, reason) {
+    this._stopAll();
+    this.transport = null;
+    this._setState("closed");
+    this._fire("close", { code, reason: reason || "" });
+  }
+  _stopAll() {
+    for (const transport of [this._current, this._probe]) if (transport) transport.stop();
+    this._current = this._probe = null;
+    for (const name in this._timers) this._clear(name);
+  }
+  _clear(name) {
+    clearTimeout(this._timers[name]);
+    this._timers[name] = null;
+  }
+  _setState(state) {
+    if (this.state !== state) {
+      this.state = state;
+      this._fire("state", state);
+    }
+  }
+};
+
+// src/index.js
+var version = "0.1.0";
+function connect(url, options) {
+  return new Connection(url, options);
+}
+export {
+  Connection,
+  connect,
+  version
+};

@@ -1,0 +1,438 @@
+// The connection: one logical session over whichever transport works, with fallback, upgrade,
+// resume and exactly-once delivery in both directions (docs/protocol.md §9).
+
+import { backoff } from "./backoff.js";
+import { Emitter } from "./emitter.js";
+import { encodeMessage, payloadOf } from "./frames.js";
+import { TransportMemory } from "./memory.js";
+import { PollingTransport } from "./polling.js";
+import { WebSocketTransport } from "./websocket.js";
+
+const DEFAULTS = {
+  transports: ["websocket", "longpoll", "poll"],
+  connectTimeout: 2500,
+  earlyCloseWindow: 3000,
+  pollInterval: 1000,
+  requestTimeout: 10000,
+  probeDelay: 3000,
+  probeMax: 60000,
+  rememberFor: 300000,
+  maxBuffered: 1000,
+  lowPriorityDelay: 50,
+};
+
+/** Connection events that a server event name cannot shadow. */
+const RESERVED = ["open", "message", "close", "transport", "state", "reset"];
+
+/** Session close codes after which the client starts a new session (§8). */
+const RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "protocol_error" };
+
+/** Refusals that no retry can fix: bad request, authentication, origin. */
+const FATAL = [4400, 4401, 4403];
+
+const sleep = (ms) => new Promise((wake) => setTimeout(wake, ms));
+
+function localStorageOrNull() {
+  try {
+    return globalThis.localStorage || null;
+  } catch {
+    return null;
+  }
+}
+
+/** The error `send` throws: an `Error` whose `code` is `closed`, `buffer_full` or `too_large`. */
+const failure = (code) => Object.assign(new Error("switchboard: " + code), { code });
+
+export class Connection extends Emitter {
+  constructor(url, options = {}) {
+    super();
+    const g = globalThis;
+    this._options = {
+      ...DEFAULTS,
+      WebSocket: g.WebSocket,
+      fetch: g.fetch && g.fetch.bind(g),
+      storage: localStorageOrNull(),
+      ...options,
+    };
+    this._base = new URL(url, g.location && g.location.href).href.replace(/\/+$/, "");
+    this._memory = new TransportMemory(this._options.storage, "switchboard:" + this._base, this._options.rememberFor);
+    this._fresh();
+    this._hold = 20000;
+    this._maxMessage = 65536;
+    this._maxBody = 1 << 20;
+    this._attempt = this._probeAttempt = this._cuts = this._postFailures = 0;
+    this._timers = {};
+    /** The transport in use, or `null`. */
+    this.transport = null;
+    /** `connecting`, `open`, `reconnecting` or `closed`. */
+    this.state = "connecting";
+    // Start on the next turn, so that the page can subscribe to the first events.
+    setTimeout(() => this._connect(this._first()));
+  }
+
+  /** Forgets the session: a new one starts from sequence numbers 0. */
+  _fresh() {
+    this._sid = null;
+    this._rx = this._acked = this._seq = this._serverAck = this._sent = this._posted = 0;
+    this._out = [];
+  }
+
+  /** Sends text (a string), JSON (any other value) or binary (`Uint8Array`/`ArrayBuffer`). */
+  send(data, options) {
+    this._queue(data, undefined, options);
+  }
+
+  /** Sends a named event. */
+  emit(event, data, options) {
+    this._queue(data, event, options);
+  }
+
+  _queue(data, event, { lowPriority = false } = {}) {
+    if (this.state === "closed") throw failure("closed");
+    if (this._out.length >= this._options.maxBuffered) throw failure("buffer_full");
+    const { text, size } = encodeMessage(this._seq + 1, data, event);
+    if (size > this._maxMessage) throw failure("too_large");
+    this._out.push({ seq: ++this._seq, text });
+    if (!lowPriority) {
+      this._clear("flush");
+      this._flush();
+    } else if (!this._timers.flush) {
+      this._timers.flush = setTimeout(() => {
+        this._timers.flush = null;
+        this._flush();
+      }, this._options.lowPriorityDelay);
+    }
+  }
+
+  /** Ends the session. */
+  close() {
+    if (this.state === "closed") return;
+    const current = this._current;
+    if (current && this.state === "open") {
+      if (current.name === "websocket") current.send(['{"t":"close"}']);
+      else this._request("POST", `poll?v=1&sid=${this._sid}`, '[{"t":"close"}]', this._options.requestTimeout).catch(() => {});
+    }
+    this._end(1000, "closed by client");
+  }
+
+  // --- Choosing and attaching transports ---------------------------------------------------------
+
+  /** The first of `list` that has not failed recently here (or simply the first). */
+  _pick(list) {
+    return list.find((name) => !this._memory.failed(name)) || list[0];
+  }
+
+  /** The best transport to start with. */
+  _first() {
+    return this._pick(this._options.transports);
+  }
+
+  /** The transport to fall back to from `name`. */
+  _after(name) {
+    const list = this._options.transports;
+    return this._pick(list.slice(list.indexOf(name) + 1));
+  }
+
+  _connect(name) {
+    if (this.state === "closed") return;
+    this._clear("retry");
+    if (name === "websocket") {
+      this._current = new WebSocketTransport(this);
+    } else if (this._sid) {
+      // Resume over polling: poll, and POST (at least `[]`) to learn what the server has of ours.
+      this._current = new PollingTransport(this, name);
+      this._posted = this._serverAck;
+      this._sync = true;
+      this._post();
+    } else {
+      const opening = (this._current = { name, stop() {} });
+      const body = JSON.stringify(this._options.auth === undefined ? {} : { auth: this._options.auth });
+      this._request("POST", "open?v=1", body, this._options.requestTimeout)
+        .catch(() => ({ status: 0, body: null }))
+        .then(({ status, body }) => {
+          if (this._current !== opening) return;
+          if (status === 200 && body && body.t === "open") {
+            this._attached((this._current = new PollingTransport(this, name)), body);
+          } else {
+            this._down(opening, {
+              code: status >= 400 ? 4000 + status : 0,
+              reason: body && body.error,
+              status,
+              lifetime: 0,
+            });
+          }
+        });
+    }
+  }
+
+  /** A transport delivered an open frame (WebSocket, or `POST /open` for polling). */
+  _attached(transport, open) {
+    if (transport === this._probe) {
+      // The upgrade probe worked: the server has already released the old transport.
+      this._probe = null;
+      const old = this._current;
+      this._current = transport;
+      if (old) old.stop();
+    } else if (transport !== this._current) {
+      return transport.stop();
+    }
+    this._superseded = null;
+    this._clear("retry");
+    const fresh = this._sid !== open.sid;
+    this._sid = open.sid;
+    this._hold = open.hold;
+    this._maxMessage = open.max_message;
+    this._maxBody = open.max_body;
+    this._onAck(open.ack);
+    this._acked = this._rx;
+    this._sent = this._posted = this._serverAck;
+    this._use(transport);
+    if (fresh) this._fire("open", { sid: open.sid, resumed: false });
+    this._flush();
+  }
+
+  /** `transport` works: make it the one in use. */
+  _use(transport) {
+    const name = transport.name;
+    this._attempt = 0;
+    // Only now that another transport works is a failed one worth remembering: a server that is
+    // down for everything says nothing about the network.
+    for (const failed of this._suspects || []) this._memory.remember(failed);
+    this._suspects = [];
+    if (name === "websocket") this._memory.forget(name);
+    if (this.transport !== name) {
+      this.transport = name;
+      this._fire("transport", name);
+    }
+    this._setState("open");
+    this._scheduleProbe();
+  }
+
+  /** A transport failed or closed. Decide: reset, end, fall back, or retry with backoff. */
+  _down(transport, { code, reason, opened, lifetime, status }) {
+    const options = this._options;
+    if (transport === this._probe) {
+      this._probe = null;
+      this._probeAttempt++;
+      // If the probe had already taken the session from our poll, go back to polling.
+      const back = this._superseded;
+      this._superseded = null;
+      return back ? this._connect(back) : this._scheduleProbe();
+    }
+    if (transport !== this._current || this.state === "closed") return;
+    this._current = null;
+    if (code === 4409 && this._probe) {
+      // Our own upgrade probe took over; it reports next (attached, or failed).
+      this._superseded = transport.name;
+      return;
+    }
+    if (code === 4404) return this._reset("unknown_session");
+    if (RESET[code]) return this._reset(RESET[code]);
+    if (code === 4000 || code === 4001 || FATAL.includes(code)) return this._end(code, reason);
+    this._setState(this._sid ? "reconnecting" : "connecting");
+    const name = transport.name;
+    let fallback = false;
+    if (name === "websocket") {
+      if (!opened || lifetime < options.earlyCloseWindow) {
+        // Refused, hung, or killed right after opening: a proxy in the way. Fall back at once.
+        fallback = true;
+        if (opened) this._probeAttempt++;
+      } else {
+        this._probeAttempt = 0;
+      }
+    } else if (name === "longpoll" && !status && lifetime > Math.min(1000, this._hold / 4) && lifetime < this._hold * 0.9) {
+      // Cut before the server's hold time: something between us buffers or times out requests.
+      fallback = ++this._cuts >= 2;
+    }
+    const next = fallback && this._after(name);
+    if (next) {
+      (this._suspects ||= []).push(name);
+      return this._connect(next);
+    }
+    this._timers.retry = setTimeout(() => this._connect(name), backoff(this._attempt++, options.backoff));
+  }
+
+  /** While on a fallback, try WebSocket again now and then; it takes over when it works. */
+  _scheduleProbe() {
+    const options = this._options;
+    if (this._timers.probe || this._probe || this.transport === "websocket") return;
+    if (!options.transports.includes("websocket") || !options.WebSocket || this.state !== "open") return;
+    const delay = backoff(this._probeAttempt, { min: options.probeDelay, max: options.probeMax, jitter: 0.3 });
+    this._timers.probe = setTimeout(() => {
+      this._timers.probe = null;
+      if (this.state === "open" && this.transport !== "websocket") this._probe = new WebSocketTransport(this);
+    }, delay);
+  }
+
+  // --- Frames ------------------------------------------------------------------------------------
+
+  /** Frames from a poll answer (transport set) or a POST answer (transport `null`). */
+  _frames(transport, frames) {
+    if (transport && transport !== this._current) return;
+    if (transport && (this.state !== "open" || this.transport !== transport.name)) this._use(transport);
+    for (const frame of frames) this._frame(null, frame);
+  }
+
+  _frame(transport, frame) {
+    if (transport && transport !== this._current) return;
+    if (frame.t === "m") {
+      if (frame.s <= this._rx) return;
+      // A gap cannot happen with a correct server; resume from what we have.
+      if (frame.s !== this._rx + 1) return this._current && this._current._fail(0);
+      this._rx = frame.s;
+      const data = payloadOf(frame);
+      const info = { seq: frame.s };
+      if (frame.e !== undefined) info.event = frame.e;
+      this._fire("message", data, info);
+      if (frame.e !== undefined && !RESERVED.includes(frame.e)) this._fire(frame.e, data, info);
+      this._scheduleAck();
+    } else if (frame.t === "ack") {
+      this._onAck(frame.a);
+    } else if (frame.t === "ping") {
+      if (this._current) this._current.send(['{"t":"pong"}']);
+    } else if (frame.t === "close") {
+      if (this._current) this._current.stop();
+      this._current = null;
+      if (RESET[frame.code]) this._reset(RESET[frame.code]);
+      else this._end(frame.code, frame.reason);
+    }
+  }
+
+  /** The server has our messages up to `ack`: stop keeping them. */
+  _onAck(ack) {
+    if (ack > this._serverAck) this._serverAck = ack;
+    while (this._out.length && this._out[0].seq <= this._serverAck) this._out.shift();
+  }
+
+  /** On WebSocket, acknowledge after 32 messages or 100 ms (polls carry the ack themselves). */
+  _scheduleAck() {
+    if (this.transport !== "websocket") return;
+    const ack = () => {
+      this._clear("ack");
+      if (this._rx > this._acked && this._current) {
+        this._current.send([`{"t":"ack","a":${this._rx}}`]);
+        this._acked = this._rx;
+      }
+    };
+    if (this._rx - this._acked >= 32) ack();
+    else this._timers.ack ||= setTimeout(ack, 100);
+  }
+
+  // --- Sending -----------------------------------------------------------------------------------
+
+  /** Writes what the server has not acknowledged yet and the current transport has not sent. */
+  _flush() {
+    const current = this._current;
+    if (!current || this.state !== "open") return;
+    if (current.name !== "websocket") return this._post();
+    const pending = this._out.filter((message) => message.seq > this._sent);
+    if (pending.length) {
+      current.send(pending.map((message) => message.text));
+      this._sent = pending[pending.length - 1].seq;
+    }
+  }
+
+  /** POSTs pending messages, one request at a time, in batches. */
+  async _post() {
+    if (this._posting) return;
+    this._posting = true;
+    const sid = this._sid;
+    const polling = () => this._sid === sid && this._current && this._current.name !== "websocket";
+    try {
+      while (polling()) {
+        const pending = this._out.filter((message) => message.seq > this._posted);
+        if (!pending.length && !this._sync) break;
+        this._sync = false;
+        const batch = [];
+        let size = 0;
+        for (const message of pending) {
+          // Stay well below max_body even if every character takes 4 bytes in UTF-8.
+          if (batch.length && (size += message.text.length * 4) > this._maxBody / 2) break;
+          batch.push(message);
+        }
+        const body = "[" + batch.map((message) => message.text).join(",") + "]";
+        const answer = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout).catch(
+          () => ({ status: 0 }),
+        );
+        if (!polling()) break;
+        if (answer.status === 200 && Array.isArray(answer.body)) {
+          this._postFailures = 0;
+          if (batch.length) this._posted = Math.max(this._posted, batch[batch.length - 1].seq);
+          this._frames(null, answer.body);
+          continue;
+        }
+        if (answer.status === 404) return this._reset("unknown_session");
+        if (FATAL.includes(4000 + answer.status)) return this._end(4000 + answer.status, (answer.body || {}).error);
+        // Lost or refused for now: send again what the server has not acknowledged.
+        this._posted = this._serverAck;
+        await sleep(backoff(this._postFailures++, this._options.backoff));
+      }
+    } finally {
+      this._posting = false;
+    }
+  }
+
+  /** One HTTP request to the mount point; resolves `{ status, body }` (body parsed as JSON, or null). */
+  async _request(method, path, body, timeout, aborts) {
+    const abort = new AbortController();
+    if (aborts) aborts.add(abort);
+    const timer = setTimeout(() => abort.abort(), timeout);
+    try {
+      const response = await this._options.fetch(`${this._base}/${path}`, {
+        // A string body goes as text/plain, which keeps cross-origin POSTs "simple" (no preflight).
+        method,
+        body,
+        credentials: "include",
+        signal: abort.signal,
+      });
+      const json = await response.json().catch(() => null);
+      return { status: response.status, body: json };
+    } finally {
+      clearTimeout(timer);
+      if (aborts) aborts.delete(abort);
+    }
+  }
+
+  // --- Endings -----------------------------------------------------------------------------------
+
+  /** The server no longer has our session: start a new one and tell the application. */
+  _reset(reason) {
+    const unsent = this._out.length;
+    this._stopAll();
+    this._fresh();
+    this._setState("reconnecting");
+    this._fire("reset", { reason, unsent });
+    if (this.state === "closed") return;
+    const first = this._first();
+    if (reason === "shutdown") {
+      this._timers.retry = setTimeout(() => this._connect(first), backoff(this._attempt++, this._options.backoff));
+    } else {
+      this._connect(first);
+    }
+  }
+
+  _end(code, reason) {
+    this._stopAll();
+    this.transport = null;
+    this._setState("closed");
+    this._fire("close", { code, reason: reason || "" });
+  }
+
+  _stopAll() {
+    for (const transport of [this._current, this._probe]) if (transport) transport.stop();
+    this._current = this._probe = null;
+    for (const name in this._timers) this._clear(name);
+  }
+
+  _clear(name) {
+    clearTimeout(this._timers[name]);
+    this._timers[name] = null;
+  }
+
+  _setState(state) {
+    if (this.state !== state) {
+      this.state = state;
+      this._fire("state", state);
+    }
+  }
+}

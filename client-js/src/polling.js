@@ -1,0 +1,70 @@
+// The polling transports (docs/protocol.md §5.2–5.4): `GET /poll` in a loop, held by the server
+// (long polling) or answered at once and repeated on an interval (short polling). Client frames go
+// up in `POST /poll`, which the connection drives.
+
+export class PollingTransport {
+  /**
+   * Polls for `conn`'s session (which must exist) and reports `_frames(transport, frames)` and, once,
+   * `_down(transport, { code, reason, status, lifetime })` when a poll fails.
+   * @param {"longpoll" | "poll"} name
+   */
+  constructor(conn, name) {
+    this.name = name;
+    this._conn = conn;
+    this._aborts = new Set();
+    this._loop();
+  }
+
+  async _loop() {
+    const conn = this._conn;
+    const options = conn._options;
+    const long = this.name === "longpoll";
+    while (!this._stopped) {
+      const started = Date.now();
+      const ack = conn._rx;
+      let answer;
+      try {
+        answer = await conn._request(
+          "GET",
+          `poll?v=1&sid=${conn._sid}&ack=${ack}&wait=${long ? 1 : 0}`,
+          null,
+          (long ? conn._hold : 0) + options.requestTimeout,
+          this._aborts,
+        );
+      } catch {
+        answer = { status: 0, body: null };
+      }
+      if (this._stopped) return;
+      if (answer.status !== 200 || !Array.isArray(answer.body)) {
+        this._stopped = true;
+        const body = answer.body || {};
+        return conn._down(this, {
+          code: answer.status >= 400 && answer.status < 600 ? 4000 + answer.status : 0,
+          reason: body.error,
+          status: answer.status,
+          lifetime: Date.now() - started,
+        });
+      }
+      conn._acked = Math.max(conn._acked, ack);
+      conn._frames(this, answer.body);
+      if (!long && !this._stopped) await new Promise((wake) => (this._wake = setTimeout(wake, options.pollInterval)));
+    }
+  }
+
+  /** Gives up on this transport (for example after a sequence gap) and reports it. */
+  _fail(code, reason) {
+    if (this._stopped) return;
+    this.stop();
+    this._conn._down(this, { code, reason, status: 0, lifetime: Infinity });
+  }
+
+  /** Polling writes nothing itself: client frames go up in POSTs. */
+  send() {}
+
+  /** Stops polling and abandons the request in flight. */
+  stop() {
+    this._stopped = true;
+    clearTimeout(this._wake);
+    for (const abort of this._aborts) abort.abort();
+  }
+}

@@ -1,0 +1,75 @@
+// The WebSocket transport (docs/protocol.md §5.1): one socket, frames both ways.
+
+export class WebSocketTransport {
+  /**
+   * Opens a socket for `conn`'s session (or a new session when it has none) and reports to the
+   * connection: `_attached(transport, openFrame)`, `_frame(transport, frame)` and, once, when the
+   * socket fails or closes, `_down(transport, { code, reason, opened, lifetime })`.
+   */
+  constructor(conn) {
+    this.name = "websocket";
+    this._conn = conn;
+    const options = conn._options;
+    let url = conn._base.replace(/^http/, "ws") + "/ws?v=1";
+    if (conn._sid) url += `&sid=${conn._sid}&ack=${conn._rx}`;
+    else if (options.auth !== undefined) url += "&auth=" + encodeURIComponent(JSON.stringify(options.auth));
+    const ws = (this._ws = new options.WebSocket(url));
+    this._timer = setTimeout(() => this._fail(0), options.connectTimeout);
+    ws.onmessage = (event) => this._receive(event.data);
+    ws.onclose = (event) => this._fail(event.code, event.reason);
+  }
+
+  _receive(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return this._fail(1007);
+    }
+    this._heard = Date.now();
+    if (this._openedAt) return this._conn._frame(this, frame);
+    if (frame.t !== "open") return this._fail(frame.code || 1002, frame.reason);
+    this._openedAt = this._heard;
+    clearTimeout(this._timer);
+    // A socket that hears nothing (not even a ping) for ping + 10 s is dead.
+    const limit = frame.ping + 10000;
+    this._timer = setInterval(() => Date.now() - this._heard > limit && this._fail(0), Math.min(limit / 4, 5000));
+    this._conn._attached(this, frame);
+  }
+
+  /** Writes frames, if the socket is open. */
+  send(frames) {
+    if (this._openedAt && this._ws.readyState === 1) for (const frame of frames) this._ws.send(frame);
+  }
+
+  _fail(code, reason) {
+    if (this._stop()) {
+      this._conn._down(this, {
+        code,
+        reason,
+        opened: !!this._openedAt,
+        lifetime: this._openedAt ? Date.now() - this._openedAt : 0,
+      });
+    }
+  }
+
+  /** Closes the socket without reporting; returns whether it was still running. */
+  _stop() {
+    if (this._stopped) return false;
+    this._stopped = true;
+    clearTimeout(this._timer);
+    clearInterval(this._timer);
+    this._ws.onmessage = this._ws.onclose = null;
+    try {
+      this._ws.close(1000);
+    } catch {
+      // Already closing.
+    }
+    return true;
+  }
+
+  /** Stops the transport quietly (switch or close). */
+  stop() {
+    this._stop();
+  }
+}

@@ -1,0 +1,344 @@
+// The connection's state machine, against fake sockets and a fake fetch: transport choice,
+// fallback, upgrade, dedup, acknowledgements, resend and reset.
+
+import { test, beforeEach, afterEach } from "node:test";
+import assert from "node:assert/strict";
+
+import { connect } from "../../src/index.js";
+import { FakeWebSocket, fakeFetch, memoryStorage, until, tick } from "./fakes.mjs";
+
+const BASE = "http://127.0.0.1:9/rt";
+const SID = "0123456789abcdef0123456789abcdef";
+
+const opened = [];
+
+function setup(options = {}) {
+  const { fetch, calls } = fakeFetch();
+  const storage = options.storage || memoryStorage();
+  const conn = connect(BASE, {
+    WebSocket: FakeWebSocket,
+    fetch,
+    storage,
+    backoff: { min: 5, max: 20 },
+    probeDelay: 100000,
+    ...options,
+  });
+  opened.push({ conn, calls });
+  const events = [];
+  for (const name of ["open", "message", "close", "transport", "state", "reset"]) {
+    conn.on(name, (...args) => events.push([name, ...args]));
+  }
+  return { conn, calls, events, storage };
+}
+
+const messages = (events) => events.filter(([name]) => name === "message").map(([, data]) => data);
+const pending = (calls, pattern) => calls.filter((call) => !call.done && pattern.test(call.url));
+
+/** Answers the first unanswered call matching `pattern`. */
+async function answer(calls, pattern, status, body) {
+  await until(() => calls.some((call) => !call.answered && !call.aborted && pattern.test(call.url)));
+  const call = calls.find((c) => !c.answered && !c.aborted && pattern.test(c.url));
+  call.answered = true;
+  call.answer(status, body);
+  return call;
+}
+
+beforeEach(() => FakeWebSocket.reset());
+afterEach(async () => {
+  for (const { conn, calls } of opened.splice(0)) {
+    conn.close();
+    await tick();
+    // Requests nobody answered (the goodbye POST among them) fail, releasing their timers.
+    for (const call of calls) if (!call.answered && !call.aborted) call.fail();
+  }
+});
+
+test("opens a session over WebSocket first, with auth in the query", async () => {
+  const { conn, events } = setup({ auth: { token: "토큰" } });
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  assert.match(ws.url, /^ws:\/\/127\.0\.0\.1:9\/rt\/ws\?v=1&auth=/);
+  assert.deepEqual(JSON.parse(decodeURIComponent(ws.url.split("auth=")[1])), { token: "토큰" });
+  ws.accept({ sid: SID });
+  assert.equal(conn.transport, "websocket");
+  assert.equal(conn.state, "open");
+  assert.deepEqual(
+    events.map(([name]) => name),
+    ["transport", "state", "open"],
+  );
+});
+
+test("delivers each message once, in order, and drops what it has already seen", async () => {
+  const { events } = setup();
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  ws.accept({ sid: SID });
+  ws.deliver(
+    { t: "m", s: 1, d: "안녕" },
+    { t: "m", s: 2, d: { n: 2 } },
+    { t: "m", s: 2, d: { n: 2 } },
+    { t: "m", s: 1, d: "안녕" },
+    { t: "m", s: 3, b: "AP8=" },
+    { t: "m", s: 4, e: "chat", d: "🎉" },
+  );
+  const received = messages(events);
+  assert.deepEqual(received.slice(0, 3), ["안녕", { n: 2 }, new Uint8Array([0, 255])]);
+  assert.equal(received[3], "🎉");
+  assert.equal(received.length, 4);
+});
+
+test("named events reach their own listeners too", async () => {
+  const { conn } = setup();
+  const chats = [];
+  conn.on("chat", (data, info) => chats.push([data, info.event, info.seq]));
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  FakeWebSocket.last().deliver({ t: "m", s: 1, e: "chat", d: "hi" }, { t: "m", s: 2, e: "close", d: "not a close" });
+  assert.deepEqual(chats, [["hi", "chat", 1]]);
+  assert.equal(conn.state, "open");
+});
+
+test("acknowledges at once after 32 messages, otherwise within 100 ms", async () => {
+  setup();
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  ws.accept({ sid: SID });
+  ws.deliver({ t: "m", s: 1, d: 1 });
+  assert.deepEqual(ws.sent, []);
+  await until(() => ws.sent.length === 1, 1000);
+  assert.deepEqual(ws.sent[0], { t: "ack", a: 1 });
+  for (let s = 2; s <= 40; s++) ws.deliver({ t: "m", s, d: s });
+  assert.deepEqual(ws.sent[1], { t: "ack", a: 33 });
+  await until(() => ws.sent.length === 3, 1000);
+  assert.deepEqual(ws.sent[2], { t: "ack", a: 40 });
+});
+
+test("answers pings and numbers outgoing messages, text, JSON and binary", async () => {
+  const { conn } = setup();
+  conn.send("before open");
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  ws.accept({ sid: SID });
+  conn.send({ a: [1, "둘"] });
+  conn.send(new Uint8Array([1, 2, 255]));
+  conn.emit("typing", true);
+  ws.deliver({ t: "ping" });
+  assert.deepEqual(ws.sent, [
+    { t: "m", s: 1, d: "before open" },
+    { t: "m", s: 2, d: { a: [1, "둘"] } },
+    { t: "m", s: 3, b: "AQL/" },
+    { t: "m", s: 4, e: "typing", d: true },
+    { t: "pong" },
+  ]);
+});
+
+test("low-priority sends wait briefly and go out together", async () => {
+  const { conn } = setup({ lowPriorityDelay: 30 });
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  ws.accept({ sid: SID });
+  conn.send("typing 1", { lowPriority: true });
+  conn.send("typing 2", { lowPriority: true });
+  assert.equal(ws.sent.length, 0);
+  await until(() => ws.sent.length === 2, 1000);
+  conn.send("low", { lowPriority: true });
+  conn.send("normal");
+  assert.deepEqual(ws.sent.slice(2).map((frame) => frame.d), ["low", "normal"]);
+});
+
+test("resumes after a dropped socket and resends only what the server lacks", async () => {
+  const { conn, events } = setup({ earlyCloseWindow: 0 });
+  await until(() => FakeWebSocket.last());
+  const first = FakeWebSocket.last();
+  first.accept({ sid: SID });
+  first.deliver({ t: "m", s: 1, d: "one" }, { t: "m", s: 2, d: "two" });
+  conn.send("a");
+  conn.send("b");
+  conn.send("c");
+  first.deliver({ t: "ack", a: 1 });
+  await tick(5);
+  first.drop(1006);
+  assert.equal(conn.state, "reconnecting");
+  await until(() => FakeWebSocket.instances.length === 2);
+  const second = FakeWebSocket.last();
+  assert.match(second.url, new RegExp(`sid=${SID}&ack=2$`));
+  // The server had received "b" too (its open frame says ack 2): only "c" is resent.
+  second.accept({ sid: SID, resumed: true, ack: 2 });
+  assert.deepEqual(second.sent.filter((frame) => frame.t === "m"), [{ t: "m", s: 3, d: "c" }]);
+  second.deliver({ t: "m", s: 2, d: "two" }, { t: "m", s: 3, d: "three" });
+  assert.deepEqual(messages(events), ["one", "two", "three"]);
+  assert.equal(events.filter(([name]) => name === "open").length, 1, "a resume is not a new open");
+});
+
+test("falls back to long polling when the upgrade is refused, and remembers it", async () => {
+  const storage = memoryStorage();
+  const { conn, calls } = setup({ storage, auth: "t" });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(1006);
+  const open = await answer(calls, /\/rt\/open\?v=1$/, 200, { t: "open", v: 1, sid: SID, resumed: false, ack: 0, ping: 25000, hold: 20000, resume: 30000, max_message: 65536, max_body: 1048576 });
+  await tick();
+  assert.equal(open.method, "POST");
+  assert.deepEqual(open.body, { auth: "t" });
+  assert.equal(conn.transport, "longpoll");
+  await answer(calls, /\/rt\/poll\?v=1&sid=.*&ack=0&wait=1$/, 200, [{ t: "m", s: 1, d: "via poll" }]);
+  await until(() => calls.some((call) => /ack=1&wait=1$/.test(call.url)));
+  assert.ok(storage.map.size === 1, "websocket failure remembered once polling worked");
+
+  // A new page load skips the WebSocket wait.
+  FakeWebSocket.reset();
+  const again = setup({ storage });
+  await until(() => again.calls.length > 0);
+  assert.match(again.calls[0].url, /\/rt\/open\?v=1$/);
+  assert.equal(FakeWebSocket.instances.length, 0);
+  conn.close();
+  again.conn.close();
+});
+
+test("a remembered failure expires and WebSocket is tried again", async () => {
+  const storage = memoryStorage();
+  storage.setItem("switchboard:" + BASE, JSON.stringify({ websocket: Date.now() - 1 }));
+  setup({ storage });
+  await until(() => FakeWebSocket.last());
+});
+
+test("falls back when the upgrade hangs past the deadline", async () => {
+  const { conn, calls } = setup({ connectTimeout: 40 });
+  await until(() => FakeWebSocket.last());
+  await until(() => calls.some((call) => /\/open\?/.test(call.url)), 1000);
+  assert.equal(FakeWebSocket.last().closedWith, 1000, "the hung socket is abandoned");
+  conn.close();
+});
+
+test("a socket that dies right after opening counts as blocked", async () => {
+  const { conn, calls } = setup({ earlyCloseWindow: 10000 });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  FakeWebSocket.last().deliver({ t: "m", s: 1, d: "x" });
+  FakeWebSocket.last().drop(1006);
+  // It resumes the same session over long polling, at once, and syncs acknowledgements.
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}&ack=1&wait=1$`), 200, []);
+  const sync = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 0 }]);
+  assert.deepEqual(sync.body, []);
+  await tick();
+  assert.equal(conn.transport, "longpoll");
+  conn.close();
+});
+
+test("long polls cut before the hold time lead to short polling", async () => {
+  const { conn, calls } = setup({ transports: ["longpoll", "poll"], pollInterval: 10 });
+  await answer(calls, /\/open\?/, 200, { t: "open", v: 1, sid: SID, resumed: false, ack: 0, ping: 25000, hold: 400, resume: 30000, max_message: 65536, max_body: 1048576 });
+  for (let cut = 0; cut < 2; cut++) {
+    await until(() => calls.some((call) => /wait=1$/.test(call.url) && !call.cut));
+    const poll = calls.find((call) => /wait=1$/.test(call.url) && !call.cut);
+    poll.cut = true;
+    await tick(150);
+    poll.fail();
+  }
+  await until(() => calls.some((call) => /wait=0$/.test(call.url)), 1000);
+  await answer(calls, /wait=0$/, 200, [{ t: "m", s: 1, d: "short" }]);
+  await until(() => conn.transport === "poll");
+  conn.close();
+});
+
+test("while on polling, a WebSocket probe takes over without loss or duplicates", async () => {
+  const { conn, calls, events } = setup({ probeDelay: 20 });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(1006);
+  await answer(calls, /\/open\?/, 200, { t: "open", v: 1, sid: SID, resumed: false, ack: 0, ping: 25000, hold: 20000, resume: 30000, max_message: 65536, max_body: 1048576 });
+  await answer(calls, /ack=0&wait=1$/, 200, [{ t: "m", s: 1, d: 1 }, { t: "m", s: 2, d: 2 }]);
+  conn.send("pending");
+  await until(() => FakeWebSocket.instances.length === 2, 2000);
+  const probe = FakeWebSocket.last();
+  assert.match(probe.url, new RegExp(`sid=${SID}&ack=2$`));
+  const heldPoll = calls.find((call) => /ack=2&wait=1$/.test(call.url));
+  probe.accept({ sid: SID, resumed: true, ack: 0 });
+  assert.equal(conn.transport, "websocket");
+  assert.ok(heldPoll.aborted, "the poll is abandoned");
+  // The unacknowledged message goes again over the socket; the server dedups it.
+  assert.deepEqual(probe.sent.filter((frame) => frame.t === "m"), [{ t: "m", s: 1, d: "pending" }]);
+  probe.deliver({ t: "m", s: 2, d: 2 }, { t: "m", s: 3, d: 3 });
+  assert.deepEqual(messages(events), [1, 2, 3]);
+  assert.deepEqual(
+    events.filter(([name]) => name === "transport").map(([, name]) => name),
+    ["longpoll", "websocket"],
+  );
+  conn.close();
+});
+
+test("an unknown session resets: a new session, and the application is told", async () => {
+  const { conn, events } = setup({ earlyCloseWindow: 0 });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  FakeWebSocket.last().deliver({ t: "m", s: 1, d: "old" });
+  conn.send("lost");
+  FakeWebSocket.last().drop(1006);
+  await until(() => FakeWebSocket.instances.length === 2);
+  FakeWebSocket.last().drop(4404, "unknown_session");
+  const reset = events.find(([name]) => name === "reset");
+  assert.deepEqual(reset[1], { reason: "unknown_session", unsent: 1 });
+  await until(() => FakeWebSocket.instances.length === 3);
+  const fresh = FakeWebSocket.last();
+  assert.doesNotMatch(fresh.url, /sid=/);
+  fresh.accept({ sid: "f".repeat(32) });
+  fresh.deliver({ t: "m", s: 1, d: "new" });
+  assert.deepEqual(messages(events), ["old", "new"]);
+  assert.equal(events.filter(([name]) => name === "open").length, 2);
+  conn.send("after reset");
+  assert.deepEqual(fresh.sent, [{ t: "m", s: 1, d: "after reset" }]);
+});
+
+test("close codes: application close ends, overflow resets, refused auth ends", async () => {
+  let { conn, events } = setup();
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  FakeWebSocket.last().deliver({ t: "close", code: 4000, reason: "kicked" });
+  assert.equal(conn.state, "closed");
+  assert.deepEqual(events.at(-1), ["close", { code: 4000, reason: "kicked" }]);
+  assert.throws(() => conn.send("x"), { code: "closed" });
+
+  FakeWebSocket.reset();
+  ({ conn, events } = setup());
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  FakeWebSocket.last().deliver({ t: "close", code: 4003, reason: "overflow" });
+  assert.deepEqual(events.find(([name]) => name === "reset")[1], { reason: "overflow", unsent: 0 });
+  await until(() => FakeWebSocket.instances.length === 2);
+  conn.close();
+
+  FakeWebSocket.reset();
+  ({ conn, events } = setup());
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(4401, "unauthorized");
+  assert.equal(conn.state, "closed");
+  assert.deepEqual(events.at(-1), ["close", { code: 4401, reason: "unauthorized" }]);
+});
+
+test("the send buffer is bounded and oversized messages are refused", async () => {
+  const { conn } = setup({ maxBuffered: 3 });
+  conn.send(1);
+  conn.send(2);
+  conn.send(3);
+  assert.throws(() => conn.send(4), { code: "buffer_full" });
+  assert.throws(() => conn.send("x".repeat(70000)), (error) => ["buffer_full", "too_large"].includes(error.code));
+  conn.close();
+  const other = setup();
+  assert.throws(() => other.conn.send("가".repeat(30000)), { code: "too_large" });
+  other.conn.close();
+});
+
+test("POST retries after a failure resend what the server has not acknowledged", async () => {
+  const { conn, calls } = setup({ transports: ["longpoll"] });
+  await answer(calls, /\/open\?/, 200, { t: "open", v: 1, sid: SID, resumed: false, ack: 0, ping: 25000, hold: 20000, resume: 30000, max_message: 65536, max_body: 1048576 });
+  conn.send("하나");
+  conn.send("둘");
+  await until(() => calls.some((call) => call.method === "POST" && /poll/.test(call.url)));
+  const first = calls.find((call) => call.method === "POST" && /poll/.test(call.url));
+  assert.deepEqual(first.body.map((frame) => frame.s), [1, 2]);
+  first.fail();
+  const retry = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 2 }]);
+  assert.deepEqual(retry.body.map((frame) => frame.d), ["하나", "둘"]);
+  conn.send("셋");
+  const third = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 3 }]);
+  assert.deepEqual(third.body.map((frame) => frame.s), [3]);
+  conn.close();
+});
