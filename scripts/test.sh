@@ -15,3 +15,16 @@ cargo test --workspace --locked
 
 echo "== cargo doc (warnings denied: broken links, missing docs)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+echo "== JavaScript client: dependencies (npm ci) and a browser (Debian's chromium)"
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+(cd client-js && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "== JavaScript client: build check, unit tests, browser tests against the real server"
+cargo build -p switchboard --example e2e_server --locked --quiet
+(cd client-js && npm test)

@@ -127,7 +127,7 @@ var PollingTransport = class {
     this.name = name;
     this._conn = conn;
     this._aborts = /* @__PURE__ */ new Set();
-    this._loop();
+    queueMicrotask(() => this._loop());
   }
   async _loop() {
     const conn = this._conn;
@@ -234,7 +234,6 @@ var WebSocketTransport = class {
   _stop() {
     if (this._stopped) return false;
     this._stopped = true;
-    clearTimeout(this._timer);
     clearInterval(this._timer);
     this._ws.onmessage = this._ws.onclose = null;
     try {
@@ -266,11 +265,10 @@ var RESERVED = ["open", "message", "close", "transport", "state", "reset"];
 var RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "protocol_error" };
 var FATAL = [4400, 4401, 4403];
 var sleep = (ms) => new Promise((wake) => setTimeout(wake, ms));
-function localStorageOrNull() {
+function localStorageIfAny() {
   try {
-    return globalThis.localStorage || null;
+    return globalThis.localStorage;
   } catch {
-    return null;
   }
 }
 var failure = (code) => Object.assign(new Error("switchboard: " + code), { code });
@@ -282,15 +280,13 @@ var Connection = class extends Emitter {
       ...DEFAULTS,
       WebSocket: g.WebSocket,
       fetch: g.fetch && g.fetch.bind(g),
-      storage: localStorageOrNull(),
+      storage: localStorageIfAny(),
       ...options
     };
     this._base = new URL(url, g.location && g.location.href).href.replace(/\/+$/, "");
     this._memory = new TransportMemory(this._options.storage, "switchboard:" + this._base, this._options.rememberFor);
     this._fresh();
-    this._hold = 2e4;
     this._maxMessage = 65536;
-    this._maxBody = 1 << 20;
     this._attempt = this._probeAttempt = this._cuts = this._postFailures = 0;
     this._timers = {};
     this.transport = null;
@@ -441,7 +437,7 @@ var Connection = class extends Emitter {
     this._setState(this._sid ? "reconnecting" : "connecting");
     const name = transport.name;
     let fallback = false;
-    if (name === "websocket") {
+    if (name === "websocket" && code !== 4100) {
       if (!opened || lifetime < options.earlyCloseWindow) {
         fallback = true;
         if (opened) this._probeAttempt++;

@@ -32,12 +32,11 @@ const FATAL = [4400, 4401, 4403];
 
 const sleep = (ms) => new Promise((wake) => setTimeout(wake, ms));
 
-function localStorageOrNull() {
+/** The page's localStorage; undefined where there is none or it may not be used. */
+function localStorageIfAny() {
   try {
-    return globalThis.localStorage || null;
-  } catch {
-    return null;
-  }
+    return globalThis.localStorage;
+  } catch {}
 }
 
 /** The error `send` throws: an `Error` whose `code` is `closed`, `buffer_full` or `too_large`. */
@@ -51,15 +50,14 @@ export class Connection extends Emitter {
       ...DEFAULTS,
       WebSocket: g.WebSocket,
       fetch: g.fetch && g.fetch.bind(g),
-      storage: localStorageOrNull(),
+      storage: localStorageIfAny(),
       ...options,
     };
     this._base = new URL(url, g.location && g.location.href).href.replace(/\/+$/, "");
     this._memory = new TransportMemory(this._options.storage, "switchboard:" + this._base, this._options.rememberFor);
     this._fresh();
-    this._hold = 20000;
+    // Until the open frame tells (with the hold time and body limit), the documented default.
     this._maxMessage = 65536;
-    this._maxBody = 1 << 20;
     this._attempt = this._probeAttempt = this._cuts = this._postFailures = 0;
     this._timers = {};
     /** The transport in use, or `null`. */
@@ -232,7 +230,9 @@ export class Connection extends Emitter {
     this._setState(this._sid ? "reconnecting" : "connecting");
     const name = transport.name;
     let fallback = false;
-    if (name === "websocket") {
+    // A socket superseded (4100) by a request of ours that was still on its way is no sign of a
+    // blocking network: it comes back on the same transport (so does a poll answered 409).
+    if (name === "websocket" && code !== 4100) {
       if (!opened || lifetime < options.earlyCloseWindow) {
         // Refused, hung, or killed right after opening: a proxy in the way. Fall back at once.
         fallback = true;

@@ -12,7 +12,8 @@ export class PollingTransport {
     this.name = name;
     this._conn = conn;
     this._aborts = new Set();
-    this._loop();
+    // Start once the connection has taken the session's open frame (same turn, just after).
+    queueMicrotask(() => this._loop());
   }
 
   async _loop() {

@@ -57,7 +57,7 @@ export class WebSocketTransport {
   _stop() {
     if (this._stopped) return false;
     this._stopped = true;
-    clearTimeout(this._timer);
+    // clearInterval also clears a timeout (the connect deadline): they share one id space.
     clearInterval(this._timer);
     this._ws.onmessage = this._ws.onclose = null;
     try {
