@@ -1,0 +1,127 @@
+//! The server the JavaScript client's browser tests (`client-js/test/browser/`) run against.
+//!
+//! ```text
+//! cargo run -p switchboard --example e2e_server -- --port 0 [--hold-ms N] [--ping-ms N] [--resume-ms N] [--exit-on-eof]
+//! ```
+//!
+//! With `--exit-on-eof` the server exits when its stdin closes, so that it cannot outlive a test
+//! runner that dies without killing it.
+//!
+//! Binds 127.0.0.1 (port 0 = ephemeral), prints `listening on 127.0.0.1:PORT` once ready, mounts
+//! Switchboard at `/rt` (any origin allowed: the tests put proxies in between) and serves a blank
+//! test page at `/` that loads `/rt/client.js`. Each session echoes what it receives, except for
+//! these JSON commands:
+//!
+//! - `{"cmd":"stream","count":N,"prefix":P,"ms":M}`: sends the texts `"P 0"` … `"P N-1"`, spread
+//!   evenly over `M` ms (back to back without `ms`);
+//! - `{"cmd":"lowstream","count":N}`: sends `"low 0"` … `"low N-1"` at low priority;
+//! - `{"cmd":"close","reason":R}`: closes the session with reason `R`.
+
+#![allow(clippy::unwrap_used)] // startup errors in `main` may panic
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use serde_json::Value;
+use switchboard::{Message, Priority, Session, Switchboard};
+
+const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>switchboard e2e</title><link rel=\"icon\" href=\"data:,\">\
+<script src=\"/rt/client.js\"></script></head><body></body></html>";
+
+#[tokio::main]
+async fn main() {
+    let mut port = 0u16;
+    let mut builder = Switchboard::builder().allow_any_origin();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "--exit-on-eof" {
+            tokio::spawn(async {
+                let mut sink = tokio::io::sink();
+                tokio::io::copy(&mut tokio::io::stdin(), &mut sink)
+                    .await
+                    .ok();
+                std::process::exit(0);
+            });
+            continue;
+        }
+        let value: u64 = args
+            .next()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("{flag} needs a number"));
+        let ms = Duration::from_millis(value);
+        builder = match flag.as_str() {
+            "--port" => {
+                port = u16::try_from(value).unwrap();
+                builder
+            }
+            "--hold-ms" => builder.poll_hold(ms),
+            "--ping-ms" => builder.ping_interval(ms),
+            "--resume-ms" => builder.resume_window(ms),
+            other => panic!("unknown flag {other}"),
+        };
+    }
+    let realtime = builder.build();
+    let app = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .nest("/rt", realtime.router(on_session));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on {}", listener.local_addr().unwrap()).unwrap();
+    stdout.flush().unwrap();
+    axum::serve(listener, app).await.unwrap();
+}
+
+async fn on_session(session: Session) {
+    while let Some(message) = session.recv().await {
+        let command = message.decode::<Value>().ok();
+        let field = |name: &str| command.as_ref().and_then(|value| value.get(name));
+        let count = field("count").and_then(Value::as_u64).unwrap_or(0);
+        match field("cmd").and_then(Value::as_str) {
+            Some("stream") => {
+                let prefix = field("prefix").and_then(Value::as_str).unwrap_or("");
+                let spread = field("ms").and_then(Value::as_u64);
+                // Its own task, so that echoes keep flowing while the stream runs.
+                tokio::spawn(stream(session.clone(), count, prefix.to_owned(), spread));
+            }
+            Some("lowstream") => {
+                for i in 0..count {
+                    let text = Message::text(format!("low {i}"));
+                    if session.send_with(text, Priority::Low).is_err() {
+                        break;
+                    }
+                }
+            }
+            Some("close") => {
+                session.close(field("reason").and_then(Value::as_str).unwrap_or(""));
+            }
+            // Anything else, binary included, goes back unchanged (payload and event name).
+            _ => {
+                if session.send(message).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Sends `count` texts `"{prefix} {i}"`, message `i` at `i * ms / count` after the start.
+async fn stream(session: Session, count: u64, prefix: String, ms: Option<u64>) {
+    let start = tokio::time::Instant::now();
+    for i in 0..count {
+        if let Some(ms) = ms {
+            let at = start + Duration::from_millis(i * ms / count.max(1));
+            tokio::time::sleep_until(at).await;
+        }
+        if session
+            .send(Message::text(format!("{prefix} {i}")))
+            .is_err()
+        {
+            break;
+        }
+    }
+}
