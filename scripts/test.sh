@@ -27,4 +27,5 @@ fi
 
 echo "== JavaScript client: build check, unit tests, browser tests against the real server"
 cargo build -p switchboard --example e2e_server --locked --quiet
+cargo build -p chat --locked --quiet
 (cd client-js && npm test)

@@ -1,0 +1,187 @@
+// The chat example (examples/chat) in real Chromium: three people, one per transport, in one room.
+// Built by the test command first: `cargo build -p chat`.
+//
+// Set UPDATE_SCREENSHOT=1 to refresh docs/chat-screenshot.png (the README shows it); otherwise the
+// screenshot goes to target/chat-screenshot.png.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+
+import { REPO_ROOT, cleanup, launchBrowser, report, scaled } from "./harness.mjs";
+
+const CHAT_BIN = path.join(
+  process.env.CARGO_TARGET_DIR ? path.resolve(REPO_ROOT, process.env.CARGO_TARGET_DIR) : path.join(REPO_ROOT, "target"),
+  "debug",
+  "chat",
+);
+
+/** Starts the chat on an ephemeral port; resolves `{url, stop()}` once it listens. */
+export function startChat() {
+  return new Promise((resolve, reject) => {
+    const child = spawn(CHAT_BIN, ["--addr", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    const timer = setTimeout(() => reject(new Error(`chat did not start:\n${output}`)), scaled(30000));
+    const onData = (chunk) => {
+      output += chunk;
+      const found = /chat on (http:\/\/127\.0\.0\.1:\d+)/.exec(output.replace(/\x1b\[[0-9;]*m/g, ""));
+      if (found) {
+        clearTimeout(timer);
+        resolve({
+          url: found[1],
+          stop: () =>
+            new Promise((done) => {
+              if (child.exitCode !== null) return done();
+              child.once("exit", done);
+              child.kill("SIGKILL");
+            }),
+        });
+      }
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    child.once("error", reject);
+    process.on("exit", () => child.kill("SIGKILL"));
+  });
+}
+
+const PEOPLE = [
+  { nick: "민준", transport: "websocket" },
+  { nick: "Ada 🚀", transport: "longpoll" },
+  { nick: "Zoë", transport: "poll" },
+];
+
+/** Opens the chat page, forced to `transport`, and logs in as `nick`. */
+async function join(browser, url, { nick, transport }) {
+  const page = await browser.context.newPage();
+  page.setDefaultTimeout(scaled(20000));
+  page.errors = [];
+  page.on("pageerror", (err) => page.errors.push(err.message));
+  await page.goto(`${url}/?transport=${transport}`);
+  await page.fill("#nick", nick);
+  await page.click("#login button");
+  await page.waitForFunction(
+    (expected) => document.querySelector("#badge").textContent.replace(/\s+/g, " ").trim() === `open · ${expected}`,
+    transport,
+  );
+  return page;
+}
+
+const chatLines = (page) =>
+  page.$$eval("#lines li:not(.notice)", (items) =>
+    items.map((li) => `${li.querySelector(".nick").textContent}: ${li.childNodes[1].textContent}`),
+  );
+const memberList = (page) => page.$$eval("#members li", (items) => items.map((li) => li.textContent));
+
+async function send(page, text) {
+  await page.fill("#text", text);
+  await page.click("#say button");
+}
+
+test("three people, one per transport, chat in one room", async (t) => {
+  const defer = cleanup(t);
+  const chat = await startChat();
+  defer(() => chat.stop());
+  const browser = await launchBrowser();
+  defer(() => browser.close());
+
+  const pages = [];
+  for (const person of PEOPLE) pages.push(await join(browser, chat.url, person));
+  const [minjun, ada, zoe] = pages;
+
+  // Presence: everyone sees everyone, on every transport.
+  for (const page of pages) {
+    await page.waitForFunction(() => document.querySelectorAll("#members li").length === 3);
+  }
+  assert.deepEqual(await memberList(ada), ["Ada 🚀 (you)", "Zoë", "민준"]);
+
+  // Messages in turn (each waits for its own echo, so the order is defined); everyone sees the
+  // same lines in the same order.
+  const said = [
+    [minjun, "안녕하세요! 반갑습니다 👋"],
+    [ada, "Hello from long polling 🐢"],
+    [zoe, "Short polling here, ça va? 🎉"],
+    [minjun, "한국어와 이모지 모두 잘 됩니다 ✅"],
+  ];
+  for (const [page, text] of said) {
+    const before = (await chatLines(page)).length;
+    await send(page, text);
+    await page.waitForFunction((n) => document.querySelectorAll("#lines li:not(.notice)").length > n, before);
+  }
+  const expected = said.map(([page, text]) => `${PEOPLE[pages.indexOf(page)].nick}: ${text}`);
+  for (const page of pages) {
+    await page.waitForFunction((n) => document.querySelectorAll("#lines li:not(.notice)").length >= n, expected.length);
+    assert.deepEqual(await chatLines(page), expected);
+  }
+
+  // Typing indicators travel as low-priority messages.
+  await ada.type("#text", "typing…", { delay: 20 });
+  await minjun.waitForFunction(() => document.querySelector("#typing").textContent === "Ada 🚀 is typing…");
+  await zoe.waitForFunction(() => document.querySelector("#typing").textContent === "Ada 🚀 is typing…");
+  await ada.fill("#text", "");
+
+  // Other people's text is text, never HTML.
+  await send(ada, '<img src=x onerror="window.pwned=1"><b>bold?</b>');
+  for (const page of pages) {
+    await page.waitForFunction(() => [...document.querySelectorAll("#lines li")].some((li) => li.textContent.includes("<b>bold?</b>")));
+    assert.equal(await page.evaluate(() => document.querySelectorAll("#lines img, #lines b").length), 0);
+    assert.equal(await page.evaluate(() => window.pwned), undefined);
+  }
+
+  // Zoë leaves for another room: the others see her go; she comes back and gets the history.
+  await zoe.click('#rooms li[data-room="rust"]');
+  await zoe.waitForFunction(() => document.querySelector("#room-title").textContent === "rust");
+  await minjun.waitForFunction(() => [...document.querySelectorAll("#lines li.notice")].some((li) => li.textContent === "Zoë left"));
+  await minjun.waitForFunction(() => document.querySelectorAll("#members li").length === 2);
+  await zoe.click('#rooms li[data-room="lobby"]');
+  await zoe.waitForFunction(() => document.querySelector("#room-title").textContent === "lobby");
+  await zoe.waitForFunction(() => document.querySelectorAll("#lines li.history").length >= 5);
+  const history = await chatLines(zoe);
+  assert.deepEqual(history.slice(0, expected.length), expected);
+  await ada.waitForFunction(() => [...document.querySelectorAll("#lines li.notice")].some((li) => li.textContent === "Zoë joined"));
+
+  // A new room by name, announced to everyone.
+  await ada.fill("#room-name", "서울");
+  await ada.click("#new-room button");
+  await ada.waitForFunction(() => document.querySelector("#room-title").textContent === "서울");
+  await minjun.waitForFunction(() => !!document.querySelector('#rooms li[data-room="서울"]'));
+
+  // The screenshot in the README: Minjun's view, phone-width as well as desktop.
+  await minjun.setViewportSize({ width: 1100, height: 640 });
+  const shot = process.env.UPDATE_SCREENSHOT
+    ? path.join(REPO_ROOT, "docs", "chat-screenshot.png")
+    : path.join(REPO_ROOT, "target", "chat-screenshot.png");
+  fs.mkdirSync(path.dirname(shot), { recursive: true });
+  await minjun.screenshot({ path: shot });
+  await minjun.setViewportSize({ width: 390, height: 760 });
+  assert.ok(await minjun.evaluate(() => document.documentElement.scrollWidth <= 390), "no sideways scrolling on a phone");
+
+  // Limits: an over-long message is refused with a clear message (the server says so too).
+  await minjun.evaluate(() => {
+    document.querySelector("#text").removeAttribute("maxlength");
+  });
+  await send(minjun, "가".repeat(501));
+  await minjun.waitForFunction(() => document.querySelector("#problem").textContent.includes("at most 500 characters"));
+  await minjun.evaluate(() => window.conn.emit("say", { text: "나".repeat(600) }));
+  await minjun.waitForFunction(() => document.querySelector("#problem").textContent === "a message has at most 500 characters");
+
+  for (const page of pages) assert.deepEqual(page.errors, []);
+  report({ scenario: "chat-three-transports", screenshot: path.relative(REPO_ROOT, shot) });
+});
+
+test("a nickname that breaks the rules is refused with a clear message", async (t) => {
+  const defer = cleanup(t);
+  const chat = await startChat();
+  defer(() => chat.stop());
+  const browser = await launchBrowser();
+  defer(() => browser.close());
+  const page = await browser.context.newPage();
+  await page.goto(`${chat.url}/`);
+  await page.evaluate(() => document.querySelector("#nick").removeAttribute("maxlength"));
+  await page.fill("#nick", "x".repeat(30));
+  await page.click("#login button");
+  await page.waitForFunction(() => document.querySelector("#login-problem").textContent.includes("1 to 24 characters"));
+  assert.equal(await page.evaluate(() => document.querySelector("#chat").hidden), true);
+});
