@@ -437,7 +437,7 @@ var Connection = class extends Emitter {
     this._setState(this._sid ? "reconnecting" : "connecting");
     const name = transport.name;
     let fallback = false;
-    if (name === "websocket" && code !== 4100) {
+    if (name === "websocket" && code !== 4100 && code < 4400) {
       if (!opened || lifetime < options.earlyCloseWindow) {
         fallback = true;
         if (opened) this._probeAttempt++;
@@ -446,6 +446,8 @@ var Connection = class extends Emitter {
       }
     } else if (name === "longpoll" && !status && lifetime > Math.min(1e3, this._hold / 4) && lifetime < this._hold * 0.9) {
       fallback = ++this._cuts >= 2;
+    } else if (name !== "websocket") {
+      this._suspects = [];
     }
     const next = fallback && this._after(name);
     if (next) {

@@ -232,7 +232,8 @@ export class Connection extends Emitter {
     let fallback = false;
     // A socket superseded (4100) by a request of ours that was still on its way is no sign of a
     // blocking network: it comes back on the same transport (so does a poll answered 409).
-    if (name === "websocket" && code !== 4100) {
+    // Codes from 4400 up are the server refusing after the upgrade worked: no proxy in the way.
+    if (name === "websocket" && code !== 4100 && code < 4400) {
       if (!opened || lifetime < options.earlyCloseWindow) {
         // Refused, hung, or killed right after opening: a proxy in the way. Fall back at once.
         fallback = true;
@@ -243,6 +244,10 @@ export class Connection extends Emitter {
     } else if (name === "longpoll" && !status && lifetime > Math.min(1000, this._hold / 4) && lifetime < this._hold * 0.9) {
       // Cut before the server's hold time: something between us buffers or times out requests.
       fallback = ++this._cuts >= 2;
+    } else if (name !== "websocket") {
+      // Polling failed too: the server (or the whole network) is down, which says nothing about
+      // the transports that failed before.
+      this._suspects = [];
     }
     const next = fallback && this._after(name);
     if (next) {

@@ -342,3 +342,27 @@ test("POST retries after a failure resend what the server has not acknowledged",
   assert.deepEqual(third.body.map((frame) => frame.s), [3]);
   conn.close();
 });
+
+test("a refusal after the upgrade (e.g. 503) retries WebSocket instead of falling back", async () => {
+  const { conn, calls } = setup();
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(4503, "session_limit");
+  assert.equal(conn.state, "connecting");
+  await until(() => FakeWebSocket.instances.length === 2, 1000);
+  assert.equal(calls.length, 0, "no polling: the server was reached over WebSocket");
+});
+
+test("when polling fails too, the WebSocket failure is not remembered", async () => {
+  const storage = memoryStorage();
+  const { conn, calls } = setup({ storage });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(1006);
+  // The server is down: the open request fails as well…
+  await until(() => calls.some((call) => /\/open\?/.test(call.url)));
+  calls.find((call) => /\/open\?/.test(call.url)).fail();
+  // …and then it is back, and polling works.
+  await answer(calls, /\/open\?/, 200, { t: "open", v: 1, sid: SID, resumed: false, ack: 0, ping: 25000, hold: 20000, resume: 30000, max_message: 65536, max_body: 1048576 });
+  await tick();
+  assert.equal(conn.transport, "longpoll");
+  assert.equal(storage.map.size, 0, "a server outage says nothing about the network");
+});

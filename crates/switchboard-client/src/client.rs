@@ -113,13 +113,13 @@ impl Shared {
         if let Some(e) = self.terminal() {
             return Err(e);
         }
-        if let Some(e) = &message.event {
-            if e.len() > MAX_EVENT_LEN {
-                return Err(Error::InvalidMessage(format!(
-                    "event name of {} bytes, at most {MAX_EVENT_LEN} allowed",
-                    e.len()
-                )));
-            }
+        if let Some(e) = &message.event
+            && e.len() > MAX_EVENT_LEN
+        {
+            return Err(Error::InvalidMessage(format!(
+                "event name of {} bytes, at most {MAX_EVENT_LEN} allowed",
+                e.len()
+            )));
         }
         let size = message.payload.size();
         if size > self.max_message {
@@ -1305,12 +1305,12 @@ impl Task {
                 .await
             }
             Conn::Poll(p) => {
-                if let Some(post) = p.post.take() {
-                    if let Ok(Ok(frames)) = tokio::time::timeout(deadline, post).await {
-                        for f in frames {
-                            if let ServerFrame::Ack(a) = f {
-                                self.apply_server_ack(a)?;
-                            }
+                if let Some(post) = p.post.take()
+                    && let Ok(Ok(frames)) = tokio::time::timeout(deadline, post).await
+                {
+                    for f in frames {
+                        if let ServerFrame::Ack(a) = f {
+                            self.apply_server_ack(a)?;
                         }
                     }
                 }

@@ -363,10 +363,10 @@ fn parse_msg(map: &Map<String, Value>) -> Result<(u64, Message), Error> {
         )));
     }
     let event = opt_str(map, "e")?;
-    if let Some(e) = &event {
-        if e.len() > MAX_EVENT_LEN {
-            return Err(Error::protocol("m: event name longer than 128 bytes"));
-        }
+    if let Some(e) = &event
+        && e.len() > MAX_EVENT_LEN
+    {
+        return Err(Error::protocol("m: event name longer than 128 bytes"));
     }
     let payload = match (map.get("d"), map.get("b")) {
         (Some(d), None) => Payload::Json(d.clone()),

@@ -73,9 +73,12 @@ impl Refusal {
         Self::with_status(StatusCode::FORBIDDEN, message)
     }
 
-    /// Refuses with another status. Statuses outside 400–599 are replaced by 401.
+    /// Refuses with another status. Statuses outside 400–599 are replaced by 401, and so are 404
+    /// and 409, which mean "unknown session" and "superseded" to clients (`docs/protocol.md` §7):
+    /// a refusal must not make a client believe its session was lost.
     pub fn with_status(status: StatusCode, message: impl Into<String>) -> Self {
-        let status = if status.is_client_error() || status.is_server_error() {
+        let reserved = status == StatusCode::NOT_FOUND || status == StatusCode::CONFLICT;
+        let status = if (status.is_client_error() || status.is_server_error()) && !reserved {
             status
         } else {
             StatusCode::UNAUTHORIZED

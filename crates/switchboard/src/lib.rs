@@ -118,3 +118,8 @@ pub use session::{Priority, Session, SessionKey, TransportKind};
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+/// The guide's code blocks (`docs/guide.md`), compiled as doc tests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/guide.md")]
+struct GuideDoctests;
