@@ -25,6 +25,14 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 (cd client-js && npm ci --no-audit --no-fund --loglevel=error)
 
+echo "== nginx (the reverse-proxy browser tests run docs/nginx/*.conf)"
+if [ ! -x /usr/sbin/nginx ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nginx >/dev/null
+fi
+
 echo "== JavaScript client: build check, unit tests, browser tests against the real server"
 cargo build -p switchboard --example e2e_server --locked --quiet
 cargo build -p chat --locked --quiet

@@ -11,6 +11,7 @@ import fs from "node:fs";
 import path from "node:path";
 
 import { REPO_ROOT, cleanup, launchBrowser, report, scaled } from "./harness.mjs";
+import { startNginx } from "./nginx.mjs";
 
 const CHAT_BIN = path.join(
   process.env.CARGO_TARGET_DIR ? path.resolve(REPO_ROOT, process.env.CARGO_TARGET_DIR) : path.join(REPO_ROOT, "target"),
@@ -22,6 +23,8 @@ const CHAT_BIN = path.join(
 export function startChat() {
   return new Promise((resolve, reject) => {
     const child = spawn(CHAT_BIN, ["--addr", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
+    child.stdout.setEncoding("utf8");
+    child.stderr.setEncoding("utf8");
     let output = "";
     const timer = setTimeout(() => reject(new Error(`chat did not start:\n${output}`)), scaled(30000));
     const onData = (chunk) => {
@@ -184,4 +187,27 @@ test("a nickname that breaks the rules is refused with a clear message", async (
   await page.click("#login button");
   await page.waitForFunction(() => document.querySelector("#login-problem").textContent.includes("1 to 24 characters"));
   assert.equal(await page.evaluate(() => document.querySelector("#chat").hidden), true);
+});
+
+test("through nginx without WebSocket upgrade headers, the chat falls back and says so", async (t) => {
+  const defer = cleanup(t);
+  const chat = await startChat();
+  defer(() => chat.stop());
+  const nginx = await startNginx({ config: "noUpgrade", upstreamPort: Number(new URL(chat.url).port) });
+  defer(() => nginx.stop());
+  const browser = await launchBrowser();
+  defer(() => browser.close());
+  const page = await browser.context.newPage();
+  page.setDefaultTimeout(scaled(20000));
+  const started = Date.now();
+  // No transport forced: the client tries WebSocket, nginx drops the upgrade, it falls back.
+  await page.goto(`${nginx.url}/`);
+  await page.fill("#nick", "프록시 뒤 🧱");
+  await page.click("#login button");
+  await page.waitForFunction(() => document.querySelector("#badge").textContent.replace(/\s+/g, " ").trim() === "open · longpoll");
+  await send(page, "nginx 뒤에서도 잘 됩니다 ✅");
+  await page.waitForFunction(() =>
+    [...document.querySelectorAll("#lines li")].some((li) => li.textContent.includes("nginx 뒤에서도 잘 됩니다 ✅")),
+  );
+  report({ scenario: "chat-behind-nginx-without-upgrade", transport: "longpoll", ownEchoMs: Date.now() - started });
 });

@@ -1,0 +1,247 @@
+// (e) Behind a real nginx, with the configurations the deployment guide documents (docs/nginx/):
+//
+// - switchboard.conf: the client gets onto WebSocket and a stream flows both ways, complete and in
+//   order; long polls held for the server's full hold time pass nginx (a short hold, several
+//   times over, in the browser; and once the default 20 s hold, over plain HTTP); the access log
+//   never contains a session id;
+// - no-upgrade.conf (no WebSocket upgrade headers, as in many real configurations): the client falls
+//   back to long polling at once and works.
+//
+// Needs /usr/sbin/nginx (scripts/test.sh installs it); fails, rather than skips, without it.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import {
+  FIRST_MESSAGE_BOUND_MS,
+  MAX_ECHO_DELAY_MS,
+  checkSequence,
+  checkSeries,
+  cleanup,
+  connectPage,
+  events,
+  exchange,
+  maxEchoDelayMs,
+  received,
+  report,
+  scaled,
+  startServer,
+  waitFor,
+  websockets,
+} from "./harness.mjs";
+import { startNginx } from "./nginx.mjs";
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Parses the access log written with the `switchboard` log_format of docs/nginx/*.conf. */
+function parseAccessLog(text) {
+  const line = /^\S+ \[[^\]]+\] "(\S+) (\S+) [^"]*" (\d{3}) \d+ ([\d.]+) /;
+  return text
+    .split("\n")
+    .filter(Boolean)
+    .map((raw) => {
+      const match = line.exec(raw);
+      assert.ok(match, `access log line not in the expected format: ${raw}`);
+      return { method: match[1], path: match[2], status: Number(match[3]), seconds: Number(match[4]) };
+    });
+}
+
+/** The checks every test makes on the access log: it is being written, and never holds a sid. */
+function checkAccessLog(nginx) {
+  const text = nginx.accessLog();
+  assert.ok(text.length > 0, "nginx wrote no access log");
+  assert.ok(!/sid=/.test(text), "the access log contains a session id (sid=)");
+  assert.ok(!/\?/.test(text), "the access log contains a query string");
+  return parseAccessLog(text);
+}
+
+/** The page's failed requests and HTTP errors (redacted by openPage). */
+const pageErrors = (page) => page.logs.filter((line) => /^(http [45]\d\d|failed) /.test(line));
+
+test("switchboard.conf: WebSocket through nginx, both directions complete and in order", { timeout: scaled(180000) }, async (t) => {
+  const defer = cleanup(t);
+  const server = await startServer();
+  defer(() => server.stop());
+  const nginx = await startNginx({ config: "switchboard", upstreamPort: server.port });
+  defer(() => nginx.stop());
+  const { browser, page, firstMs } = await connectPage(t, defer, nginx.url, {});
+  const firstTransport = await page.evaluate(() => window.received[0].transport);
+
+  await exchange(page, { tag: "A", echoes: 300, stream: 500 });
+  const maxEchoMs = await maxEchoDelayMs(page, "A");
+  const messages = await received(page);
+  const log = await events(page);
+  const transports = log.filter((e) => e.type === "transport").map((e) => e.arg);
+  const sockets = await websockets(page);
+  const finalTransport = await page.evaluate(() => window.conn.transport);
+  const sequenceProblems = await checkSequence(page);
+
+  // A proxied WebSocket is logged when it closes: end it, then look for its 101.
+  await browser.close();
+  let entries = [];
+  for (let i = 0; i < 100; i++) {
+    entries = parseAccessLog(nginx.accessLog());
+    if (entries.some((e) => e.path === "/rt/ws" && e.status === 101)) break;
+    await sleep(50);
+  }
+  report({
+    scenario: "nginx-switchboard.conf-websocket",
+    transport: finalTransport,
+    firstMessageMs: Math.round(firstMs),
+    firstMessageTransport: firstTransport,
+    maxEchoDelayMs: maxEchoMs,
+    transportEvents: transports,
+    websockets: sockets,
+    accessLog: entries.map((e) => `${e.method} ${e.path} ${e.status}`),
+  });
+
+  assert.ok(
+    firstMs <= FIRST_MESSAGE_BOUND_MS,
+    `first message after ${Math.round(firstMs)} ms (bound ${FIRST_MESSAGE_BOUND_MS} ms)`,
+  );
+  assert.equal(firstTransport, "websocket");
+  assert.deepEqual([...new Set(transports)], ["websocket"], `transport events: ${transports}`);
+  assert.equal(finalTransport, "websocket");
+  assert.deepEqual(
+    [...checkSeries(messages, { tag: "A", echoes: 300, stream: 500 }), ...sequenceProblems],
+    [],
+  );
+  assert.ok(maxEchoMs <= MAX_ECHO_DELAY_MS, `an echo took ${maxEchoMs} ms`);
+  assert.deepEqual(log.filter((e) => e.type === "reset" || e.type === "close"), []);
+  entries = checkAccessLog(nginx);
+  assert.ok(
+    entries.some((e) => e.path === "/rt/ws" && e.status === 101),
+    `no upgraded WebSocket (101) in the access log: ${nginx.accessLog()}`,
+  );
+});
+
+test("switchboard.conf: long polls held for the full hold time pass nginx", { timeout: scaled(180000) }, async (t) => {
+  const HOLD_MS = 3000;
+  const HOLDS = 3;
+  const defer = cleanup(t);
+  const server = await startServer({ hold: HOLD_MS });
+  defer(() => server.stop());
+  const nginx = await startNginx({ config: "switchboard", upstreamPort: server.port });
+  defer(() => nginx.stop());
+  const { page, firstMs } = await connectPage(t, defer, nginx.url, { transports: ["longpoll"] });
+
+  // Idle across several holds: each long poll is held by the server for HOLD_MS, answered `[]`
+  // through nginx, and the client polls again; it must neither take them for cut nor fail.
+  await sleep(HOLDS * HOLD_MS + 1500);
+  await exchange(page, { tag: "H", echoes: 100, stream: 200 });
+  const maxEchoMs = await maxEchoDelayMs(page, "H");
+  const messages = await received(page);
+  const log = await events(page);
+  const transports = log.filter((e) => e.type === "transport").map((e) => e.arg);
+  const { transport, state } = await page.evaluate(() => ({
+    transport: window.conn.transport,
+    state: window.conn.state,
+  }));
+  const entries = checkAccessLog(nginx);
+  const polls = entries.filter((e) => e.method === "GET" && e.path === "/rt/poll");
+  const held = polls.filter((e) => e.status === 200 && e.seconds >= (HOLD_MS - 100) / 1000);
+  const errors = pageErrors(page);
+  report({
+    scenario: "nginx-switchboard.conf-longpoll-holds",
+    transport,
+    firstMessageMs: Math.round(firstMs),
+    holdMs: HOLD_MS,
+    maxEchoDelayMs: maxEchoMs,
+    transportEvents: transports,
+    longPolls: polls.length,
+    heldFullHold: held.map((e) => e.seconds),
+    statuses: [...new Set(entries.map((e) => e.status))],
+    pageErrors: errors,
+  });
+
+  assert.ok(
+    firstMs <= FIRST_MESSAGE_BOUND_MS,
+    `first message after ${Math.round(firstMs)} ms (bound ${FIRST_MESSAGE_BOUND_MS} ms)`,
+  );
+  assert.ok(held.length >= HOLDS, `only ${held.length} long polls were held for ${HOLD_MS} ms: ${JSON.stringify(polls)}`);
+  assert.deepEqual(entries.filter((e) => e.status >= 500), [], "nginx answered 5xx (timeout or upstream error)");
+  assert.deepEqual(errors, [], "the page saw failed requests or HTTP errors");
+  assert.deepEqual([...new Set(transports)], ["longpoll"], `transport events: ${transports}`);
+  assert.equal(transport, "longpoll");
+  assert.equal(state, "open");
+  assert.deepEqual(log.filter((e) => e.type === "reset" || e.type === "close"), []);
+  assert.deepEqual(
+    [...checkSeries(messages, { tag: "H", echoes: 100, stream: 200 }), ...(await checkSequence(page))],
+    [],
+  );
+  assert.ok(maxEchoMs <= MAX_ECHO_DELAY_MS, `an echo took ${maxEchoMs} ms`);
+});
+
+test("switchboard.conf: a long poll held for the default 20 s hold passes nginx", { timeout: scaled(90000) }, async (t) => {
+  const defer = cleanup(t);
+  const server = await startServer(); // default hold: 20 s
+  defer(() => server.stop());
+  const nginx = await startNginx({ config: "switchboard", upstreamPort: server.port });
+  defer(() => nginx.stop());
+
+  const opened = await fetch(`${nginx.url}/rt/open?v=1`, { method: "POST" });
+  assert.equal(opened.status, 200);
+  const open = await opened.json();
+  assert.equal(open.hold, 20000);
+  const started = Date.now();
+  const answer = await fetch(`${nginx.url}/rt/poll?v=1&sid=${open.sid}&ack=0&wait=1`);
+  const body = await answer.text();
+  const heldMs = Date.now() - started;
+  report({ scenario: "nginx-switchboard.conf-default-hold", status: answer.status, heldMs });
+  assert.equal(answer.status, 200, `answer: ${answer.status} ${body}`);
+  assert.equal(body, "[]");
+  assert.ok(heldMs >= 19500, `the long poll came back after ${heldMs} ms, before the 20 s hold`);
+  const entries = checkAccessLog(nginx);
+  assert.ok(entries.some((e) => e.path === "/rt/poll" && e.status === 200 && e.seconds >= 19.5));
+});
+
+test("no-upgrade.conf: the client falls back to long polling and works", { timeout: scaled(180000) }, async (t) => {
+  const defer = cleanup(t);
+  const server = await startServer();
+  defer(() => server.stop());
+  const nginx = await startNginx({ config: "noUpgrade", upstreamPort: server.port });
+  defer(() => nginx.stop());
+  const { page, firstMs } = await connectPage(t, defer, nginx.url, {});
+  const firstTransport = await page.evaluate(() => window.received[0].transport);
+
+  await waitFor(
+    page,
+    `window.conn.transport === "longpoll" && window.conn.state === "open"`,
+    scaled(30000),
+    "long polling",
+  );
+  await exchange(page, { tag: "N", echoes: 300, stream: 500 });
+  const maxEchoMs = await maxEchoDelayMs(page, "N");
+  const messages = await received(page);
+  const log = await events(page);
+  const transports = log.filter((e) => e.type === "transport").map((e) => `${e.arg}@${e.t}`);
+  const finalTransport = await page.evaluate(() => window.conn.transport);
+  const entries = checkAccessLog(nginx);
+  const upgrades = entries.filter((e) => e.path === "/rt/ws");
+  report({
+    scenario: "nginx-no-upgrade.conf",
+    transport: finalTransport,
+    firstMessageMs: Math.round(firstMs),
+    firstMessageTransport: firstTransport,
+    maxEchoDelayMs: maxEchoMs,
+    transportEvents: transports,
+    websockets: await websockets(page),
+    websocketAttempts: upgrades.map((e) => e.status),
+  });
+
+  assert.ok(
+    firstMs <= FIRST_MESSAGE_BOUND_MS,
+    `first message after ${Math.round(firstMs)} ms (bound ${FIRST_MESSAGE_BOUND_MS} ms)`,
+  );
+  assert.equal(finalTransport, "longpoll", `transport events: ${transports.join(", ")}`);
+  assert.ok(upgrades.length >= 1, "the client never tried a WebSocket");
+  assert.ok(
+    upgrades.every((e) => e.status !== 101),
+    `a WebSocket was upgraded through no-upgrade.conf: ${JSON.stringify(upgrades)}`,
+  );
+  assert.deepEqual(
+    [...checkSeries(messages, { tag: "N", echoes: 300, stream: 500 }), ...(await checkSequence(page))],
+    [],
+  );
+  assert.ok(maxEchoMs <= MAX_ECHO_DELAY_MS, `an echo took ${maxEchoMs} ms`);
+  assert.deepEqual(log.filter((e) => e.type === "reset" || e.type === "close"), []);
+});
