@@ -1,0 +1,144 @@
+//! `load`: the Switchboard benchmark harness.
+//!
+//! ```text
+//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm]
+//! ```
+//!
+//! Starts the server binaries found next to itself, runs the scenarios, prints one table per
+//! scenario and writes all results as JSON to `PATH` (if given). `--smoke` runs tiny numbers and
+//! exits with status 1 if any message was lost or duplicated or any server failed.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde_json::json;
+use switchboard_bench::report::Table;
+use switchboard_bench::scenarios::{self, Plan, Problems};
+use switchboard_bench::{Error, sys};
+
+/// Parsed command line.
+#[derive(Debug)]
+struct Args {
+    plan: Plan,
+    json: Option<String>,
+    only: Option<Vec<String>>,
+}
+
+fn parse_args() -> Result<Args, Error> {
+    let mut plan = Plan::quick();
+    let mut json = None;
+    let mut only = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => plan = Plan::quick(),
+            "--full" => plan = Plan::full(),
+            "--smoke" => plan = Plan::smoke(),
+            "--json" => json = Some(args.next().ok_or("--json needs a path")?),
+            "--only" => {
+                let list = args.next().ok_or("--only needs a list")?;
+                only = Some(list.split(',').map(str::to_owned).collect());
+            }
+            "-h" | "--help" => {
+                println!(
+                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
+    Ok(Args { plan, json, only })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("load: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the selected scenarios; `Ok(false)` when a smoke run found problems.
+async fn run(args: Args) -> Result<bool, Error> {
+    let plan = args.plan;
+    let nofile = sys::raise_nofile_limit()?;
+    let _ = switchboard_bench::payload::epoch();
+    eprintln!("load: mode {}, open-file limit {nofile}", plan.mode);
+    let wanted = |s: &str| args.only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let started = Instant::now();
+    let mut problems = Problems::default();
+    let mut tables: Vec<Table> = Vec::new();
+    if wanted("idle") {
+        tables.push(scenarios::idle(&plan, &mut problems).await);
+        print_last(&tables);
+    }
+    if wanted("fanout") {
+        tables.push(scenarios::fanout(&plan, &mut problems).await);
+        print_last(&tables);
+    }
+    if wanted("echo") {
+        tables.push(scenarios::echo(&plan, &mut problems).await);
+        print_last(&tables);
+    }
+    if wanted("poll") {
+        tables.push(scenarios::long_poll(&plan, &mut problems).await);
+        print_last(&tables);
+    }
+    if wanted("storm") {
+        tables.push(scenarios::storm(&plan, &mut problems).await);
+        print_last(&tables);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("\nload: {} run finished in {elapsed:.1} s", plan.mode);
+    if !problems.list.is_empty() {
+        println!("problems:");
+        for p in &problems.list {
+            println!("  - {p}");
+        }
+    }
+    if let Some(path) = args.json {
+        let doc = json!({
+            "mode": plan.mode,
+            "elapsed_s": elapsed,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "plan": format!("{plan:?}"),
+            "problems": problems.list,
+            "scenarios": tables.iter().map(Table::to_json).collect::<Vec<_>>(),
+        });
+        if let Some(dir) = std::path::Path::new(&path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+        println!("results written to {path}");
+    }
+    Ok(plan.mode != "smoke" || problems.list.is_empty())
+}
+
+fn print_last(tables: &[Table]) {
+    if let Some(t) = tables.last() {
+        print!("{}", t.render());
+    }
+}

@@ -1,0 +1,125 @@
+//! The peer of the benchmark: the same work as `sb_server`, done with socketioxide (Socket.IO).
+//!
+//! socketioxide is the established realtime framework for axum, so it is what Switchboard is
+//! compared with. Its layer wraps an axum router at the default path `/socket.io/`; the load
+//! generator speaks Engine.IO v4 / Socket.IO v5 over WebSocket only:
+//! `ws://127.0.0.1:PORT/socket.io/?EIO=4&transport=websocket`, then `40` to join the namespace `/`.
+//!
+//! Every socket joins the room `"all"` when it connects. The event `e` with a string payload is
+//! emitted back (`e`, same payload) to its sender; the event `b` is broadcast (`b`, same payload)
+//! to the whole room, sender included. The payloads are the same strings the other servers get
+//! (`e|…`, `b|…`); the event name, not the prefix, decides what happens. Other events are
+//! ignored.
+//!
+//! The per-socket buffer is raised from 128 to [`MAX_BUFFER`] packets so that a burst of
+//! broadcasts is not dropped (a packet that does not fit is not sent to that socket); other
+//! settings keep their defaults (ping every 25 s, 20 s timeout, 4 KiB WebSocket read buffer).
+//!
+//! socketioxide runs every event handler in a task of its own, so on a multi-threaded runtime the
+//! events of one socket are not handled in the order they arrived: in a burst, broadcasts (and
+//! echoes) come back reordered. That is socketioxide's behaviour, measured as it is.
+//!
+//! The load generator starts it as a child process:
+//!
+//! ```text
+//! peer [--port N]
+//! ```
+//!
+//! - `--port N`: port on 127.0.0.1 (default 0: ephemeral).
+//!
+//! Like the other two servers it sets TCP_NODELAY on every accepted connection and runs on a
+//! multi-threaded tokio runtime. When ready it prints `listening on 127.0.0.1:PORT` on stdout; it
+//! exits when its stdin reaches EOF, so a harness that dies cannot leak it.
+
+use std::process::ExitCode;
+
+use axum::Router;
+use axum::routing::get;
+use axum::serve::ListenerExt as _;
+use socketioxide::SocketIo;
+use socketioxide::extract::{Data, SocketRef};
+use tokio::io::AsyncWriteExt as _;
+
+const USAGE: &str = "usage: peer [--port N]";
+
+/// Packets each socket may have waiting to be written.
+const MAX_BUFFER: usize = 65536;
+
+fn parse_port() -> Result<u16, String> {
+    let mut port = 0;
+    let mut iter = std::env::args().skip(1);
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--port" => {
+                let value = iter
+                    .next()
+                    .ok_or_else(|| format!("--port needs a value\n{USAGE}"))?;
+                port = value
+                    .parse()
+                    .map_err(|_| format!("--port: invalid value {value:?}\n{USAGE}"))?;
+            }
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(port)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let port = match parse_port() {
+        Ok(port) => port,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(port).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("peer: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(port: u16) -> std::io::Result<()> {
+    let (layer, io) = SocketIo::builder()
+        .max_buffer_size(MAX_BUFFER)
+        .build_layer();
+    io.ns("/", async |socket: SocketRef| {
+        socket.join("all");
+        socket.on("e", async |socket: SocketRef, Data(text): Data<String>| {
+            socket.emit("e", &text).ok();
+        });
+        socket.on("b", async |io: SocketIo, Data(text): Data<String>| {
+            io.to("all").emit("b", &text).await.ok();
+        });
+    });
+    let app = Router::new()
+        .route("/", get(async || "peer: Socket.IO at /socket.io/"))
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    // Small realtime frames must not wait for the peer's delayed ACK (Nagle): every server of
+    // the benchmark sets TCP_NODELAY on each accepted connection.
+    let listener = listener.tap_io(|tcp| {
+        tcp.set_nodelay(true).ok();
+    });
+    let mut stdout = tokio::io::stdout();
+    stdout
+        .write_all(format!("listening on {addr}\n").as_bytes())
+        .await?;
+    stdout.flush().await?;
+    tokio::spawn(exit_on_stdin_eof());
+    axum::serve(listener, app).await
+}
+
+/// Reads stdin to its end, then exits the process.
+async fn exit_on_stdin_eof() {
+    let mut sink = tokio::io::sink();
+    tokio::io::copy(&mut tokio::io::stdin(), &mut sink)
+        .await
+        .ok();
+    std::process::exit(0);
+}

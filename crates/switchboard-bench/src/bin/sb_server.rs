@@ -1,0 +1,145 @@
+//! The Switchboard server of the benchmark: the system under test.
+//!
+//! Switchboard with default settings (only `allow_any_origin`), mounted at `/rt`, so clients
+//! connect to `ws://127.0.0.1:PORT/rt/ws?v=1` (or open a polling session with
+//! `POST /rt/open?v=1`). Every session joins the room `"all"`. A text message starting with `e|`
+//! is echoed to its sender; one starting with `b|` is broadcast to the whole room, sender
+//! included; anything else is ignored.
+//!
+//! The load generator starts it as a child process:
+//!
+//! ```text
+//! sb_server [--port N] [--coalescing-ms N] [--low]
+//! ```
+//!
+//! - `--port N`: port on 127.0.0.1 (default 0: ephemeral).
+//! - `--coalescing-ms N`: the longest a low-priority message may be held back
+//!   ([`Coalescing::max_delay`]); the other coalescing thresholds keep their defaults.
+//! - `--low`: broadcasts go out at [`Priority::Low`](switchboard::Priority::Low), so they may be
+//!   batched (the long-polling scenario with batching).
+//!
+//! Like the other two servers it sets TCP_NODELAY on every accepted connection and runs on a
+//! multi-threaded tokio runtime. When ready it prints `listening on 127.0.0.1:PORT` on stdout; it
+//! exits when its stdin reaches EOF, so a harness that dies cannot leak it.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::serve::ListenerExt as _;
+use switchboard::{Coalescing, Hub, Session, Switchboard};
+use tokio::io::AsyncWriteExt as _;
+
+const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low]";
+
+/// The command line.
+#[derive(Debug, Default)]
+struct Args {
+    port: u16,
+    coalescing_ms: Option<u64>,
+    low: bool,
+}
+
+impl Args {
+    fn parse() -> Result<Self, String> {
+        let mut args = Args::default();
+        let mut iter = std::env::args().skip(1);
+        while let Some(arg) = iter.next() {
+            match arg.as_str() {
+                "--port" => args.port = value(&arg, iter.next())?,
+                "--coalescing-ms" => args.coalescing_ms = Some(value(&arg, iter.next())?),
+                "--low" => args.low = true,
+                "-h" | "--help" => return Err(USAGE.to_string()),
+                other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            }
+        }
+        Ok(args)
+    }
+}
+
+fn value<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: invalid value {value:?}\n{USAGE}"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match Args::parse() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match serve(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sb_server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> std::io::Result<()> {
+    let mut builder = Switchboard::builder().allow_any_origin();
+    if let Some(ms) = args.coalescing_ms {
+        builder = builder.coalescing(Coalescing {
+            max_delay: Duration::from_millis(ms),
+            ..Coalescing::default()
+        });
+    }
+    let realtime = builder.build();
+    let hub = realtime.hub();
+    let low = args.low;
+    let app = Router::new().nest(
+        "/rt",
+        realtime.router(move |session| on_session(session, hub.clone(), low)),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
+    announce(listener.local_addr()?).await?;
+    // Small realtime frames must not wait for the peer's delayed ACK (Nagle): every server of
+    // the benchmark sets TCP_NODELAY on each accepted connection.
+    let listener = listener.tap_io(|tcp| {
+        tcp.set_nodelay(true).ok();
+    });
+    tokio::spawn(exit_on_stdin_eof());
+    axum::serve(listener, app).await
+}
+
+async fn on_session(session: Session, hub: Hub, low: bool) {
+    if session.join("all").is_err() {
+        return;
+    }
+    while let Some(message) = session.recv().await {
+        let Some(text) = message.as_text() else {
+            continue;
+        };
+        if text.starts_with("e|") {
+            session.send(message).ok();
+        } else if text.starts_with("b|") {
+            let room = hub.to("all");
+            let room = if low { room.low_priority() } else { room };
+            room.send(&message).ok();
+        }
+    }
+}
+
+/// Prints the line the harness waits for, flushed.
+async fn announce(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let mut stdout = tokio::io::stdout();
+    stdout
+        .write_all(format!("listening on {addr}\n").as_bytes())
+        .await?;
+    stdout.flush().await
+}
+
+/// Reads stdin to its end, then exits the process.
+async fn exit_on_stdin_eof() {
+    let mut sink = tokio::io::sink();
+    tokio::io::copy(&mut tokio::io::stdin(), &mut sink)
+        .await
+        .ok();
+    std::process::exit(0);
+}

@@ -1,0 +1,34 @@
+//! Load generator and benchmark harness for Switchboard.
+//!
+//! The `load` binary starts each server binary of this crate (`sb_server`, `floor`, `peer`, found
+//! next to its own executable), drives it with many clients from the same process and reports
+//! the servers side by side:
+//!
+//! 1. idle memory per session (WebSocket, and parked long polls for Switchboard);
+//! 2. fan-out of back-to-back broadcasts to one room;
+//! 3. open-loop echo round trips;
+//! 4. long polling, with and without low-priority coalescing (Switchboard);
+//! 5. a reconnect storm with resume (Switchboard).
+//!
+//! Modules:
+//!
+//! - [`sys`]: server RSS and CPU from `/proc`, the open-file limit;
+//! - [`server`]: starting and stopping the server binaries ([`server::Kind`]);
+//! - [`proto`]: the three wire protocols as one client [`proto::Driver`];
+//! - [`payload`]: timestamped, indexed benchmark payloads;
+//! - [`stats`]: shared latency histograms;
+//! - [`clients`]: client tasks (WebSocket and long polling) and their counters;
+//! - [`scenarios`]: the five scenarios and their sizes ([`scenarios::Plan`]);
+//! - [`report`]: tables and JSON.
+
+pub mod clients;
+pub mod payload;
+pub mod proto;
+pub mod report;
+pub mod scenarios;
+pub mod server;
+pub mod stats;
+pub mod sys;
+
+/// The error type of the harness: anything printable.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;

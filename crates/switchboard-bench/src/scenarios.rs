@@ -1,0 +1,938 @@
+//! The five benchmark scenarios. Each starts its own server processes and returns a [`Table`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use switchboard_client::raw::Http;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep};
+
+use crate::Error;
+use crate::clients::{self, Cmd, Shared, WsRole};
+use crate::payload;
+use crate::proto;
+use crate::report::Table;
+use crate::server::{Kind, Server};
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Name of the mode (`quick`, `full`, `smoke`).
+    pub mode: &'static str,
+    /// Idle WebSocket session counts (scenario 1).
+    pub idle_sizes: Vec<usize>,
+    /// Idle long-poll session counts (scenario 1, Switchboard).
+    pub idle_poll_sizes: Vec<usize>,
+    /// Fan-out room size (scenario 2).
+    pub fanout_clients: usize,
+    /// Fan-out messages sent (scenario 2).
+    pub fanout_messages: u64,
+    /// Echo connections (scenario 3).
+    pub echo_conns: usize,
+    /// Echo total rate in messages per second.
+    pub echo_rate: u64,
+    /// Echo duration.
+    pub echo_secs: u64,
+    /// Long-polling clients (scenario 4).
+    pub poll_clients: usize,
+    /// Long-polling broadcast rate per second.
+    pub poll_rate: u64,
+    /// Long-polling duration in seconds.
+    pub poll_secs: u64,
+    /// Reconnect storm sessions (scenario 5).
+    pub storm_clients: usize,
+    /// Reconnect storm broadcast rate per second.
+    pub storm_rate: u64,
+    /// Wait before reading RSS once sessions are opened or gone.
+    pub settle: Duration,
+}
+
+impl Plan {
+    /// `--quick`: everything in a few minutes on 2 cores.
+    pub fn quick() -> Plan {
+        Plan {
+            mode: "quick",
+            idle_sizes: vec![1_000],
+            idle_poll_sizes: vec![1_000],
+            fanout_clients: 1_000,
+            fanout_messages: 1_000,
+            echo_conns: 100,
+            echo_rate: 2_000,
+            echo_secs: 5,
+            poll_clients: 200,
+            poll_rate: 50,
+            poll_secs: 5,
+            storm_clients: 200,
+            storm_rate: 50,
+            settle: Duration::from_millis(1500),
+        }
+    }
+
+    /// `--full`: the larger numbers.
+    pub fn full() -> Plan {
+        Plan {
+            mode: "full",
+            idle_sizes: vec![1_000, 10_000],
+            idle_poll_sizes: vec![1_000, 10_000],
+            fanout_clients: 10_000,
+            fanout_messages: 1_000,
+            echo_conns: 100,
+            echo_rate: 5_000,
+            echo_secs: 10,
+            poll_clients: 1_000,
+            poll_rate: 50,
+            poll_secs: 10,
+            storm_clients: 1_000,
+            storm_rate: 50,
+            settle: Duration::from_millis(1500),
+        }
+    }
+
+    /// `--smoke`: tiny numbers, checks that the harness works.
+    pub fn smoke() -> Plan {
+        Plan {
+            mode: "smoke",
+            idle_sizes: vec![20],
+            idle_poll_sizes: vec![20],
+            fanout_clients: 20,
+            fanout_messages: 50,
+            echo_conns: 10,
+            echo_rate: 200,
+            echo_secs: 1,
+            poll_clients: 20,
+            poll_rate: 20,
+            poll_secs: 1,
+            storm_clients: 20,
+            storm_rate: 50,
+            settle: Duration::from_millis(300),
+        }
+    }
+
+    /// Overall time limit for one measurement phase.
+    fn phase_limit(&self) -> Duration {
+        match self.mode {
+            "full" => Duration::from_secs(180),
+            "smoke" => Duration::from_secs(10),
+            _ => Duration::from_secs(60),
+        }
+    }
+}
+
+/// Failures that make `--smoke` exit non-zero (lost or duplicated messages, failed servers).
+#[derive(Debug, Default)]
+pub struct Problems {
+    /// Human-readable descriptions.
+    pub list: Vec<String>,
+}
+
+impl Problems {
+    fn add(&mut self, what: String) {
+        eprintln!("  PROBLEM: {what}");
+        self.list.push(what);
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn columns_all() -> Vec<&'static str> {
+    Kind::ALL.iter().map(|k| k.name()).collect()
+}
+
+/// Waits until `done()` or `limit`, or until `progress()` has not changed for `stall`.
+async fn wait_until(
+    limit: Duration,
+    stall: Duration,
+    mut done: impl FnMut() -> bool,
+    mut progress: impl FnMut() -> u64,
+) -> bool {
+    let start = Instant::now();
+    let mut last = progress();
+    let mut last_change = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > limit || last_change.elapsed() > stall {
+            return false;
+        }
+        sleep(Duration::from_millis(10)).await;
+        let p = progress();
+        if p != last {
+            last = p;
+            last_change = Instant::now();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. idle memory
+
+/// Result of one idle measurement.
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    base: u64,
+    loaded: u64,
+    after: u64,
+    sessions: usize,
+}
+
+impl Idle {
+    fn per_session_kib(&self) -> f64 {
+        (self.loaded as f64 - self.base as f64) / self.sessions.max(1) as f64 / 1024.0
+    }
+}
+
+async fn idle_ws(kind: Kind, n: usize, settle: Duration) -> Result<Idle, Error> {
+    let server = Server::start(kind, &[]).await?;
+    sleep(Duration::from_millis(300)).await;
+    let base = server.rss()?;
+    let port = server.port();
+    let (drivers, failed) = clients::connect_many(kind, port, n).await;
+    let sessions = drivers.len();
+    if failed > 0 && sessions == 0 {
+        return Err(format!("no {kind} connection succeeded").into());
+    }
+    let shared = Arc::new(Shared::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let mut set = JoinSet::new();
+    for (i, d) in drivers {
+        let role = WsRole::uncounted(port);
+        clients::spawn_ws(&mut set, d, i, shared.clone(), stop_rx.clone(), None, role);
+    }
+    sleep(settle).await;
+    let loaded = server.rss()?;
+    clients::stop_all(&stop, &mut set).await;
+    sleep(settle).await;
+    let after = server.rss()?;
+    server.stop().await;
+    Ok(Idle {
+        base,
+        loaded,
+        after,
+        sessions,
+    })
+}
+
+async fn idle_long_poll(n: usize, settle: Duration) -> Result<Idle, Error> {
+    let server = Server::start(Kind::Switchboard, &[]).await?;
+    sleep(Duration::from_millis(300)).await;
+    let base = server.rss()?;
+    let shared = Arc::new(Shared::default());
+    let opened = Arc::new(AtomicU64::new(0));
+    let (stop, stop_rx) = watch::channel(false);
+    let mut set = JoinSet::new();
+    let https = clients::http_clients()?;
+    let base_url = proto::sb_base(server.port());
+    for i in 0..n {
+        let http = Http::with_client(&base_url, https[i % https.len()].clone());
+        clients::spawn_long_poller(
+            &mut set,
+            http,
+            shared.clone(),
+            opened.clone(),
+            stop_rx.clone(),
+            0,
+        );
+        if i % 100 == 99 {
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let target = n as u64;
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+        || opened.load(Ordering::Relaxed) >= target,
+        || opened.load(Ordering::Relaxed),
+    )
+    .await;
+    let sessions = opened.load(Ordering::Relaxed) as usize;
+    sleep(settle).await;
+    let loaded = server.rss()?;
+    clients::stop_all(&stop, &mut set).await;
+    drop(https);
+    sleep(settle).await;
+    let after = server.rss()?;
+    server.stop().await;
+    Ok(Idle {
+        base,
+        loaded,
+        after,
+        sessions,
+    })
+}
+
+/// Scenario 1: server RSS growth per idle session, and RSS once the sessions are gone.
+pub async fn idle(plan: &Plan, problems: &mut Problems) -> Table {
+    let mut t = Table::new(
+        "idle",
+        "1. idle memory per session (server RSS growth / sessions)",
+        &columns_all(),
+    );
+    for &n in &plan.idle_sizes {
+        let mut results = Vec::new();
+        for kind in Kind::ALL {
+            eprintln!("[idle] {kind}: {n} WebSocket sessions");
+            match idle_ws(kind, n, plan.settle).await {
+                Ok(r) => {
+                    if r.sessions < n {
+                        problems.add(format!("idle {kind}: only {} of {n} sessions", r.sessions));
+                    }
+                    results.push(Some(r));
+                }
+                Err(e) => {
+                    problems.add(format!("idle {kind} {n}: {e}"));
+                    results.push(None);
+                }
+            }
+        }
+        let col = |f: &dyn Fn(&Idle) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
+        t.row(
+            &format!("WS {n}: per session"),
+            "KiB",
+            1,
+            col(&|r| r.per_session_kib()),
+        );
+        t.row(
+            &format!("WS {n}: RSS baseline"),
+            "MiB",
+            1,
+            col(&|r| r.base as f64 / MIB),
+        );
+        t.row(
+            &format!("WS {n}: RSS with sessions"),
+            "MiB",
+            1,
+            col(&|r| r.loaded as f64 / MIB),
+        );
+        t.row(
+            &format!("WS {n}: RSS after disconnect"),
+            "MiB",
+            1,
+            col(&|r| r.after as f64 / MIB),
+        );
+    }
+    for &n in &plan.idle_poll_sizes {
+        eprintln!("[idle] switchboard: {n} parked long polls");
+        match idle_long_poll(n, plan.settle).await {
+            Ok(r) => {
+                if r.sessions < n {
+                    problems.add(format!(
+                        "idle long polls: only {} of {n} sessions",
+                        r.sessions
+                    ));
+                }
+                t.row(
+                    &format!("long poll {n}: per session"),
+                    "KiB",
+                    1,
+                    vec![Some(r.per_session_kib()), None, None],
+                );
+                t.row(
+                    &format!("long poll {n}: RSS with sessions"),
+                    "MiB",
+                    1,
+                    vec![Some(r.loaded as f64 / MIB), None, None],
+                );
+                t.row(
+                    &format!("long poll {n}: RSS after disconnect"),
+                    "MiB",
+                    1,
+                    vec![Some(r.after as f64 / MIB), None, None],
+                );
+            }
+            Err(e) => problems.add(format!("idle long polls {n}: {e}")),
+        }
+    }
+    t.note("RSS after disconnect is measured 1.5 s (smoke: 0.3 s) after the clients went away; Switchboard keeps each session (and its buffer) for its 30 s resume window, so its number still includes the sessions; the allocator also keeps freed pages.");
+    t.note("parked long polls: Switchboard only (floor and peer have no polling transport here).");
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. fan-out
+
+/// Result of one fan-out run.
+#[derive(Debug, Clone, Copy, Default)]
+struct FanOut {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    cpu_per_m: f64,
+    lost: u64,
+    dups: u64,
+    reordered: u64,
+    secs: f64,
+}
+
+async fn fanout_one(kind: Kind, n: usize, m: u64, limit: Duration) -> Result<FanOut, Error> {
+    let server = Server::start(kind, &[]).await?;
+    let port = server.port();
+    let (drivers, failed) = clients::connect_many(kind, port, n).await;
+    if failed > 0 {
+        return Err(format!("{failed} of {n} connections failed").into());
+    }
+    let shared = Arc::new(Shared::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let mut cmd_rx = Some(cmd_rx);
+    let mut set = JoinSet::new();
+    for (i, d) in drivers {
+        let role = WsRole::counted(port);
+        let cmds = if i == 0 { cmd_rx.take() } else { None };
+        clients::spawn_ws(&mut set, d, i, shared.clone(), stop_rx.clone(), cmds, role);
+    }
+    if !clients::warm_up(&cmd_tx, &shared, n as u64, Duration::from_secs(30)).await {
+        clients::stop_all(&stop, &mut set).await;
+        server.stop().await;
+        return Err("warm-up broadcast did not reach every client".into());
+    }
+    sleep(Duration::from_millis(200)).await;
+    let cpu0 = server.cpu()?;
+    let t0 = payload::now_ns();
+    let expected = n as u64 * m;
+    cmd_tx
+        .send(Cmd::Burst { first: 1, count: m })
+        .map_err(|_| "sender task is gone")?;
+    let complete = wait_until(
+        limit,
+        Duration::from_secs(10),
+        || shared.deliveries.load(Ordering::Relaxed) >= expected,
+        || shared.deliveries.load(Ordering::Relaxed),
+    )
+    .await;
+    let cpu1 = server.cpu()?;
+    if !complete {
+        eprintln!("  {kind}: not every delivery arrived before the time limit");
+    }
+    clients::stop_all(&stop, &mut set).await;
+    server.stop().await;
+    let delivered = shared.deliveries.load(Ordering::Relaxed);
+    let last = shared.last_ns.load(Ordering::Relaxed);
+    let secs = last.saturating_sub(t0) as f64 / 1e9;
+    let s = shared.lat.summary();
+    Ok(FanOut {
+        rate: delivered as f64 / secs.max(1e-9),
+        p50: s.p50_ms,
+        p99: s.p99_ms,
+        p999: s.p999_ms,
+        cpu_per_m: (cpu1 - cpu0) / (delivered.max(1) as f64 / 1e6),
+        lost: expected.saturating_sub(delivered),
+        dups: shared.app_dups.load(Ordering::Relaxed),
+        reordered: shared.out_of_order.load(Ordering::Relaxed),
+        secs,
+    })
+}
+
+/// Scenario 2: one room of N clients, one sender, M back-to-back broadcasts.
+pub async fn fanout(plan: &Plan, problems: &mut Problems) -> Table {
+    let (n, m) = (plan.fanout_clients, plan.fanout_messages);
+    let mut t = Table::new(
+        "fanout",
+        &format!(
+            "2. fan-out: {n} WebSocket clients in one room, {m} broadcasts of 100 B back to back"
+        ),
+        &columns_all(),
+    );
+    let mut results = Vec::new();
+    for kind in Kind::ALL {
+        eprintln!("[fanout] {kind}: {n} clients x {m} messages");
+        match fanout_one(kind, n, m, plan.phase_limit()).await {
+            Ok(r) => {
+                if r.lost > 0 {
+                    problems.add(format!("fan-out {kind}: {} deliveries lost", r.lost));
+                }
+                if r.dups > 0 {
+                    problems.add(format!("fan-out {kind}: {} duplicate deliveries", r.dups));
+                }
+                results.push(Some(r));
+            }
+            Err(e) => {
+                problems.add(format!("fan-out {kind}: {e}"));
+                results.push(None);
+            }
+        }
+    }
+    let col = |f: &dyn Fn(&FanOut) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
+    t.row("deliveries/s", "msg/s", 0, col(&|r| r.rate));
+    t.row("latency p50", "ms", 2, col(&|r| r.p50));
+    t.row("latency p99", "ms", 2, col(&|r| r.p99));
+    t.row("latency p99.9", "ms", 2, col(&|r| r.p999));
+    t.row(
+        "server CPU per 1M deliveries",
+        "s",
+        2,
+        col(&|r| r.cpu_per_m),
+    );
+    t.row("first send to last delivery", "s", 2, col(&|r| r.secs));
+    t.row(
+        &format!("deliveries lost (of {})", n as u64 * m),
+        "",
+        0,
+        col(&|r| r.lost as f64),
+    );
+    t.row("duplicate deliveries", "", 0, col(&|r| r.dups as f64));
+    t.row(
+        "out-of-order deliveries",
+        "",
+        0,
+        col(&|r| r.reordered as f64),
+    );
+    t.note("the sender is one of the N clients and receives its own broadcasts; Switchboard clients acknowledge every 64 messages or 100 ms.");
+    t.note("the load generator shares the 2 cores with the server, so absolute rates are a lower bound for every column alike.");
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. echo
+
+/// Result of one echo run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Echo {
+    sent: u64,
+    lost: u64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    cpu: f64,
+}
+
+async fn echo_one(kind: Kind, conns: usize, rate: u64, secs: u64) -> Result<Echo, Error> {
+    let server = Server::start(kind, &[]).await?;
+    let port = server.port();
+    let (drivers, failed) = clients::connect_many(kind, port, conns).await;
+    if failed > 0 {
+        return Err(format!("{failed} of {conns} connections failed").into());
+    }
+    let shared = Arc::new(Shared::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let mut set = JoinSet::new();
+    let mut senders = Vec::new();
+    for (i, d) in drivers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        let role = WsRole::counted(port);
+        clients::spawn_ws(
+            &mut set,
+            d,
+            i,
+            shared.clone(),
+            stop_rx.clone(),
+            Some(rx),
+            role,
+        );
+    }
+    sleep(Duration::from_millis(200)).await;
+    let cpu0 = server.cpu()?;
+    // open loop: message k is due at start + k/rate, timestamped with its due time
+    let total = rate * secs;
+    let start_ns = payload::now_ns();
+    let start = Instant::now();
+    let mut k = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while k < total {
+        tick.tick().await;
+        let elapsed = start.elapsed().as_nanos() as u64;
+        let due = (elapsed as u128 * rate as u128 / 1_000_000_000) as u64;
+        while k < total && k <= due {
+            let ts = start_ns + (k as u128 * 1_000_000_000 / rate as u128) as u64;
+            let target = &senders[(k as usize) % senders.len()];
+            let _ = target.send(Cmd::Raw(payload::make('e', ts, k + 1)));
+            k += 1;
+        }
+    }
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+        || shared.echoes.load(Ordering::Relaxed) >= total,
+        || shared.echoes.load(Ordering::Relaxed),
+    )
+    .await;
+    let cpu1 = server.cpu()?;
+    clients::stop_all(&stop, &mut set).await;
+    server.stop().await;
+    let got = shared.echoes.load(Ordering::Relaxed);
+    let s = shared.lat.summary();
+    Ok(Echo {
+        sent: total,
+        lost: total.saturating_sub(got),
+        p50: s.p50_ms,
+        p99: s.p99_ms,
+        p999: s.p999_ms,
+        max: s.max_ms,
+        cpu: cpu1 - cpu0,
+    })
+}
+
+/// Scenario 3: open-loop echo round trips over many connections.
+pub async fn echo(plan: &Plan, problems: &mut Problems) -> Table {
+    let (c, r, s) = (plan.echo_conns, plan.echo_rate, plan.echo_secs);
+    let mut t = Table::new(
+        "echo",
+        &format!(
+            "3. echo round trip: {c} WebSocket connections, open loop {r} msg/s total for {s} s"
+        ),
+        &columns_all(),
+    );
+    let mut results = Vec::new();
+    for kind in Kind::ALL {
+        eprintln!("[echo] {kind}: {c} connections, {r} msg/s, {s} s");
+        match echo_one(kind, c, r, s).await {
+            Ok(e) => {
+                if e.lost > 0 {
+                    problems.add(format!("echo {kind}: {} of {} lost", e.lost, e.sent));
+                }
+                results.push(Some(e));
+            }
+            Err(e) => {
+                problems.add(format!("echo {kind}: {e}"));
+                results.push(None);
+            }
+        }
+    }
+    let col = |f: &dyn Fn(&Echo) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
+    t.row("round trip p50", "ms", 3, col(&|e| e.p50));
+    t.row("round trip p99", "ms", 3, col(&|e| e.p99));
+    t.row("round trip p99.9", "ms", 3, col(&|e| e.p999));
+    t.row("round trip max", "ms", 3, col(&|e| e.max));
+    t.row("server CPU", "s", 2, col(&|e| e.cpu));
+    t.row("echoes lost", "", 0, col(&|e| e.lost as f64));
+    t.note("latency is measured from each message's scheduled send time (open loop: no coordinated omission).");
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. long polling
+
+/// Result of one long-polling run.
+#[derive(Debug, Clone, Copy, Default)]
+struct LongPoll {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    gets_per_msg: f64,
+    delivered: u64,
+    lost: u64,
+    cpu: f64,
+}
+
+async fn long_poll_one(plan: &Plan, low: bool) -> Result<LongPoll, Error> {
+    let (n, rate, secs) = (plan.poll_clients, plan.poll_rate, plan.poll_secs);
+    let args: &[&str] = if low {
+        &["--low", "--coalescing-ms", "50"]
+    } else {
+        &[]
+    };
+    let server = Server::start(Kind::Switchboard, args).await?;
+    let port = server.port();
+    let shared = Arc::new(Shared::default());
+    let opened = Arc::new(AtomicU64::new(0));
+    let (stop, stop_rx) = watch::channel(false);
+    let mut set = JoinSet::new();
+    let total = rate * secs;
+    let https = clients::http_clients()?;
+    let base = proto::sb_base(port);
+    for i in 0..n {
+        let http = Http::with_client(&base, https[i % https.len()].clone());
+        clients::spawn_long_poller(
+            &mut set,
+            http,
+            shared.clone(),
+            opened.clone(),
+            stop_rx.clone(),
+            total,
+        );
+    }
+    // the sender: one WebSocket session in the same room (its own deliveries are not counted)
+    let sender = proto::Driver::connect(Kind::Switchboard, port, proto::source_addr(0)).await?;
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let role = WsRole::uncounted(port);
+    clients::spawn_ws(
+        &mut set,
+        sender,
+        0,
+        shared.clone(),
+        stop_rx.clone(),
+        Some(cmd_rx),
+        role,
+    );
+    let target = n as u64;
+    wait_until(
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+        || opened.load(Ordering::Relaxed) >= target,
+        || opened.load(Ordering::Relaxed),
+    )
+    .await;
+    if !clients::warm_up(&cmd_tx, &shared, target, Duration::from_secs(30)).await {
+        clients::stop_all(&stop, &mut set).await;
+        server.stop().await;
+        return Err("warm-up broadcast did not reach every long-polling client".into());
+    }
+    sleep(Duration::from_millis(200)).await;
+    let cpu0 = server.cpu()?;
+    let start = Instant::now();
+    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    for k in 0..total {
+        tokio::time::sleep_until(start + period * (k as u32)).await;
+        let _ = cmd_tx.send(Cmd::Burst {
+            first: k + 1,
+            count: 1,
+        });
+    }
+    let expected = total * target;
+    wait_until(
+        Duration::from_secs(15),
+        Duration::from_secs(5),
+        || shared.deliveries.load(Ordering::Relaxed) >= expected,
+        || shared.deliveries.load(Ordering::Relaxed),
+    )
+    .await;
+    let cpu1 = server.cpu()?;
+    clients::stop_all(&stop, &mut set).await;
+    server.stop().await;
+    let delivered = shared.deliveries.load(Ordering::Relaxed);
+    let gets = shared.gets.load(Ordering::Relaxed);
+    let s = shared.lat.summary();
+    Ok(LongPoll {
+        p50: s.p50_ms,
+        p99: s.p99_ms,
+        p999: s.p999_ms,
+        gets_per_msg: gets as f64 / delivered.max(1) as f64,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        cpu: cpu1 - cpu0,
+    })
+}
+
+/// Scenario 4: long-polling clients receiving a steady broadcast, normal and low priority.
+pub async fn long_poll(plan: &Plan, problems: &mut Problems) -> Table {
+    let (n, r, s) = (plan.poll_clients, plan.poll_rate, plan.poll_secs);
+    let mut t = Table::new(
+        "long_poll",
+        &format!("4. long polling (Switchboard only): {n} clients, {r} broadcasts/s for {s} s"),
+        &["normal", "low"],
+    );
+    let mut results = Vec::new();
+    for low in [false, true] {
+        eprintln!("[long poll] {n} clients, {r}/s for {s} s, low={low}");
+        match long_poll_one(plan, low).await {
+            Ok(lp) => {
+                if lp.lost > 0 {
+                    problems.add(format!(
+                        "long poll (low={low}): {} deliveries lost",
+                        lp.lost
+                    ));
+                }
+                results.push(Some(lp));
+            }
+            Err(e) => {
+                problems.add(format!("long poll (low={low}): {e}"));
+                results.push(None);
+            }
+        }
+    }
+    let col = |f: &dyn Fn(&LongPoll) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
+    t.row("delivery latency p50", "ms", 2, col(&|r| r.p50));
+    t.row("delivery latency p99", "ms", 2, col(&|r| r.p99));
+    t.row("delivery latency p99.9", "ms", 2, col(&|r| r.p999));
+    t.row(
+        "HTTP GETs per delivered message",
+        "",
+        3,
+        col(&|r| r.gets_per_msg),
+    );
+    t.row("server CPU", "s", 2, col(&|r| r.cpu));
+    t.row("messages delivered", "", 0, col(&|r| r.delivered as f64));
+    t.row("messages lost", "", 0, col(&|r| r.lost as f64));
+    t.note("low: sb_server --low --coalescing-ms 50 (broadcasts at low priority, held up to 50 ms); the ratio column is normal / low.");
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. reconnect storm
+
+/// Result of the storm.
+#[derive(Debug, Clone, Copy, Default)]
+struct Storm {
+    resumed: u64,
+    resume_ms: f64,
+    caught_up: u64,
+    caught_up_ms: f64,
+    lost: u64,
+    dups: u64,
+    gaps: u64,
+    reordered: u64,
+    redelivered: u64,
+    errors: u64,
+    p99: f64,
+}
+
+async fn storm_one(plan: &Plan) -> Result<Storm, Error> {
+    let (n, rate) = (plan.storm_clients, plan.storm_rate);
+    let server = Server::start(Kind::Switchboard, &[]).await?;
+    let port = server.port();
+    let (drivers, failed) = clients::connect_many(Kind::Switchboard, port, n).await;
+    if failed > 0 {
+        return Err(format!("{failed} of {n} connections failed").into());
+    }
+    let sender = proto::Driver::connect(Kind::Switchboard, port, proto::source_addr(n)).await?;
+    let shared = Arc::new(Shared::default());
+    shared.k_drop.store(u64::MAX, Ordering::Relaxed);
+    let (stop, stop_rx) = watch::channel(false);
+    let (storm, storm_rx) = watch::channel(false);
+    let mut set = JoinSet::new();
+    for (i, d) in drivers {
+        let role = WsRole::storm(port, storm_rx.clone());
+        clients::spawn_ws(&mut set, d, i, shared.clone(), stop_rx.clone(), None, role);
+    }
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let role = WsRole::uncounted(port);
+    clients::spawn_ws(
+        &mut set,
+        sender,
+        n,
+        shared.clone(),
+        stop_rx.clone(),
+        Some(cmd_rx),
+        role,
+    );
+    if !clients::warm_up(&cmd_tx, &shared, n as u64, Duration::from_secs(30)).await {
+        clients::stop_all(&stop, &mut set).await;
+        server.stop().await;
+        return Err("warm-up broadcast did not reach every client".into());
+    }
+    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let start = Instant::now();
+    let mut k = 0u64;
+    let send_next = |k: &mut u64| {
+        *k += 1;
+        let _ = cmd_tx.send(Cmd::Burst {
+            first: *k,
+            count: 1,
+        });
+    };
+    // steady broadcast for 2 s, then every client drops its socket at once
+    while start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep_until(start + period * (k as u32 + 1)).await;
+        send_next(&mut k);
+    }
+    shared.k_drop.store(k, Ordering::Relaxed);
+    let drop_ns = payload::now_ns();
+    let _ = storm.send(true);
+    let target = n as u64;
+    let storm_deadline = Instant::now() + plan.phase_limit();
+    loop {
+        if shared.caught_up.load(Ordering::Relaxed) >= target || Instant::now() > storm_deadline {
+            break;
+        }
+        let next = start + period * (k as u32 + 1);
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => send_next(&mut k),
+            () = sleep(Duration::from_millis(5)) => {}
+        }
+    }
+    // one more second of steady traffic after everyone caught up
+    let tail = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < tail {
+        tokio::time::sleep_until(start + period * (k as u32 + 1)).await;
+        send_next(&mut k);
+    }
+    let expected = k * target;
+    wait_until(
+        Duration::from_secs(15),
+        Duration::from_secs(5),
+        || shared.deliveries.load(Ordering::Relaxed) >= expected,
+        || shared.deliveries.load(Ordering::Relaxed),
+    )
+    .await;
+    clients::stop_all(&stop, &mut set).await;
+    server.stop().await;
+    let ms = |ns: u64| ns.saturating_sub(drop_ns) as f64 / 1e6;
+    let delivered = shared.deliveries.load(Ordering::Relaxed);
+    Ok(Storm {
+        resumed: shared.resumed.load(Ordering::Relaxed),
+        resume_ms: ms(shared.resumed_last_ns.load(Ordering::Relaxed)),
+        caught_up: shared.caught_up.load(Ordering::Relaxed),
+        caught_up_ms: ms(shared.caught_up_last_ns.load(Ordering::Relaxed)),
+        lost: expected.saturating_sub(delivered),
+        dups: shared.app_dups.load(Ordering::Relaxed),
+        gaps: shared.seq_gaps.load(Ordering::Relaxed),
+        reordered: shared.out_of_order.load(Ordering::Relaxed),
+        redelivered: shared.dup_frames.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
+        p99: shared.lat.summary().p99_ms,
+    })
+}
+
+/// Scenario 5: every session drops its socket at once and resumes with `sid` + `ack`.
+pub async fn storm(plan: &Plan, problems: &mut Problems) -> Table {
+    let (n, r) = (plan.storm_clients, plan.storm_rate);
+    let mut t = Table::new(
+        "storm",
+        &format!(
+            "5. reconnect storm (Switchboard only): {n} WebSocket sessions, {r} broadcasts/s, all sockets reset at once"
+        ),
+        &["switchboard"],
+    );
+    eprintln!("[storm] {n} sessions, {r}/s");
+    match storm_one(plan).await {
+        Ok(s) => {
+            if s.lost > 0 || s.dups > 0 || s.gaps > 0 {
+                problems.add(format!(
+                    "storm: {} lost, {} duplicates, {} gaps",
+                    s.lost, s.dups, s.gaps
+                ));
+            }
+            if s.caught_up < n as u64 {
+                problems.add(format!(
+                    "storm: only {} of {n} sessions caught up",
+                    s.caught_up
+                ));
+            }
+            t.row("sessions resumed", "", 0, vec![Some(s.resumed as f64)]);
+            t.row("time until all resumed", "ms", 1, vec![Some(s.resume_ms)]);
+            t.row(
+                "time until all caught up",
+                "ms",
+                1,
+                vec![Some(s.caught_up_ms)],
+            );
+            t.row("messages lost", "", 0, vec![Some(s.lost as f64)]);
+            t.row(
+                "duplicates delivered to the application",
+                "",
+                0,
+                vec![Some(s.dups as f64)],
+            );
+            t.row("sequence gaps", "", 0, vec![Some(s.gaps as f64)]);
+            t.row(
+                "out-of-order deliveries",
+                "",
+                0,
+                vec![Some(s.reordered as f64)],
+            );
+            t.row(
+                "redelivered frames dropped by seq dedup",
+                "",
+                0,
+                vec![Some(s.redelivered as f64)],
+            );
+            t.row(
+                "delivery latency p99 (whole run)",
+                "ms",
+                1,
+                vec![Some(s.p99)],
+            );
+            t.row("client errors", "", 0, vec![Some(s.errors as f64)]);
+        }
+        Err(e) => problems.add(format!("storm: {e}")),
+    }
+    t.note("caught up: resumed on a new socket and holding every broadcast sent before the drop; times are from the drop.");
+    t.note("the abrupt drop is a TCP RST (SO_LINGER 0), no close frame; each client resumes with sid and ack = last seq received.");
+    t
+}

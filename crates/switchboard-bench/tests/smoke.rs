@@ -1,0 +1,31 @@
+//! Runs `load --smoke` (tiny numbers, every scenario, all three servers) and asserts that it
+//! succeeds: every server starts, every message arrives exactly once.
+
+use std::process::Command;
+use std::time::Instant;
+
+#[test]
+fn load_smoke_run_succeeds() {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_load"))
+        .arg("--smoke")
+        .output()
+        .expect("cannot run the load binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "load --smoke failed ({}) after {:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status,
+        started.elapsed()
+    );
+    for table in [
+        "1. idle memory",
+        "2. fan-out",
+        "3. echo round trip",
+        "4. long polling",
+        "5. reconnect storm",
+    ] {
+        assert!(stdout.contains(table), "no table {table:?} in\n{stdout}");
+    }
+}
