@@ -146,6 +146,9 @@ async fn write_all(socket: &mut WebSocket, messages: Vec<WsMessage>, limit: Dura
     matches!(timeout(limit, write).await, Ok(Ok(())))
 }
 
+// The task's future stays resident for as long as the socket is open, and its size is that of its
+// largest state. The rarely taken branches (a burst of client frames, a write, a goodbye) are
+// therefore boxed, which keeps an idle connection's task about 350 bytes smaller.
 async fn run<U: Clone + Send + Sync + 'static>(
     mut socket: WebSocket,
     mounted: Mounted<U>,
@@ -169,7 +172,13 @@ async fn run<U: Clone + Send + Sync + 'static>(
         max_body: config.max_body,
     });
     drop(sid);
-    if !write_all(&mut socket, vec![text(open)], config.write_timeout).await {
+    if !Box::pin(write_all(
+        &mut socket,
+        vec![text(open)],
+        config.write_timeout,
+    ))
+    .await
+    {
         return;
     }
     let silence_limit = config.ping_interval + config.ping_timeout;
@@ -210,7 +219,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
                     out.push(text(protocol::close_frame(reason.code(), reason.reason())));
                     out.push(close_message(reason.code(), reason.reason()));
                 }
-                if !write_all(&mut socket, out, config.write_timeout).await {
+                if !Box::pin(write_all(&mut socket, out, config.write_timeout)).await {
                     tracing::debug!(session = shared.key, "WebSocket write failed or stalled");
                     if close.is_none() {
                         let _ = timeout(
@@ -227,7 +236,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
                 // While the application keeps the socket busy with output, still take in what the
                 // client sent (acknowledgements above all), so that the buffer can drain.
                 if let Some(incoming) = socket.recv().now_or_never() {
-                    if handle_incoming(&mut socket, &session, generation, incoming)
+                    if Box::pin(handle_incoming(&mut socket, &session, generation, incoming))
                         .await
                         .is_err()
                     {
@@ -235,7 +244,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
                     }
                     last_heard = Instant::now();
                 } else if Instant::now() >= last_heard + silence_limit {
-                    heartbeat_timeout(&mut socket, shared.key).await;
+                    Box::pin(heartbeat_timeout(&mut socket, shared.key)).await;
                     return;
                 }
                 continue;
@@ -250,7 +259,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
             .unwrap_or(next_ping);
         tokio::select! {
             incoming = socket.recv() => {
-                if handle_incoming(&mut socket, &session, generation, incoming).await.is_err() {
+                if Box::pin(handle_incoming(&mut socket, &session, generation, incoming)).await.is_err() {
                     return;
                 }
                 last_heard = Instant::now();
@@ -259,12 +268,12 @@ async fn run<U: Clone + Send + Sync + 'static>(
             _ = sleep_until(timer) => {
                 let now = Instant::now();
                 if now >= dead_at {
-                    heartbeat_timeout(&mut socket, shared.key).await;
+                    Box::pin(heartbeat_timeout(&mut socket, shared.key)).await;
                     return;
                 }
                 if now >= next_ping {
                     next_ping = now + config.ping_interval;
-                    if !write_all(&mut socket, vec![text(protocol::PING_FRAME.to_string())], config.write_timeout).await {
+                    if !Box::pin(write_all(&mut socket, vec![text(protocol::PING_FRAME.to_string())], config.write_timeout)).await {
                         return;
                     }
                 }
