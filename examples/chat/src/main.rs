@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchboard::{Hub, Message, Refusal, Session, Switchboard};
@@ -103,8 +104,12 @@ async fn main() -> std::io::Result<()> {
         )
         .fallback_service(ServeDir::new(static_files));
 
+    // TCP_NODELAY: small realtime frames go out at once instead of waiting on Nagle's algorithm.
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("chat on http://{}", listener.local_addr()?);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::signal::ctrl_c().await.ok();
