@@ -181,7 +181,18 @@ async fn ten_thousand_messages_from_the_client_survive_switches_drops_and_retrie
             let replay: Vec<ClientFrame> = (0..200)
                 .map(|j| ClientFrame::msg(j as u64 + 1, client_message(j)))
                 .collect();
-            let answer = http.post(client.sid(), &replay).await.unwrap();
+            // The client's own POST may be in flight: the server then answers 429 (one POST per
+            // session at a time, docs/protocol.md §5.5) and, like any client, we try again.
+            let mut attempts = 0;
+            let answer = loop {
+                match http.post(client.sid(), &replay).await {
+                    Err(err) if err.http_status() == Some(429) && attempts < 500 => {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    other => break other.unwrap(),
+                }
+            };
             assert!(
                 answer.iter().any(
                     |frame| matches!(frame, switchboard_client::ServerFrame::Ack(a) if *a >= 1_000)
