@@ -353,7 +353,7 @@ async fn a_concurrent_post_gets_429() {
             .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let (status, error) = post(
         &http,
         &server.base,

@@ -142,7 +142,7 @@ async fn low_priority_messages_are_released_after_the_delay() {
     let mut server = server_with(Coalescing {
         max_count: 1000,
         max_bytes: 1 << 20,
-        max_delay: Duration::from_millis(300),
+        max_delay: Duration::from_millis(1000),
     })
     .await;
     let http = reqwest::Client::new();

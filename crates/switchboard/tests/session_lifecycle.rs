@@ -38,7 +38,7 @@ where
 async fn resume_after_the_resume_window_is_refused_with_404() {
     let mut server = TestServer::start(
         Switchboard::builder()
-            .resume_window(Duration::from_millis(300))
+            .resume_window(Duration::from_millis(1000))
             .build(),
     )
     .await;
@@ -157,9 +157,10 @@ async fn overflow_closes_the_session_with_4003_and_tells_both_sides() {
 
 #[tokio::test]
 async fn expired_sessions_are_reaped_and_their_memory_released() {
+    // The window must outlast opening 500 sessions on a busy machine; reaping is then awaited.
     let mut server = TestServer::start(
         Switchboard::builder()
-            .resume_window(Duration::from_millis(200))
+            .resume_window(Duration::from_secs(4))
             .build(),
     )
     .await;
@@ -175,7 +176,7 @@ async fn expired_sessions_are_reaped_and_their_memory_released() {
     assert_eq!(server.realtime.session_count(), 500);
     assert_eq!(server.realtime.hub().member_count("room"), 500);
     assert!(
-        eventually(Duration::from_secs(10), || server.realtime.session_count()
+        eventually(Duration::from_secs(30), || server.realtime.session_count()
             == 0)
         .await
     );
@@ -381,7 +382,7 @@ async fn a_websocket_stuck_on_a_full_inbound_queue_is_dropped_and_can_be_taken_o
         Switchboard::builder()
             .inbound_queue(1)
             .ping_interval(Duration::from_millis(100))
-            .ping_timeout(Duration::from_millis(200))
+            .ping_timeout(Duration::from_millis(1000))
             .resume_window(Duration::from_millis(500))
             .build(),
     )
@@ -497,7 +498,7 @@ async fn a_panicking_session_handler_closes_its_session() {
 async fn posts_alone_keep_a_session_alive() {
     let mut server = TestServer::start(
         Switchboard::builder()
-            .resume_window(Duration::from_millis(300))
+            .resume_window(Duration::from_millis(1000))
             .build(),
     )
     .await;
@@ -505,7 +506,7 @@ async fn posts_alone_keep_a_session_alive() {
     let sid = open(&http, &server.base).await;
     let session = server.next_session().await;
     // A proxy cuts every GET, but POSTs get through: they are signs of life too.
-    for _ in 0..10 {
+    for _ in 0..30 {
         let (status, _) = post(&http, &server.base, &sid, "[]").await;
         assert_eq!(status, StatusCode::OK);
         tokio::time::sleep(Duration::from_millis(100)).await;
