@@ -69,6 +69,14 @@ impl<U> RoomIndex<U> {
         self.rooms.remove_if(room, |_, members| members.is_empty());
     }
 
+    /// Calls `f` on every member of `room`, under the index's read lock: `f` must not join, leave
+    /// or close (those need the write lock).
+    fn for_each_member(&self, room: &str, mut f: impl FnMut(&Session<U>)) {
+        if let Some(members) = self.rooms.get(room) {
+            members.values().for_each(&mut f);
+        }
+    }
+
     fn members(&self, room: &str) -> Vec<Session<U>> {
         self.rooms
             .get(room)
@@ -213,25 +221,26 @@ impl<U> Broadcast<'_, U> {
             });
         }
         let mut delivered = 0;
+        let mut overflowed = Vec::new();
         let mut push = |session: &Session<U>| {
             if Some(session.shared.key) == self.except {
                 return;
             }
-            // Overflow closes the session; that must happen outside the room lock we hold here,
-            // and `push` does it only after releasing the session's own lock.
-            if session.shared.push(&encoded, self.priority).is_ok() {
-                delivered += 1;
+            match session.shared.push(&encoded, self.priority) {
+                Ok(_) => delivered += 1,
+                Err(SendError::Overflow) => overflowed.push(session.clone()),
+                Err(_) => {}
             }
         };
+        // Pushing happens under the room index's (or registry's) read lock, without copying the
+        // member list; closing an overflowed session edits the room index, so it waits until the
+        // lock is released.
         match self.target {
-            Target::Room(room) => {
-                // Snapshot the members so that closing an overflowing session (which edits the
-                // room index) never happens under the index's lock.
-                for session in self.hub.rooms.members(room) {
-                    push(&session);
-                }
-            }
+            Target::Room(room) => self.hub.rooms.for_each_member(room, &mut push),
             Target::All => self.hub.registry.for_each(&mut push),
+        }
+        for session in overflowed {
+            session.shared.close_overflowed();
         }
         Ok(delivered)
     }

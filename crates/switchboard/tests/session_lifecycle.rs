@@ -12,7 +12,7 @@ use common::{TestServer, eventually, get, open, post, start_default};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use switchboard::{CloseReason, SendError, Switchboard};
+use switchboard::{CloseReason, Message, SendError, Switchboard};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 async fn next_json<S>(socket: &mut S) -> Value
@@ -512,4 +512,35 @@ async fn posts_alone_keep_a_session_alive() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!session.is_closed());
+}
+
+#[tokio::test]
+async fn a_broadcast_that_overflows_a_slow_member_closes_only_that_member() {
+    let mut server =
+        TestServer::start(Switchboard::builder().max_buffered_messages(50).build()).await;
+    let http = reqwest::Client::new();
+    let fast_sid = open(&http, &server.base).await;
+    let fast = server.next_session().await;
+    let _slow_sid = open(&http, &server.base).await;
+    let slow = server.next_session().await;
+    fast.join("room").unwrap();
+    slow.join("room").unwrap();
+    let hub = server.realtime.hub();
+    let mut acked = 0;
+    for i in 0..60u64 {
+        hub.to("room").send(&Message::text(format!("{i}"))).unwrap();
+        // The fast member keeps acknowledging; the slow one never does.
+        if i % 10 == 9 {
+            let (_, frames) = get(&http, server.poll_url(&fast_sid, acked, false)).await;
+            acked += frames.as_array().unwrap().len() as u64;
+        }
+    }
+    assert_eq!(slow.close_reason(), Some(CloseReason::Overflow));
+    assert!(!fast.is_closed());
+    assert_eq!(
+        hub.member_count("room"),
+        1,
+        "the overflowed member left the room"
+    );
+    assert_eq!(hub.to("room").send(&Message::text("after")).unwrap(), 1);
 }

@@ -189,7 +189,7 @@ impl<U> Session<U> {
     /// Sends a message with the given priority.
     pub fn send_with(&self, message: Message, priority: Priority) -> Result<(), SendError> {
         self.shared
-            .push(&EncodedMessage::new(&message), priority)
+            .push_or_close(&EncodedMessage::new(&message), priority)
             .map(|_| ())
     }
 

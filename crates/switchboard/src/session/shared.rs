@@ -132,7 +132,32 @@ impl<U> Shared<U> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends an encoded message to the outbound buffer.
+    /// Appends an encoded message to the outbound buffer; on overflow, closes the session.
+    pub(crate) fn push_or_close(
+        &self,
+        message: &EncodedMessage,
+        priority: Priority,
+    ) -> Result<u64, SendError> {
+        let pushed = self.push(message, priority);
+        if pushed == Err(SendError::Overflow) {
+            self.close_overflowed();
+        }
+        pushed
+    }
+
+    /// Closes the session after [`push`](Self::push) reported an overflow.
+    pub(crate) fn close_overflowed(&self) {
+        tracing::info!(
+            session = self.key,
+            "outbound buffer overflow; closing session"
+        );
+        self.close(CloseReason::Overflow);
+    }
+
+    /// Appends an encoded message to the outbound buffer. On overflow it returns
+    /// `Err(SendError::Overflow)` and leaves closing the session to the caller (see
+    /// [`push_or_close`](Self::push_or_close)), who may be holding the room index's lock, which
+    /// closing needs.
     pub(crate) fn push(
         &self,
         message: &EncodedMessage,
@@ -153,12 +178,6 @@ impl<U> Shared<U> {
         if state.out.len() >= self.config.max_buffered_messages
             || state.out_bytes + len > self.config.max_buffered_bytes
         {
-            drop(state);
-            tracing::info!(
-                session = self.key,
-                "outbound buffer overflow; closing session"
-            );
-            self.close(CloseReason::Overflow);
             return Err(SendError::Overflow);
         }
         let seq = state.next_seq;
