@@ -13,6 +13,7 @@
 //! Modules:
 //!
 //! - [`sys`]: server RSS and CPU from `/proc`, the open-file limit;
+//! - [`serve`]: what the three server binaries share (command line, serving);
 //! - [`server`]: starting and stopping the server binaries ([`server::Kind`]);
 //! - [`proto`]: the three wire protocols as one client [`proto::Driver`];
 //! - [`payload`]: timestamped, indexed benchmark payloads;
@@ -26,6 +27,7 @@ pub mod payload;
 pub mod proto;
 pub mod report;
 pub mod scenarios;
+pub mod serve;
 pub mod server;
 pub mod stats;
 pub mod sys;

@@ -36,9 +36,7 @@ use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use futures_util::SinkExt as _;
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 const USAGE: &str = "usage: floor [--port N]";
@@ -53,61 +51,25 @@ const BUFFER: usize = 4096;
 /// Broadcast messages skipped by connections that fell behind, over the whole run.
 static LAGGED: AtomicU64 = AtomicU64::new(0);
 
-fn parse_port() -> Result<u16, String> {
-    let mut port = 0;
-    let mut iter = std::env::args().skip(1);
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--port" => {
-                let value = iter
-                    .next()
-                    .ok_or_else(|| format!("--port needs a value\n{USAGE}"))?;
-                port = value
-                    .parse()
-                    .map_err(|_| format!("--port: invalid value {value:?}\n{USAGE}"))?;
-            }
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    Ok(port)
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let port = match parse_port() {
-        Ok(port) => port,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
+    let outcome = match switchboard_bench::serve::port_only(USAGE) {
+        Ok(port) => Ok(serve(port).await),
+        Err(usage) => Err(usage),
     };
-    match serve(port).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("floor: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    switchboard_bench::serve::exit_code("floor", outcome)
 }
 
 async fn serve(port: u16) -> std::io::Result<()> {
     let (room, _) = broadcast::channel::<Utf8Bytes>(CAPACITY);
     let app = Router::new().route("/ws", get(upgrade)).with_state(room);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    let addr = listener.local_addr()?;
-    // Small realtime frames must not wait for the peer's delayed ACK (Nagle): every server of
-    // the benchmark sets TCP_NODELAY on each accepted connection.
-    let listener = listener.tap_io(|tcp| {
-        tcp.set_nodelay(true).ok();
-    });
-    let mut stdout = tokio::io::stdout();
-    stdout
-        .write_all(format!("listening on {addr}\n").as_bytes())
-        .await?;
-    stdout.flush().await?;
-    tokio::spawn(exit_on_stdin_eof());
-    axum::serve(listener, app).await
+    let report_lag = || {
+        eprintln!(
+            "floor: broadcast messages skipped by lagging connections: {}",
+            LAGGED.load(Ordering::Relaxed)
+        );
+    };
+    switchboard_bench::serve::run(port, app, report_lag).await
 }
 
 async fn upgrade(
@@ -176,17 +138,4 @@ async fn write_batch(
         }
     }
     socket.flush().await
-}
-
-/// Reads stdin to its end, then prints the lag count to stderr and exits the process.
-async fn exit_on_stdin_eof() {
-    let mut sink = tokio::io::sink();
-    tokio::io::copy(&mut tokio::io::stdin(), &mut sink)
-        .await
-        .ok();
-    eprintln!(
-        "floor: broadcast messages skipped by lagging connections: {}",
-        LAGGED.load(Ordering::Relaxed)
-    );
-    std::process::exit(0);
 }

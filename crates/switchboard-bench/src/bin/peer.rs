@@ -35,52 +35,21 @@ use std::process::ExitCode;
 
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef};
-use tokio::io::AsyncWriteExt as _;
 
 const USAGE: &str = "usage: peer [--port N]";
 
 /// Packets each socket may have waiting to be written.
 const MAX_BUFFER: usize = 65536;
 
-fn parse_port() -> Result<u16, String> {
-    let mut port = 0;
-    let mut iter = std::env::args().skip(1);
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--port" => {
-                let value = iter
-                    .next()
-                    .ok_or_else(|| format!("--port needs a value\n{USAGE}"))?;
-                port = value
-                    .parse()
-                    .map_err(|_| format!("--port: invalid value {value:?}\n{USAGE}"))?;
-            }
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    Ok(port)
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let port = match parse_port() {
-        Ok(port) => port,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
+    let outcome = match switchboard_bench::serve::port_only(USAGE) {
+        Ok(port) => Ok(serve(port).await),
+        Err(usage) => Err(usage),
     };
-    match serve(port).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("peer: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    switchboard_bench::serve::exit_code("peer", outcome)
 }
 
 async fn serve(port: u16) -> std::io::Result<()> {
@@ -99,27 +68,5 @@ async fn serve(port: u16) -> std::io::Result<()> {
     let app = Router::new()
         .route("/", get(async || "peer: Socket.IO at /socket.io/"))
         .layer(layer);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    let addr = listener.local_addr()?;
-    // Small realtime frames must not wait for the peer's delayed ACK (Nagle): every server of
-    // the benchmark sets TCP_NODELAY on each accepted connection.
-    let listener = listener.tap_io(|tcp| {
-        tcp.set_nodelay(true).ok();
-    });
-    let mut stdout = tokio::io::stdout();
-    stdout
-        .write_all(format!("listening on {addr}\n").as_bytes())
-        .await?;
-    stdout.flush().await?;
-    tokio::spawn(exit_on_stdin_eof());
-    axum::serve(listener, app).await
-}
-
-/// Reads stdin to its end, then exits the process.
-async fn exit_on_stdin_eof() {
-    let mut sink = tokio::io::sink();
-    tokio::io::copy(&mut tokio::io::stdin(), &mut sink)
-        .await
-        .ok();
-    std::process::exit(0);
+    switchboard_bench::serve::run(port, app, || {}).await
 }

@@ -26,9 +26,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt as _;
 use switchboard::{Coalescing, Hub, Session, Switchboard};
-use tokio::io::AsyncWriteExt as _;
+use switchboard_bench::serve::{exit_code, flag_value, run};
 
 const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low]";
 
@@ -46,8 +45,10 @@ impl Args {
         let mut iter = std::env::args().skip(1);
         while let Some(arg) = iter.next() {
             match arg.as_str() {
-                "--port" => args.port = value(&arg, iter.next())?,
-                "--coalescing-ms" => args.coalescing_ms = Some(value(&arg, iter.next())?),
+                "--port" => args.port = flag_value(&arg, iter.next(), USAGE)?,
+                "--coalescing-ms" => {
+                    args.coalescing_ms = Some(flag_value(&arg, iter.next(), USAGE)?)
+                }
                 "--low" => args.low = true,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -57,29 +58,13 @@ impl Args {
     }
 }
 
-fn value<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
-    let value = value.ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: invalid value {value:?}\n{USAGE}"))
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match Args::parse() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
+    let outcome = match Args::parse() {
+        Ok(args) => Ok(serve(args).await),
+        Err(usage) => Err(usage),
     };
-    match serve(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("sb_server: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("sb_server", outcome)
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
@@ -97,15 +82,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         "/rt",
         realtime.router(move |session| on_session(session, hub.clone(), low)),
     );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
-    announce(listener.local_addr()?).await?;
-    // Small realtime frames must not wait for the peer's delayed ACK (Nagle): every server of
-    // the benchmark sets TCP_NODELAY on each accepted connection.
-    let listener = listener.tap_io(|tcp| {
-        tcp.set_nodelay(true).ok();
-    });
-    tokio::spawn(exit_on_stdin_eof());
-    axum::serve(listener, app).await
+    run(args.port, app, || {}).await
 }
 
 async fn on_session(session: Session, hub: Hub, low: bool) {
@@ -124,22 +101,4 @@ async fn on_session(session: Session, hub: Hub, low: bool) {
             room.send(&message).ok();
         }
     }
-}
-
-/// Prints the line the harness waits for, flushed.
-async fn announce(addr: std::net::SocketAddr) -> std::io::Result<()> {
-    let mut stdout = tokio::io::stdout();
-    stdout
-        .write_all(format!("listening on {addr}\n").as_bytes())
-        .await?;
-    stdout.flush().await
-}
-
-/// Reads stdin to its end, then exits the process.
-async fn exit_on_stdin_eof() {
-    let mut sink = tokio::io::sink();
-    tokio::io::copy(&mut tokio::io::stdin(), &mut sink)
-        .await
-        .ok();
-    std::process::exit(0);
 }

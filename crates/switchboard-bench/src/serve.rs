@@ -1,0 +1,77 @@
+//! What the three benchmark servers (`sb_server`, `floor`, `peer`) share, so that they differ only
+//! in the work they do: the command line, and serving an app the way `load` expects.
+
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use axum::Router;
+use axum::serve::ListenerExt as _;
+use tokio::io::AsyncWriteExt as _;
+
+/// The value following `flag` on the command line, parsed; the error text ends with `usage`.
+pub fn flag_value<T: FromStr>(flag: &str, value: Option<String>, usage: &str) -> Result<T, String> {
+    let value = value.ok_or_else(|| format!("{flag} needs a value\n{usage}"))?;
+    value
+        .parse()
+        .map_err(|_| format!("{flag}: invalid value {value:?}\n{usage}"))
+}
+
+/// Parses a command line that takes only `--port N` (default 0: ephemeral).
+pub fn port_only(usage: &str) -> Result<u16, String> {
+    let mut port = 0;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--port" => port = flag_value(&arg, args.next(), usage)?,
+            "-h" | "--help" => return Err(usage.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{usage}")),
+        }
+    }
+    Ok(port)
+}
+
+/// The exit code for a parsed command line's outcome and the server's: 2 for a bad command line
+/// (the message is printed), 1 for a server error, 0 otherwise.
+pub fn exit_code(name: &str, outcome: Result<std::io::Result<()>, String>) -> ExitCode {
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(err)) => {
+            eprintln!("{name}: {err}");
+            ExitCode::FAILURE
+        }
+        Err(usage) => {
+            eprintln!("{usage}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Serves `app` on 127.0.0.1:`port` the way the harness expects: TCP_NODELAY on every accepted
+/// connection (small realtime frames must not wait for the peer's delayed ACK; every server of the
+/// benchmark does the same), `listening on ADDR` printed and flushed once ready, and the process
+/// exits when its stdin reaches EOF (after calling `at_exit`, e.g. to print a counter), so a
+/// harness that dies cannot leak it.
+pub async fn run(
+    port: u16,
+    app: Router,
+    at_exit: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        tcp.set_nodelay(true).ok();
+    });
+    let mut stdout = tokio::io::stdout();
+    stdout
+        .write_all(format!("listening on {addr}\n").as_bytes())
+        .await?;
+    stdout.flush().await?;
+    tokio::spawn(async {
+        tokio::io::copy(&mut tokio::io::stdin(), &mut tokio::io::sink())
+            .await
+            .ok();
+        at_exit();
+        std::process::exit(0);
+    });
+    axum::serve(listener, app).await
+}
