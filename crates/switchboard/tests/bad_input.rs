@@ -95,10 +95,7 @@ async fn unknown_session_gets_404_on_every_endpoint() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error["error"], "unknown_session");
 
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={unknown}&ack=0")))
-            .await
-            .unwrap();
+    let mut socket = server.ws(&format!("&sid={unknown}&ack=0")).await;
     match socket.next().await {
         Some(Ok(WsMessage::Close(Some(frame)))) => {
             assert_eq!(u16::from(frame.code), 4404);
@@ -145,10 +142,7 @@ async fn oversized_bodies_and_messages_get_413_and_deliver_nothing() {
     assert_session_works(&http, &server, &sid, &session, 1).await;
 
     // Over WebSocket a too-large frame closes the socket (1009), not the session.
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=0")))
-            .await
-            .unwrap();
+    let mut socket = server.ws(&format!("&sid={sid}&ack=0")).await;
     let _open = socket.next().await.unwrap().unwrap();
     let frame = json!({"t":"m","s":2,"d":"z".repeat(3000)}).to_string();
     let _ = socket.send(WsMessage::text(frame)).await;
@@ -283,10 +277,7 @@ async fn refused_authentication_gets_the_hooks_status() {
     assert_eq!(server.realtime.session_count(), 0);
 
     // WebSocket: the refusal arrives as close code 4000 + status, after the upgrade.
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(server.ws_url("&auth=%7B%22token%22%3A%22banned%22%7D"))
-            .await
-            .unwrap();
+    let mut socket = server.ws("&auth=%7B%22token%22%3A%22banned%22%7D").await;
     match socket.next().await {
         Some(Ok(WsMessage::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 4403),
         other => panic!("expected close 4403, got {other:?}"),
@@ -397,9 +388,7 @@ async fn bad_query_parameters_get_400() {
 #[tokio::test]
 async fn malformed_websocket_frames_get_an_error_frame_and_the_socket_goes_on() {
     let mut server = start_default().await;
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
-        .await
-        .unwrap();
+    let mut socket = server.ws("").await;
     let _open = socket.next().await.unwrap().unwrap();
     let session = server.next_session().await;
     socket.send(WsMessage::text("{\"t\":")).await.unwrap();

@@ -195,9 +195,7 @@ async fn low_priority_coalescing_applies_to_websockets_too() {
         max_delay: LONG,
     })
     .await;
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
-        .await
-        .unwrap();
+    let mut socket = server.ws("").await;
     let _open = socket.next().await.unwrap().unwrap();
     let session = server.next_session().await;
     session

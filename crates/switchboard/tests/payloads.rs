@@ -81,9 +81,7 @@ async fn receive_all(session: &Session, sent: &[Message]) {
 #[tokio::test]
 async fn payloads_round_trip_over_websocket() {
     let mut server = start_default().await;
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
-        .await
-        .unwrap();
+    let mut socket = server.ws("").await;
     let _open = socket.next().await.unwrap().unwrap();
     let session = server.next_session().await;
     let messages = payloads();

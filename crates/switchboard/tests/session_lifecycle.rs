@@ -8,31 +8,12 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use common::{TestServer, eventually, get, open, post, start_default};
-use futures_util::{SinkExt, StreamExt};
+use common::{TestServer, eventually, get, next_json, open, post, start_default};
+use futures_util::SinkExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchboard::{CloseReason, Message, SendError, Switchboard};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-async fn next_json<S>(socket: &mut S) -> Value
-where
-    S: StreamExt<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(WsMessage::Text(text))) => return serde_json::from_str(text.as_str()).unwrap(),
-            Some(Ok(WsMessage::Close(frame))) => {
-                return json!({"ws_close": frame.map(|frame| u16::from(frame.code))});
-            }
-            Some(Ok(_)) => {}
-            other => return json!({"ws_end": format!("{other:?}")}),
-        }
-    }
-}
 
 #[tokio::test]
 async fn resume_after_the_resume_window_is_refused_with_404() {
@@ -66,10 +47,7 @@ async fn resume_after_the_resume_window_is_refused_with_404() {
     let (status, error) = get(&http, server.poll_url(&sid, 1, false)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error["error"], "unknown_session");
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=1")))
-            .await
-            .unwrap();
+    let mut socket = server.ws(&format!("&sid={sid}&ack=1")).await;
     assert_eq!(next_json(&mut socket).await, json!({"ws_close": 4404}));
 }
 
@@ -82,9 +60,7 @@ async fn an_attached_transport_keeps_the_session_past_the_resume_window() {
             .build(),
     )
     .await;
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
-        .await
-        .unwrap();
+    let mut socket = server.ws("").await;
     assert_eq!(next_json(&mut socket).await["t"], "open");
     let session = server.next_session().await;
     // Answer pings for a while: far longer than the resume window.
@@ -132,9 +108,7 @@ async fn overflow_closes_the_session_with_4003_and_tells_both_sides() {
     // The byte limit works the same way, on WebSocket.
     let mut server =
         TestServer::start(Switchboard::builder().max_buffered_bytes(10_000).build()).await;
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
-        .await
-        .unwrap();
+    let mut socket = server.ws("").await;
     assert_eq!(next_json(&mut socket).await["t"], "open");
     let session = server.next_session().await;
     let mut sent = 0;
@@ -238,9 +212,7 @@ async fn graceful_shutdown_tells_clients_and_releases_waiting_polls() {
     let http = reqwest::Client::new();
     let sid = open(&http, &server.base).await;
     let polling = server.next_session().await;
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
-        .await
-        .unwrap();
+    let mut socket = server.ws("").await;
     assert_eq!(next_json(&mut socket).await["t"], "open");
     let _ws = server.next_session().await;
     let waiting = common::spawn_get(&http, server.poll_url(&sid, 0, true));
@@ -285,9 +257,7 @@ async fn the_session_limit_refuses_new_sessions_with_503() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
-        .await
-        .unwrap();
+    let mut socket = server.ws("").await;
     assert_eq!(next_json(&mut socket).await, json!({"ws_close": 4503}));
 }
 
@@ -300,9 +270,7 @@ async fn a_silent_websocket_is_dropped_but_its_session_lives() {
             .build(),
     )
     .await;
-    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url(""))
-        .await
-        .unwrap();
+    let mut socket = server.ws("").await;
     let open = next_json(&mut socket).await;
     let sid = open["sid"].as_str().unwrap().to_string();
     let session = server.next_session().await;
@@ -316,10 +284,7 @@ async fn a_silent_websocket_is_dropped_but_its_session_lives() {
     assert!(!session.is_closed());
     // The session resumes on a new socket.
     session.send("still yours").unwrap();
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=0")))
-            .await
-            .unwrap();
+    let mut socket = server.ws(&format!("&sid={sid}&ack=0")).await;
     let open = next_json(&mut socket).await;
     assert_eq!(open["resumed"], true);
     assert_eq!(
@@ -331,9 +296,7 @@ async fn a_silent_websocket_is_dropped_but_its_session_lives() {
 #[tokio::test]
 async fn a_websocket_takeover_closes_the_old_socket_with_4100() {
     let mut server = TestServer::start(Switchboard::builder().build()).await;
-    let (mut old, _) = tokio_tungstenite::connect_async(server.ws_url(""))
-        .await
-        .unwrap();
+    let mut old = server.ws("").await;
     let sid = next_json(&mut old).await["sid"]
         .as_str()
         .unwrap()
@@ -341,10 +304,7 @@ async fn a_websocket_takeover_closes_the_old_socket_with_4100() {
     let session = server.next_session().await;
     session.send("one").unwrap();
     assert_eq!(next_json(&mut old).await["s"], 1);
-    let (mut new, _) =
-        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=0")))
-            .await
-            .unwrap();
+    let mut new = server.ws(&format!("&sid={sid}&ack=0")).await;
     assert_eq!(next_json(&mut new).await["resumed"], true);
     // Not acknowledged yet, so the new socket gets it again; the client drops the duplicate.
     assert_eq!(next_json(&mut new).await["s"], 1);
@@ -361,10 +321,7 @@ async fn an_ack_beyond_what_was_sent_skips_nothing() {
     let session = server.next_session().await;
     session.send("하나").unwrap();
     // A buggy or hostile client acknowledges far more than it was sent.
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=100")))
-            .await
-            .unwrap();
+    let mut socket = server.ws(&format!("&sid={sid}&ack=100")).await;
     assert_eq!(next_json(&mut socket).await["t"], "open");
     // Message 1 counts as acknowledged (clamped to what was sent), and what follows still flows.
     session.send("둘").unwrap();
@@ -387,9 +344,7 @@ async fn a_websocket_stuck_on_a_full_inbound_queue_is_dropped_and_can_be_taken_o
             .build(),
     )
     .await;
-    let (mut stuck, _) = tokio_tungstenite::connect_async(server.ws_url(""))
-        .await
-        .unwrap();
+    let mut stuck = server.ws("").await;
     let sid = next_json(&mut stuck).await["sid"]
         .as_str()
         .unwrap()
@@ -400,10 +355,7 @@ async fn a_websocket_stuck_on_a_full_inbound_queue_is_dropped_and_can_be_taken_o
         stuck.send(WsMessage::text(frame)).await.unwrap();
     }
     // A second socket takes over at once, although the first is waiting for queue room.
-    let (mut fresh, _) =
-        tokio_tungstenite::connect_async(server.ws_url(&format!("&sid={sid}&ack=0")))
-            .await
-            .unwrap();
+    let mut fresh = server.ws(&format!("&sid={sid}&ack=0")).await;
     let open = next_json(&mut fresh).await;
     assert_eq!(open["resumed"], true);
     let mut last = next_json(&mut stuck).await;

@@ -4,10 +4,17 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::Value;
+use serde_json::json;
 use switchboard::{Session, Switchboard};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// A client WebSocket of the tests.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A running server. Every new session is handed to the test through `sessions`, so the test
 /// plays the application: it sends, receives and closes through the `Session` handle.
@@ -62,6 +69,14 @@ impl<U: Clone + Send + Sync + 'static> TestServer<U> {
             self.base,
             u8::from(wait)
         )
+    }
+
+    /// Opens a WebSocket to `/rt/ws?v=1<query>` (the server's first frame is still to be read).
+    pub async fn ws(&self, query: &str) -> Ws {
+        let (socket, _) = tokio_tungstenite::connect_async(self.ws_url(query))
+            .await
+            .unwrap();
+        socket
     }
 
     pub fn ws_url(&self, query: &str) -> String {
@@ -147,4 +162,21 @@ pub fn spawn_get(
 ) -> tokio::task::JoinHandle<(StatusCode, Value)> {
     let http = http.clone();
     tokio::spawn(async move { get(&http, url).await })
+}
+
+/// The next text frame as JSON; a close as `{"ws_close": code}`, the end as `{"ws_end": …}`.
+pub async fn next_json(socket: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(WsMessage::Text(text))) => return serde_json::from_str(text.as_str()).unwrap(),
+            Some(Ok(WsMessage::Close(frame))) => {
+                return json!({"ws_close": frame.map(|frame| u16::from(frame.code))});
+            }
+            Some(Ok(_)) => {}
+            other => return json!({"ws_end": format!("{other:?}")}),
+        }
+    }
 }
