@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -30,39 +31,33 @@ pub const MAX_EVENT_LEN: usize = 128;
 /// (reference-counted) by every session it is sent to.
 #[derive(Clone, Debug)]
 pub(crate) struct EncodedMessage {
-    tail: Bytes,
+    tail: Arc<str>,
     payload_len: usize,
 }
 
 impl EncodedMessage {
     /// Encodes `message`.
     pub(crate) fn new(message: &Message) -> Self {
-        let mut tail = Vec::with_capacity(message.payload_len() + 24);
+        let mut tail = String::with_capacity(message.payload_len() + 24);
         if let Some(event) = message.event() {
-            tail.extend_from_slice(b"\"e\":");
+            tail.push_str("\"e\":");
             write_json_string(&mut tail, event);
-            tail.push(b',');
+            tail.push(',');
         }
         match message.payload() {
             Payload::Json(raw) => {
-                tail.extend_from_slice(b"\"d\":");
-                tail.extend_from_slice(raw.get().as_bytes());
+                tail.push_str("\"d\":");
+                tail.push_str(raw.get());
             }
             Payload::Binary(bytes) => {
-                tail.extend_from_slice(b"\"b\":\"");
-                let start = tail.len();
-                tail.resize(
-                    start + base64::encoded_len(bytes.len(), true).unwrap_or(0),
-                    0,
-                );
-                let written = BASE64.encode_slice(bytes, &mut tail[start..]).unwrap_or(0);
-                tail.truncate(start + written);
-                tail.push(b'"');
+                tail.push_str("\"b\":\"");
+                BASE64.encode_string(bytes, &mut tail);
+                tail.push('"');
             }
         }
-        tail.push(b'}');
+        tail.push('}');
         Self {
-            tail: Bytes::from(tail),
+            tail: Arc::from(tail),
             payload_len: message.payload_len(),
         }
     }
@@ -85,25 +80,24 @@ impl EncodedMessage {
 }
 
 /// Appends the frame `{"t":"m","s":seq,<tail>` to `out`.
-pub(crate) fn write_message_frame(out: &mut Vec<u8>, seq: u64, message: &EncodedMessage) {
-    out.extend_from_slice(b"{\"t\":\"m\",\"s\":");
-    out.extend_from_slice(itoa(seq).as_bytes());
-    out.push(b',');
-    out.extend_from_slice(&message.tail);
+pub(crate) fn write_message_frame(out: &mut String, seq: u64, message: &EncodedMessage) {
+    use std::fmt::Write as _;
+    // Writing into a String cannot fail.
+    let _ = write!(out, "{{\"t\":\"m\",\"s\":{seq},");
+    out.push_str(&message.tail);
 }
 
-/// The exact length of the frame [`write_message_frame`] writes.
-pub(crate) fn message_frame_len(seq: u64, message: &EncodedMessage) -> usize {
-    14 + itoa(seq).len() + message.tail.len()
+/// The frame [`write_message_frame`] writes, as its own string.
+pub(crate) fn message_frame(seq: u64, message: &EncodedMessage) -> String {
+    // 14 bytes of prefix and comma, at most 16 digits.
+    let mut frame = String::with_capacity(30 + message.tail.len());
+    write_message_frame(&mut frame, seq, message);
+    frame
 }
 
-fn itoa(n: u64) -> String {
-    n.to_string()
-}
-
-fn write_json_string(out: &mut Vec<u8>, s: &str) {
-    // Serialising a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+fn write_json_string(out: &mut String, s: &str) {
+    // Serialising a &str cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
 /// The settings a client learns from the open frame.
@@ -146,13 +140,10 @@ pub(crate) const PONG_FRAME: &str = "{\"t\":\"pong\"}";
 
 /// Encodes a close frame.
 pub(crate) fn close_frame(code: u16, reason: &str) -> String {
-    let mut out = Vec::with_capacity(40 + reason.len());
-    out.extend_from_slice(b"{\"t\":\"close\",\"code\":");
-    out.extend_from_slice(code.to_string().as_bytes());
-    out.extend_from_slice(b",\"reason\":");
+    let mut out = format!("{{\"t\":\"close\",\"code\":{code},\"reason\":");
     write_json_string(&mut out, reason);
-    out.push(b'}');
-    String::from_utf8(out).unwrap_or_default()
+    out.push('}');
+    out
 }
 
 /// Encodes an error frame (WebSocket only).
@@ -311,11 +302,7 @@ mod tests {
     use super::*;
 
     fn frame(seq: u64, message: &Message) -> String {
-        let encoded = EncodedMessage::new(message);
-        let mut out = Vec::new();
-        write_message_frame(&mut out, seq, &encoded);
-        assert_eq!(out.len(), message_frame_len(seq, &encoded));
-        String::from_utf8(out).unwrap()
+        message_frame(seq, &EncodedMessage::new(message))
     }
 
     #[test]

@@ -69,28 +69,28 @@ fn serde_urlencoded_query(query: &str) -> Result<Params, ApiError> {
 }
 
 /// Writes a JSON array of frames: messages, then the extra frames (already encoded).
-pub(crate) fn frames_body(messages: &[(u64, EncodedMessage)], extra: &[String]) -> Vec<u8> {
+pub(crate) fn frames_body(messages: &[(u64, EncodedMessage)], extra: &[String]) -> String {
     let len = messages
         .iter()
-        .map(|(seq, message)| protocol::message_frame_len(*seq, message) + 1)
+        .map(|(_, message)| message.buffered_len() + 31)
         .sum::<usize>()
         + extra.iter().map(|frame| frame.len() + 1).sum::<usize>()
         + 2;
-    let mut body = Vec::with_capacity(len);
-    body.push(b'[');
+    let mut body = String::with_capacity(len);
+    body.push('[');
     for (seq, message) in messages {
         if body.len() > 1 {
-            body.push(b',');
+            body.push(',');
         }
         protocol::write_message_frame(&mut body, *seq, message);
     }
     for frame in extra {
         if body.len() > 1 {
-            body.push(b',');
+            body.push(',');
         }
-        body.extend_from_slice(frame.as_bytes());
+        body.push_str(frame);
     }
-    body.push(b']');
+    body.push(']');
     body
 }
 

@@ -202,15 +202,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
             Drain::Ready { frames, close } => {
                 let mut out = Vec::with_capacity(frames.len() + 2);
                 for (seq, message) in &frames {
-                    let mut frame = Vec::with_capacity(protocol::message_frame_len(*seq, message));
-                    protocol::write_message_frame(&mut frame, *seq, message);
-                    match String::from_utf8(frame) {
-                        Ok(frame) => out.push(text(frame)),
-                        Err(_) => {
-                            tracing::error!(session = shared.key, "encoded frame is not UTF-8");
-                            return;
-                        }
-                    }
+                    out.push(text(protocol::message_frame(*seq, message)));
                 }
                 if let Some((seq, _)) = frames.last() {
                     sent = *seq;
