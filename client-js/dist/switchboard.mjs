@@ -136,18 +136,13 @@ var PollingTransport = class {
     while (!this._stopped) {
       const started = Date.now();
       const ack = conn._rx;
-      let answer;
-      try {
-        answer = await conn._request(
-          "GET",
-          `poll?v=1&sid=${conn._sid}&ack=${ack}&wait=${long ? 1 : 0}`,
-          null,
-          (long ? conn._hold : 0) + options.requestTimeout,
-          this._aborts
-        );
-      } catch {
-        answer = { status: 0, body: null };
-      }
+      const answer = await conn._request(
+        "GET",
+        `poll?v=1&sid=${conn._sid}&ack=${ack}&wait=${long ? 1 : 0}`,
+        null,
+        (long ? conn._hold : 0) + options.requestTimeout,
+        this._aborts
+      );
       if (this._stopped) return;
       if (answer.status !== 200 || !Array.isArray(answer.body)) {
         this._stopped = true;
@@ -192,7 +187,7 @@ var WebSocketTransport = class {
     this.name = "websocket";
     this._conn = conn;
     const options = conn._options;
-    let url = conn._base.replace(/^http/, "ws") + "/ws?v=1";
+    let url = conn._base.replace(/^http/, "ws") + "/ws?v=1&batch=1";
     if (conn._sid) url += `&sid=${conn._sid}&ack=${conn._rx}`;
     else if (options.auth !== void 0) url += "&auth=" + encodeURIComponent(JSON.stringify(options.auth));
     const ws = this._ws = new options.WebSocket(url);
@@ -201,27 +196,31 @@ var WebSocketTransport = class {
     ws.onclose = (event) => this._fail(event.code, event.reason);
   }
   _receive(text) {
-    let frame;
+    let frames;
     try {
-      frame = JSON.parse(text);
+      frames = [].concat(JSON.parse(text));
     } catch {
       return this._fail(1007);
     }
     this._heard = Date.now();
-    if (this._openedAt) return this._conn._frame(this, frame);
-    if (frame.t !== "open") return this._fail(frame.code || 1002, frame.reason);
-    this._openedAt = this._heard;
-    clearTimeout(this._timer);
-    const limit = frame.ping + 1e4;
-    this._timer = setInterval(() => Date.now() - this._heard > limit && this._fail(0), Math.min(limit / 4, 5e3));
-    this._conn._attached(this, frame);
+    for (const frame of frames) {
+      if (this._stopped) return;
+      if (this._openedAt) this._conn._frame(this, frame);
+      else if (frame.t === "open") {
+        this._openedAt = this._heard;
+        clearTimeout(this._timer);
+        const limit = frame.ping + 1e4;
+        this._timer = setInterval(() => Date.now() - this._heard > limit && this._fail(0), Math.min(limit / 4, 5e3));
+        this._conn._attached(this, frame);
+      } else this._fail(frame.code || 1002, frame.reason);
+    }
   }
   /** Writes frames, if the socket is open. */
   send(frames) {
     if (this._openedAt && this._ws.readyState === 1) for (const frame of frames) this._ws.send(frame);
   }
   _fail(code, reason) {
-    if (this._stop()) {
+    if (this.stop()) {
       this._conn._down(this, {
         code,
         reason,
@@ -230,8 +229,8 @@ var WebSocketTransport = class {
       });
     }
   }
-  /** Closes the socket without reporting; returns whether it was still running. */
-  _stop() {
+  /** Stops the transport quietly (switch, close or failure); returns whether it was still running. */
+  stop() {
     if (this._stopped) return false;
     this._stopped = true;
     clearInterval(this._timer);
@@ -241,10 +240,6 @@ var WebSocketTransport = class {
     } catch {
     }
     return true;
-  }
-  /** Stops the transport quietly (switch or close). */
-  stop() {
-    this._stop();
   }
 };
 
@@ -264,7 +259,6 @@ var DEFAULTS = {
 var RESERVED = ["open", "message", "close", "transport", "state", "reset"];
 var RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "protocol_error" };
 var FATAL = [4400, 4401, 4403];
-var sleep = (ms) => new Promise((wake) => setTimeout(wake, ms));
 function localStorageIfAny() {
   try {
     return globalThis.localStorage;
@@ -291,7 +285,7 @@ var Connection = class extends Emitter {
     this._timers = {};
     this.transport = null;
     this.state = "connecting";
-    setTimeout(() => this._connect(this._first()));
+    setTimeout(() => this._connect(this._pick()));
   }
   /** Forgets the session: a new one starts from sequence numbers 0. */
   _fresh() {
@@ -329,24 +323,19 @@ var Connection = class extends Emitter {
     const current = this._current;
     if (current && this.state === "open") {
       if (current.name === "websocket") current.send(['{"t":"close"}']);
-      else this._request("POST", `poll?v=1&sid=${this._sid}`, '[{"t":"close"}]', this._options.requestTimeout).catch(() => {
-      });
+      else this._request("POST", `poll?v=1&sid=${this._sid}`, '[{"t":"close"}]', this._options.requestTimeout);
     }
     this._end(1e3, "closed by client");
   }
   // --- Choosing and attaching transports ---------------------------------------------------------
-  /** The first of `list` that has not failed recently here (or simply the first). */
-  _pick(list) {
-    return list.find((name) => !this._memory.failed(name)) || list[0];
-  }
-  /** The best transport to start with. */
-  _first() {
-    return this._pick(this._options.transports);
-  }
-  /** The transport to fall back to from `name`. */
-  _after(name) {
+  /**
+   * The transport to fall back to from `after`, or without it the best one to start with: the first
+   * of those that has not failed recently here (or simply the first).
+   */
+  _pick(after) {
     const list = this._options.transports;
-    return this._pick(list.slice(list.indexOf(name) + 1));
+    const rest = list.slice(list.indexOf(after) + 1);
+    return rest.find((name) => !this._memory.failed(name)) || rest[0];
   }
   _connect(name) {
     if (this.state === "closed") return;
@@ -362,7 +351,7 @@ var Connection = class extends Emitter {
       const opening = this._current = { name, stop() {
       } };
       const body = JSON.stringify(this._options.auth === void 0 ? {} : { auth: this._options.auth });
-      this._request("POST", "open?v=1", body, this._options.requestTimeout).catch(() => ({ status: 0, body: null })).then(({ status, body: body2 }) => {
+      this._request("POST", "open?v=1", body, this._options.requestTimeout).then(({ status, body: body2 }) => {
         if (this._current !== opening) return;
         if (status === 200 && body2 && body2.t === "open") {
           this._attached(this._current = new PollingTransport(this, name), body2);
@@ -449,7 +438,7 @@ var Connection = class extends Emitter {
     } else if (name !== "websocket") {
       this._suspects = [];
     }
-    const next = fallback && this._after(name);
+    const next = fallback && this._pick(name);
     if (next) {
       (this._suspects ||= []).push(name);
       return this._connect(next);
@@ -545,9 +534,7 @@ var Connection = class extends Emitter {
           batch.push(message);
         }
         const body = "[" + batch.map((message) => message.text).join(",") + "]";
-        const answer = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout).catch(
-          () => ({ status: 0 })
-        );
+        const answer = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout);
         if (!polling()) break;
         if (answer.status === 200 && Array.isArray(answer.body)) {
           this._postFailures = 0;
@@ -558,13 +545,16 @@ var Connection = class extends Emitter {
         if (answer.status === 404) return this._reset("unknown_session");
         if (FATAL.includes(4e3 + answer.status)) return this._end(4e3 + answer.status, (answer.body || {}).error);
         this._posted = this._serverAck;
-        await sleep(backoff(this._postFailures++, this._options.backoff));
+        await new Promise((wake) => setTimeout(wake, backoff(this._postFailures++, this._options.backoff)));
       }
     } finally {
       this._posting = false;
     }
   }
-  /** One HTTP request to the mount point; resolves `{ status, body }` (body parsed as JSON, or null). */
+  /**
+   * One HTTP request to the mount point; resolves `{ status, body }` (body parsed as JSON, or null),
+   * or `{ status: 0 }` when the request failed or timed out: it never rejects.
+   */
   async _request(method, path, body, timeout, aborts) {
     const abort = new AbortController();
     if (aborts) aborts.add(abort);
@@ -579,6 +569,8 @@ var Connection = class extends Emitter {
       });
       const json = await response.json().catch(() => null);
       return { status: response.status, body: json };
+    } catch {
+      return { status: 0 };
     } finally {
       clearTimeout(timer);
       if (aborts) aborts.delete(abort);
@@ -593,7 +585,7 @@ var Connection = class extends Emitter {
     this._setState("reconnecting");
     this._fire("reset", { reason, unsent });
     if (this.state === "closed") return;
-    const first = this._first();
+    const first = this._pick();
     if (reason === "shutdown") {
       this._timers.retry = setTimeout(() => this._connect(first), backoff(this._attempt++, this._options.backoff));
     } else {

@@ -30,8 +30,6 @@ const RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "prot
 /** Refusals that no retry can fix: bad request, authentication, origin. */
 const FATAL = [4400, 4401, 4403];
 
-const sleep = (ms) => new Promise((wake) => setTimeout(wake, ms));
-
 /** The page's localStorage; undefined where there is none or it may not be used. */
 function localStorageIfAny() {
   try {
@@ -65,7 +63,7 @@ export class Connection extends Emitter {
     /** `connecting`, `open`, `reconnecting` or `closed`. */
     this.state = "connecting";
     // Start on the next turn, so that the page can subscribe to the first events.
-    setTimeout(() => this._connect(this._first()));
+    setTimeout(() => this._connect(this._pick()));
   }
 
   /** Forgets the session: a new one starts from sequence numbers 0. */
@@ -108,27 +106,21 @@ export class Connection extends Emitter {
     const current = this._current;
     if (current && this.state === "open") {
       if (current.name === "websocket") current.send(['{"t":"close"}']);
-      else this._request("POST", `poll?v=1&sid=${this._sid}`, '[{"t":"close"}]', this._options.requestTimeout).catch(() => {});
+      else this._request("POST", `poll?v=1&sid=${this._sid}`, '[{"t":"close"}]', this._options.requestTimeout);
     }
     this._end(1000, "closed by client");
   }
 
   // --- Choosing and attaching transports ---------------------------------------------------------
 
-  /** The first of `list` that has not failed recently here (or simply the first). */
-  _pick(list) {
-    return list.find((name) => !this._memory.failed(name)) || list[0];
-  }
-
-  /** The best transport to start with. */
-  _first() {
-    return this._pick(this._options.transports);
-  }
-
-  /** The transport to fall back to from `name`. */
-  _after(name) {
+  /**
+   * The transport to fall back to from `after`, or without it the best one to start with: the first
+   * of those that has not failed recently here (or simply the first).
+   */
+  _pick(after) {
     const list = this._options.transports;
-    return this._pick(list.slice(list.indexOf(name) + 1));
+    const rest = list.slice(list.indexOf(after) + 1);
+    return rest.find((name) => !this._memory.failed(name)) || rest[0];
   }
 
   _connect(name) {
@@ -145,21 +137,19 @@ export class Connection extends Emitter {
     } else {
       const opening = (this._current = { name, stop() {} });
       const body = JSON.stringify(this._options.auth === undefined ? {} : { auth: this._options.auth });
-      this._request("POST", "open?v=1", body, this._options.requestTimeout)
-        .catch(() => ({ status: 0, body: null }))
-        .then(({ status, body }) => {
-          if (this._current !== opening) return;
-          if (status === 200 && body && body.t === "open") {
-            this._attached((this._current = new PollingTransport(this, name)), body);
-          } else {
-            this._down(opening, {
-              code: status >= 400 ? 4000 + status : 0,
-              reason: body && body.error,
-              status,
-              lifetime: 0,
-            });
-          }
-        });
+      this._request("POST", "open?v=1", body, this._options.requestTimeout).then(({ status, body }) => {
+        if (this._current !== opening) return;
+        if (status === 200 && body && body.t === "open") {
+          this._attached((this._current = new PollingTransport(this, name)), body);
+        } else {
+          this._down(opening, {
+            code: status >= 400 ? 4000 + status : 0,
+            reason: body && body.error,
+            status,
+            lifetime: 0,
+          });
+        }
+      });
     }
   }
 
@@ -249,7 +239,7 @@ export class Connection extends Emitter {
       // the transports that failed before.
       this._suspects = [];
     }
-    const next = fallback && this._after(name);
+    const next = fallback && this._pick(name);
     if (next) {
       (this._suspects ||= []).push(name);
       return this._connect(next);
@@ -356,9 +346,7 @@ export class Connection extends Emitter {
           batch.push(message);
         }
         const body = "[" + batch.map((message) => message.text).join(",") + "]";
-        const answer = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout).catch(
-          () => ({ status: 0 }),
-        );
+        const answer = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout);
         if (!polling()) break;
         if (answer.status === 200 && Array.isArray(answer.body)) {
           this._postFailures = 0;
@@ -370,14 +358,17 @@ export class Connection extends Emitter {
         if (FATAL.includes(4000 + answer.status)) return this._end(4000 + answer.status, (answer.body || {}).error);
         // Lost or refused for now: send again what the server has not acknowledged.
         this._posted = this._serverAck;
-        await sleep(backoff(this._postFailures++, this._options.backoff));
+        await new Promise((wake) => setTimeout(wake, backoff(this._postFailures++, this._options.backoff)));
       }
     } finally {
       this._posting = false;
     }
   }
 
-  /** One HTTP request to the mount point; resolves `{ status, body }` (body parsed as JSON, or null). */
+  /**
+   * One HTTP request to the mount point; resolves `{ status, body }` (body parsed as JSON, or null),
+   * or `{ status: 0 }` when the request failed or timed out: it never rejects.
+   */
   async _request(method, path, body, timeout, aborts) {
     const abort = new AbortController();
     if (aborts) aborts.add(abort);
@@ -392,6 +383,8 @@ export class Connection extends Emitter {
       });
       const json = await response.json().catch(() => null);
       return { status: response.status, body: json };
+    } catch {
+      return { status: 0 };
     } finally {
       clearTimeout(timer);
       if (aborts) aborts.delete(abort);
@@ -408,7 +401,7 @@ export class Connection extends Emitter {
     this._setState("reconnecting");
     this._fire("reset", { reason, unsent });
     if (this.state === "closed") return;
-    const first = this._first();
+    const first = this._pick();
     if (reason === "shutdown") {
       this._timers.retry = setTimeout(() => this._connect(first), backoff(this._attempt++, this._options.backoff));
     } else {

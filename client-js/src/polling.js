@@ -23,18 +23,13 @@ export class PollingTransport {
     while (!this._stopped) {
       const started = Date.now();
       const ack = conn._rx;
-      let answer;
-      try {
-        answer = await conn._request(
-          "GET",
-          `poll?v=1&sid=${conn._sid}&ack=${ack}&wait=${long ? 1 : 0}`,
-          null,
-          (long ? conn._hold : 0) + options.requestTimeout,
-          this._aborts,
-        );
-      } catch {
-        answer = { status: 0, body: null };
-      }
+      const answer = await conn._request(
+        "GET",
+        `poll?v=1&sid=${conn._sid}&ack=${ack}&wait=${long ? 1 : 0}`,
+        null,
+        (long ? conn._hold : 0) + options.requestTimeout,
+        this._aborts,
+      );
       if (this._stopped) return;
       if (answer.status !== 200 || !Array.isArray(answer.body)) {
         this._stopped = true;

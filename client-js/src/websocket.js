@@ -1,4 +1,5 @@
-// The WebSocket transport (docs/protocol.md §5.1): one socket, frames both ways.
+// The WebSocket transport (docs/protocol.md §5.1): one socket, frames both ways; the server's come
+// in batches (JSON arrays of frames, `batch=1`).
 
 export class WebSocketTransport {
   /**
@@ -10,7 +11,7 @@ export class WebSocketTransport {
     this.name = "websocket";
     this._conn = conn;
     const options = conn._options;
-    let url = conn._base.replace(/^http/, "ws") + "/ws?v=1";
+    let url = conn._base.replace(/^http/, "ws") + "/ws?v=1&batch=1";
     if (conn._sid) url += `&sid=${conn._sid}&ack=${conn._rx}`;
     else if (options.auth !== undefined) url += "&auth=" + encodeURIComponent(JSON.stringify(options.auth));
     const ws = (this._ws = new options.WebSocket(url));
@@ -20,21 +21,28 @@ export class WebSocketTransport {
   }
 
   _receive(text) {
-    let frame;
+    let frames;
     try {
-      frame = JSON.parse(text);
+      // With `batch=1` each message is an array of frames; a lone frame is taken as well.
+      frames = [].concat(JSON.parse(text));
     } catch {
       return this._fail(1007);
     }
     this._heard = Date.now();
-    if (this._openedAt) return this._conn._frame(this, frame);
-    if (frame.t !== "open") return this._fail(frame.code || 1002, frame.reason);
-    this._openedAt = this._heard;
-    clearTimeout(this._timer);
-    // A socket that hears nothing (not even a ping) for ping + 10 s is dead.
-    const limit = frame.ping + 10000;
-    this._timer = setInterval(() => Date.now() - this._heard > limit && this._fail(0), Math.min(limit / 4, 5000));
-    this._conn._attached(this, frame);
+    for (const frame of frames) {
+      // A frame that stopped this transport (close, takeover, sequence gap) ends the batch; so
+      // does a first frame that is not `open` (the transport fails).
+      if (this._stopped) return;
+      if (this._openedAt) this._conn._frame(this, frame);
+      else if (frame.t === "open") {
+        this._openedAt = this._heard;
+        clearTimeout(this._timer);
+        // A socket that hears nothing (not even a ping) for ping + 10 s is dead.
+        const limit = frame.ping + 10000;
+        this._timer = setInterval(() => Date.now() - this._heard > limit && this._fail(0), Math.min(limit / 4, 5000));
+        this._conn._attached(this, frame);
+      } else this._fail(frame.code || 1002, frame.reason);
+    }
   }
 
   /** Writes frames, if the socket is open. */
@@ -43,7 +51,7 @@ export class WebSocketTransport {
   }
 
   _fail(code, reason) {
-    if (this._stop()) {
+    if (this.stop()) {
       this._conn._down(this, {
         code,
         reason,
@@ -53,8 +61,8 @@ export class WebSocketTransport {
     }
   }
 
-  /** Closes the socket without reporting; returns whether it was still running. */
-  _stop() {
+  /** Stops the transport quietly (switch, close or failure); returns whether it was still running. */
+  stop() {
     if (this._stopped) return false;
     this._stopped = true;
     // clearInterval also clears a timeout (the connect deadline): they share one id space.
@@ -66,10 +74,5 @@ export class WebSocketTransport {
       // Already closing.
     }
     return true;
-  }
-
-  /** Stops the transport quietly (switch or close). */
-  stop() {
-    this._stop();
   }
 }

@@ -5,7 +5,7 @@ import { test, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
 
 import { connect } from "../../src/index.js";
-import { FakeWebSocket, fakeFetch, memoryStorage, until, tick } from "./fakes.mjs";
+import { FakeWebSocket, fakeFetch, memoryStorage, openFrame, until, tick } from "./fakes.mjs";
 
 const BASE = "http://127.0.0.1:9/rt";
 const SID = "0123456789abcdef0123456789abcdef";
@@ -57,7 +57,7 @@ test("opens a session over WebSocket first, with auth in the query", async () =>
   const { conn, events } = setup({ auth: { token: "토큰" } });
   await until(() => FakeWebSocket.last());
   const ws = FakeWebSocket.last();
-  assert.match(ws.url, /^ws:\/\/127\.0\.0\.1:9\/rt\/ws\?v=1&auth=/);
+  assert.match(ws.url, /^ws:\/\/127\.0\.0\.1:9\/rt\/ws\?v=1&batch=1&auth=/);
   assert.deepEqual(JSON.parse(decodeURIComponent(ws.url.split("auth=")[1])), { token: "토큰" });
   ws.accept({ sid: SID });
   assert.equal(conn.transport, "websocket");
@@ -111,6 +111,83 @@ test("acknowledges at once after 32 messages, otherwise within 100 ms", async ()
   assert.deepEqual(ws.sent[1], { t: "ack", a: 33 });
   await until(() => ws.sent.length === 3, 1000);
   assert.deepEqual(ws.sent[2], { t: "ack", a: 40 });
+});
+
+test("a batch of frames in one message is handled in order, each message once, and acknowledged", async () => {
+  const { conn, events } = setup();
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  assert.ok(ws.batch, "the client asks for batches");
+  // The socket opens; the open frame and what follows it come in the same message.
+  ws.readyState = 1;
+  ws.deliverBatch(openFrame({ sid: SID }), { t: "m", s: 1, d: "one" });
+  assert.equal(conn.state, "open");
+  conn.send("mine");
+  ws.deliverBatch(
+    { t: "m", s: 2, d: "two" },
+    { t: "ack", a: 1 },
+    { t: "m", s: 3, e: "chat", d: "three" },
+    { t: "m", s: 2, d: "two" },
+    { t: "ping" },
+    { t: "m", s: 4, b: "AP8=" },
+  );
+  assert.deepEqual(messages(events), ["one", "two", "three", new Uint8Array([0, 255])]);
+  assert.deepEqual(ws.sent, [{ t: "m", s: 1, d: "mine" }, { t: "pong" }]);
+  // The server's ack in the batch released our message: a resume would not send it again.
+  assert.equal(conn._out.length, 0);
+  await until(() => ws.sent.length === 3, 1000);
+  assert.deepEqual(ws.sent[2], { t: "ack", a: 4 });
+  await tick(150);
+  assert.equal(ws.sent.length, 3, "acknowledged once");
+});
+
+test("a message holding a single frame, not an array, is still accepted", async () => {
+  const { conn, events } = setup();
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  ws.readyState = 1;
+  ws.message(openFrame({ sid: SID }));
+  assert.equal(conn.state, "open");
+  ws.message({ t: "m", s: 1, d: "alone" });
+  ws.deliverBatch({ t: "m", s: 2, d: "batched" });
+  ws.message({ t: "m", s: 3, d: "alone again" });
+  assert.deepEqual(messages(events), ["alone", "batched", "alone again"]);
+  await until(() => ws.sent.length === 1, 1000);
+  assert.deepEqual(ws.sent[0], { t: "ack", a: 3 });
+});
+
+test("a batch ends at the frame that stopped the transport", async () => {
+  // A close frame: what follows it in the batch is not delivered.
+  let { conn, events } = setup();
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  FakeWebSocket.last().deliverBatch({ t: "m", s: 1, d: "last" }, { t: "close", code: 4000, reason: "kicked" }, { t: "m", s: 2, d: "after" });
+  assert.deepEqual(messages(events), ["last"]);
+  assert.deepEqual(events.at(-1), ["close", { code: 4000, reason: "kicked" }]);
+
+  // A first frame that is not `open` fails the socket; an open frame after it is not taken (and
+  // starts no heartbeat timer on the dead socket).
+  FakeWebSocket.reset();
+  ({ conn, events } = setup());
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  const intervals = [];
+  const setInterval = globalThis.setInterval;
+  globalThis.setInterval = (...args) => {
+    const id = setInterval(...args);
+    intervals.push(id);
+    return id;
+  };
+  try {
+    ws.deliverBatch({ t: "m", s: 1, d: "too early" }, openFrame({ sid: SID }));
+  } finally {
+    globalThis.setInterval = setInterval;
+    intervals.forEach(clearInterval);
+  }
+  assert.equal(ws.closedWith, 1000, "the socket is abandoned");
+  assert.equal(intervals.length, 0);
+  assert.notEqual(conn.transport, "websocket");
+  assert.deepEqual(events.filter(([name]) => name === "open" || name === "message"), []);
 });
 
 test("answers pings and numbers outgoing messages, text, JSON and binary", async () => {

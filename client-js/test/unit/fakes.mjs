@@ -1,5 +1,8 @@
 // Fakes of the browser APIs the client uses, driven step by step by the tests.
 
+/** An open frame with the server's defaults, and `fields`. */
+export const openFrame = (fields) => ({ t: "open", v: 1, resumed: false, ack: 0, ping: 25000, hold: 20000, resume: 30000, max_message: 65536, max_body: 1048576, ...fields });
+
 export class FakeWebSocket {
   static instances = [];
 
@@ -14,11 +17,27 @@ export class FakeWebSocket {
   /** The server accepts: the socket opens and the open frame arrives. */
   accept(open) {
     this.readyState = 1;
-    this.deliver({ t: "open", v: 1, resumed: false, ack: 0, ping: 25000, hold: 20000, resume: 30000, max_message: 65536, max_body: 1048576, ...open });
+    this.deliver(openFrame(open));
   }
 
+  /** Whether the client asked for batches (`batch=1`): then every message is an array of frames. */
+  get batch() {
+    return new URL(this.url).searchParams.get("batch") === "1";
+  }
+
+  /** The server sends `frames`, each in its own message (an array of one frame when batching). */
   deliver(...frames) {
-    for (const frame of frames) this.onmessage?.({ data: JSON.stringify(frame) });
+    for (const frame of frames) this.message(this.batch ? [frame] : frame);
+  }
+
+  /** The server sends `frames` together, in one message (as a batching server does). */
+  deliverBatch(...frames) {
+    this.message(frames);
+  }
+
+  /** One WebSocket message holding `value` as JSON, whatever the client asked for. */
+  message(value) {
+    this.onmessage?.({ data: JSON.stringify(value) });
   }
 
   /** The connection ends (refused upgrade: 1006 before open). */

@@ -3,7 +3,9 @@
 //! Switchboard, acknowledging and deduplicating by sequence number).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -45,13 +47,38 @@ pub async fn tcp_connect(src: Ipv4Addr, port: u16) -> Result<TcpStream, Error> {
     Ok(stream)
 }
 
+/// Whether Switchboard clients ask for batches (`batch=1`, protocol §5.1): the server then
+/// writes every queued frame as one JSON array per WebSocket message. On by default, as in the
+/// JavaScript and Rust clients; `load --sb-unbatched` turns it off to measure one frame per
+/// WebSocket message.
+static SWITCHBOARD_BATCHING: AtomicBool = AtomicBool::new(true);
+
+/// Sets whether Switchboard clients opened from now on ask for batches.
+pub fn set_switchboard_batching(on: bool) {
+    SWITCHBOARD_BATCHING.store(on, Ordering::Relaxed);
+}
+
+/// Whether Switchboard clients ask for batches.
+pub fn switchboard_batching() -> bool {
+    SWITCHBOARD_BATCHING.load(Ordering::Relaxed)
+}
+
 /// The WebSocket URL of `kind` on `port`; for Switchboard `resume` is `(sid, ack)`.
 pub fn ws_url(kind: Kind, port: u16, resume: Option<(&str, u64)>) -> String {
     match kind {
-        Kind::Switchboard => match resume {
-            Some((sid, ack)) => format!("ws://127.0.0.1:{port}/rt/ws?v=1&sid={sid}&ack={ack}"),
-            None => format!("ws://127.0.0.1:{port}/rt/ws?v=1"),
-        },
+        Kind::Switchboard => {
+            let batch = if switchboard_batching() {
+                "&batch=1"
+            } else {
+                ""
+            };
+            match resume {
+                Some((sid, ack)) => {
+                    format!("ws://127.0.0.1:{port}/rt/ws?v=1{batch}&sid={sid}&ack={ack}")
+                }
+                None => format!("ws://127.0.0.1:{port}/rt/ws?v=1{batch}"),
+            }
+        }
         Kind::Floor => format!("ws://127.0.0.1:{port}/ws"),
         Kind::Peer => format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"),
     }
@@ -80,6 +107,20 @@ pub enum Incoming<'a> {
     Other,
 }
 
+impl Incoming<'_> {
+    fn into_owned(self) -> Incoming<'static> {
+        match self {
+            Incoming::Msg { seq, payload } => Incoming::Msg {
+                seq,
+                payload: Cow::Owned(payload.into_owned()),
+            },
+            Incoming::Ping(reply) => Incoming::Ping(reply),
+            Incoming::Closed => Incoming::Closed,
+            Incoming::Other => Incoming::Other,
+        }
+    }
+}
+
 /// The fields of a Switchboard server frame the benchmark reads.
 #[derive(Deserialize)]
 struct SbFrame<'a> {
@@ -98,24 +139,15 @@ pub fn decode(kind: Kind, text: &str) -> Incoming<'_> {
             payload: Cow::Borrowed(text),
         },
         Kind::Switchboard => {
-            let Ok(f) = serde_json::from_str::<SbFrame<'_>>(text) else {
-                return Incoming::Other;
-            };
-            match f.t.as_ref() {
-                "m" => {
-                    let payload =
-                        f.d.and_then(|d| serde_json::from_str::<Cow<'_, str>>(d.get()).ok());
-                    match (f.s, payload) {
-                        (Some(seq), Some(payload)) => Incoming::Msg {
-                            seq: Some(seq),
-                            payload,
-                        },
-                        _ => Incoming::Other,
-                    }
-                }
-                "ping" => Incoming::Ping(r#"{"t":"pong"}"#),
-                "close" => Incoming::Closed,
-                _ => Incoming::Other,
+            if let Some((seq, payload, "")) = plain_message_frame(text) {
+                return Incoming::Msg {
+                    seq: Some(seq),
+                    payload: Cow::Borrowed(payload),
+                };
+            }
+            match serde_json::from_str::<SbFrame<'_>>(text) {
+                Ok(frame) => decode_switchboard(frame),
+                Err(_) => Incoming::Other,
             }
         }
         Kind::Peer => {
@@ -133,6 +165,94 @@ pub fn decode(kind: Kind, text: &str) -> Incoming<'_> {
                 Err(_) => Incoming::Other,
             }
         }
+    }
+}
+
+fn decode_switchboard(frame: SbFrame<'_>) -> Incoming<'_> {
+    match frame.t.as_ref() {
+        "m" => {
+            let payload = frame
+                .d
+                .and_then(|d| serde_json::from_str::<Cow<'_, str>>(d.get()).ok());
+            match (frame.s, payload) {
+                (Some(seq), Some(payload)) => Incoming::Msg {
+                    seq: Some(seq),
+                    payload,
+                },
+                _ => Incoming::Other,
+            }
+        }
+        "ping" => Incoming::Ping(r#"{"t":"pong"}"#),
+        "close" => Incoming::Closed,
+        _ => Incoming::Other,
+    }
+}
+
+/// The message frame exactly as the Switchboard server writes one with a text payload and no event
+/// name, `{"t":"m","s":SEQ,"d":"TEXT"}` with no escape in `TEXT`, at the start of `text`: its
+/// sequence number, its text and what follows it. Anything else is `None` and goes to serde_json.
+/// (Parsing the common case by hand keeps the load generator's share of the two cores close to
+/// what it spends on the floor's raw text.)
+fn plain_message_frame(text: &str) -> Option<(u64, &str, &str)> {
+    let rest = text.strip_prefix(r#"{"t":"m","s":"#)?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let seq = rest[..digits].parse().ok()?;
+    let rest = rest[digits..].strip_prefix(r#","d":""#)?;
+    let end = rest.find(['"', '\\'])?;
+    if rest.as_bytes()[end] != b'"' || rest[..end].bytes().any(|b| b < 0x20) {
+        return None;
+    }
+    let after = rest[end + 1..].strip_prefix('}')?;
+    Some((seq, &rest[..end], after))
+}
+
+/// Decodes a batch by hand if every frame in it is a [`plain_message_frame`]; `false` (and
+/// nothing added) otherwise.
+fn decode_plain_batch(text: &str, out: &mut VecDeque<Incoming<'static>>) -> bool {
+    let before = out.len();
+    let Some(mut rest) = text.strip_prefix('[') else {
+        return false;
+    };
+    loop {
+        let Some((seq, payload, after)) = plain_message_frame(rest) else {
+            out.truncate(before);
+            return false;
+        };
+        out.push_back(Incoming::Msg {
+            seq: Some(seq),
+            payload: Cow::Owned(payload.to_owned()),
+        });
+        if let Some(next) = after.strip_prefix(',') {
+            rest = next;
+        } else if after == "]" {
+            return true;
+        } else {
+            out.truncate(before);
+            return false;
+        }
+    }
+}
+
+/// Decodes one WebSocket text message of `kind` into `out`: one frame, or for Switchboard a
+/// batch (a JSON array of frames).
+pub fn decode_message(kind: Kind, text: &str, out: &mut VecDeque<Incoming<'static>>) {
+    if kind == Kind::Switchboard && decode_plain_batch(text, out) {
+        return;
+    }
+    if kind == Kind::Switchboard && text.starts_with('[') {
+        match serde_json::from_str::<Vec<SbFrame<'_>>>(text) {
+            Ok(frames) => out.extend(
+                frames
+                    .into_iter()
+                    .map(|frame| decode_switchboard(frame).into_owned()),
+            ),
+            Err(_) => out.push_back(Incoming::Other),
+        }
+    } else {
+        out.push_back(decode(kind, text).into_owned());
     }
 }
 
@@ -184,6 +304,8 @@ pub struct Driver {
     ack_deadline: Option<Instant>,
     ack_now: bool,
     next_seq: u64,
+    /// Frames received but not yet handled (the rest of a batch).
+    pending: VecDeque<Incoming<'static>>,
     /// Counters.
     pub stats: DriverStats,
 }
@@ -229,6 +351,7 @@ impl Driver {
                 ack_deadline: None,
                 ack_now: false,
                 next_seq: 1,
+                pending: VecDeque::new(),
                 stats: DriverStats::default(),
             };
             d.handshake().await?;
@@ -245,7 +368,11 @@ impl Driver {
                 let text = next_text(&mut self.ws)
                     .await?
                     .ok_or("socket closed before the open frame")?;
-                let v: serde_json::Value = serde_json::from_str(&text)?;
+                let mut v: serde_json::Value = serde_json::from_str(&text)?;
+                if let serde_json::Value::Array(frames) = &mut v {
+                    // A batching client gets `[open]`.
+                    v = frames.pop().unwrap_or_default();
+                }
                 if v.get("t").and_then(|t| t.as_str()) != Some("open") {
                     return Err(format!("first frame is not open: {text}").into());
                 }
@@ -315,6 +442,34 @@ impl Driver {
             if self.ack_now {
                 self.send_ack().await?;
             }
+            if let Some(incoming) = self.pending.pop_front() {
+                match incoming {
+                    Incoming::Msg { seq, payload } => {
+                        if let Some(seq) = seq {
+                            if seq <= self.rx {
+                                self.stats.dup_frames += 1;
+                                continue;
+                            }
+                            if seq > self.rx + 1 {
+                                self.stats.gaps += 1;
+                            }
+                            self.rx = seq;
+                            if self.rx - self.acked >= ACK_EVERY {
+                                // sent at the start of the next call, so that a cancelled call
+                                // never loses this payload
+                                self.ack_now = true;
+                            } else if self.ack_deadline.is_none() {
+                                self.ack_deadline = Some(Instant::now() + ACK_DELAY);
+                            }
+                        }
+                        return Ok(Some(payload.into_owned()));
+                    }
+                    Incoming::Ping(reply) => self.ws.send(WsMessage::text(reply)).await?,
+                    Incoming::Closed => return Ok(None),
+                    Incoming::Other => {}
+                }
+                continue;
+            }
             let next = match self.ack_deadline {
                 Some(deadline) => tokio::select! {
                     m = self.ws.next() => m,
@@ -331,31 +486,7 @@ impl Driver {
                 Some(Ok(WsMessage::Text(t))) => t,
                 Some(Ok(_)) => continue,
             };
-            match decode(self.kind, text.as_str()) {
-                Incoming::Msg { seq, payload } => {
-                    if let Some(seq) = seq {
-                        if seq <= self.rx {
-                            self.stats.dup_frames += 1;
-                            continue;
-                        }
-                        if seq > self.rx + 1 {
-                            self.stats.gaps += 1;
-                        }
-                        self.rx = seq;
-                        if self.rx - self.acked >= ACK_EVERY {
-                            // sent at the start of the next call, so that a cancelled call
-                            // never loses this payload
-                            self.ack_now = true;
-                        } else if self.ack_deadline.is_none() {
-                            self.ack_deadline = Some(Instant::now() + ACK_DELAY);
-                        }
-                    }
-                    return Ok(Some(payload.into_owned()));
-                }
-                Incoming::Ping(reply) => self.ws.send(WsMessage::text(reply)).await?,
-                Incoming::Closed => return Ok(None),
-                Incoming::Other => {}
-            }
+            decode_message(self.kind, text.as_str(), &mut self.pending);
         }
     }
 
@@ -391,6 +522,58 @@ mod tests {
         assert_eq!(
             decode(Kind::Switchboard, r#"{"t":"m","s":3,"d":{"a":1}}"#),
             Incoming::Other
+        );
+        // By hand, and the same batch with an escape (serde_json) and with another frame in it.
+        for text in [
+            r#"[{"t":"m","s":4,"d":"한국어"},{"t":"m","s":5,"d":"😀"}]"#,
+            r#"[{"t":"m","s":4,"d":"\ud55c국어"},{"t":"m","s":5,"d":"😀"}]"#,
+            r#"[{"t":"m","s":4,"d":"한국어"},{"t":"ack","a":9},{"t":"m","s":5,"d":"😀"}]"#,
+        ] {
+            let mut batch = VecDeque::new();
+            decode_message(Kind::Switchboard, text, &mut batch);
+            let messages: Vec<_> = batch
+                .into_iter()
+                .filter(|incoming| *incoming != Incoming::Other)
+                .collect();
+            assert_eq!(
+                messages,
+                [
+                    Incoming::Msg {
+                        seq: Some(4),
+                        payload: Cow::Borrowed("한국어")
+                    },
+                    Incoming::Msg {
+                        seq: Some(5),
+                        payload: Cow::Borrowed("😀")
+                    },
+                ],
+                "{text}"
+            );
+        }
+        assert_eq!(plain_message_frame(r#"{"t":"m","s":4,"d":"a\"b"}"#), None);
+        assert_eq!(
+            plain_message_frame(r#"{"t":"m","s":4,"e":"x","d":"a"}"#),
+            None
+        );
+        let mut batch = VecDeque::new();
+        decode_message(
+            Kind::Switchboard,
+            r#"[{"t":"m","s":4,"d":"한국어"},{"t":"ping"},{"t":"m","s":5,"d":"😀"}]"#,
+            &mut batch,
+        );
+        assert_eq!(
+            Vec::from(batch),
+            [
+                Incoming::Msg {
+                    seq: Some(4),
+                    payload: Cow::Borrowed("한국어")
+                },
+                Incoming::Ping(r#"{"t":"pong"}"#),
+                Incoming::Msg {
+                    seq: Some(5),
+                    payload: Cow::Borrowed("😀")
+                },
+            ]
         );
         assert_eq!(decode(Kind::Peer, "2"), Incoming::Ping("3"));
         assert_eq!(

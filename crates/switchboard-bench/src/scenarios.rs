@@ -12,9 +12,9 @@ use tokio::time::{Instant, sleep};
 use crate::Error;
 use crate::clients::{self, Cmd, Shared, WsRole};
 use crate::payload;
-use crate::proto;
 use crate::report::Table;
 use crate::server::{Kind, Server};
+use crate::{proto, sys};
 
 /// Sizes of one run.
 #[derive(Debug, Clone)]
@@ -361,6 +361,7 @@ struct FanOut {
     p99: f64,
     p999: f64,
     cpu_per_m: f64,
+    load_cpu_per_m: f64,
     lost: u64,
     dups: u64,
     reordered: u64,
@@ -391,6 +392,7 @@ async fn fanout_one(kind: Kind, n: usize, m: u64, limit: Duration) -> Result<Fan
     }
     sleep(Duration::from_millis(200)).await;
     let cpu0 = server.cpu()?;
+    let load_cpu0 = sys::cpu_seconds(std::process::id())?;
     let t0 = payload::now_ns();
     let expected = n as u64 * m;
     cmd_tx
@@ -404,6 +406,7 @@ async fn fanout_one(kind: Kind, n: usize, m: u64, limit: Duration) -> Result<Fan
     )
     .await;
     let cpu1 = server.cpu()?;
+    let load_cpu1 = sys::cpu_seconds(std::process::id())?;
     if !complete {
         eprintln!("  {kind}: not every delivery arrived before the time limit");
     }
@@ -419,6 +422,7 @@ async fn fanout_one(kind: Kind, n: usize, m: u64, limit: Duration) -> Result<Fan
         p99: s.p99_ms,
         p999: s.p999_ms,
         cpu_per_m: (cpu1 - cpu0) / (delivered.max(1) as f64 / 1e6),
+        load_cpu_per_m: (load_cpu1 - load_cpu0) / (delivered.max(1) as f64 / 1e6),
         lost: expected.saturating_sub(delivered),
         dups: shared.app_dups.load(Ordering::Relaxed),
         reordered: shared.out_of_order.load(Ordering::Relaxed),
@@ -465,6 +469,12 @@ pub async fn fanout(plan: &Plan, problems: &mut Problems) -> Table {
         "s",
         2,
         col(&|r| r.cpu_per_m),
+    );
+    t.row(
+        "load generator CPU per 1M deliveries",
+        "s",
+        2,
+        col(&|r| r.load_cpu_per_m),
     );
     t.row("first send to last delivery", "s", 2, col(&|r| r.secs));
     t.row(

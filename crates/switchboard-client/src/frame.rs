@@ -246,7 +246,7 @@ impl ServerFrame {
         }
     }
 
-    /// Parses a JSON array of frames (the body of a poll answer).
+    /// Parses a JSON array of frames (the body of a poll answer, or a batched WebSocket message).
     pub fn parse_array(body: &[u8]) -> Result<Vec<ServerFrame>, Error> {
         let v: Value = serde_json::from_slice(body)
             .map_err(|e| Error::protocol(format!("body is not JSON: {e}")))?;

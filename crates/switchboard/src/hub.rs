@@ -290,10 +290,12 @@ mod tests {
         let mut tails = Vec::new();
         for session in &sessions[..2] {
             let generation = session.shared.attach(TransportKind::LongPoll);
-            match session.shared.drain(generation, 0, usize::MAX) {
-                Drain::Ready { frames, .. } => tails.push(frames[0].1.tail_ptr()),
-                _ => panic!("nothing buffered"),
-            }
+            let drained = session
+                .shared
+                .drain(generation, 0, usize::MAX, |_, message| {
+                    tails.push(message.tail_ptr())
+                });
+            assert!(matches!(drained, Drain::Ready { last: Some(1), .. }));
         }
         assert_eq!(
             tails[0], tails[1],

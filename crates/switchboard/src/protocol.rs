@@ -95,6 +95,61 @@ pub(crate) fn message_frame(seq: u64, message: &EncodedMessage) -> String {
     frame
 }
 
+/// Frames written one after another into a JSON array: the body of a poll answer, or one
+/// WebSocket message of a batching client (`docs/protocol.md` §5.1).
+#[derive(Debug)]
+pub(crate) struct FrameArray {
+    text: String,
+}
+
+impl Default for FrameArray {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameArray {
+    pub(crate) fn new() -> Self {
+        let mut text = String::with_capacity(1024);
+        text.push('[');
+        Self { text }
+    }
+
+    /// Whether no frame has been added.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.text.len() == 1
+    }
+
+    /// Bytes written so far.
+    pub(crate) fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    fn separate(&mut self) {
+        if !self.is_empty() {
+            self.text.push(',');
+        }
+    }
+
+    /// Adds the message frame of `message` with sequence number `seq`.
+    pub(crate) fn push_message(&mut self, seq: u64, message: &EncodedMessage) {
+        self.separate();
+        write_message_frame(&mut self.text, seq, message);
+    }
+
+    /// Adds an encoded frame.
+    pub(crate) fn push_frame(&mut self, frame: &str) {
+        self.separate();
+        self.text.push_str(frame);
+    }
+
+    /// The array's text.
+    pub(crate) fn finish(mut self) -> String {
+        self.text.push(']');
+        self.text
+    }
+}
+
 fn write_json_string(out: &mut String, s: &str) {
     // Serialising a &str cannot fail.
     out.push_str(&serde_json::to_string(s).unwrap_or_default());

@@ -8,8 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, get, open};
-use futures_util::StreamExt;
+use common::{TestServer, get, next_json, open};
+use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchboard::{Coalescing, Message, Priority, Switchboard};
@@ -221,6 +221,97 @@ async fn low_priority_coalescing_applies_to_websockets_too() {
         }
     }
     assert_eq!(got, ["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn a_batching_websocket_gets_every_write_as_one_json_array() {
+    let mut server = server_with(Coalescing {
+        max_count: 3,
+        max_bytes: 1 << 20,
+        max_delay: LONG,
+    })
+    .await;
+    let mut socket = server.ws("&batch=1").await;
+    let open = next_json(&mut socket).await;
+    assert_eq!(
+        open[0]["t"], "open",
+        "the open frame comes in an array: {open}"
+    );
+    assert_eq!(open.as_array().unwrap().len(), 1);
+    let session = server.next_session().await;
+    // Three held messages are released together: one write, one WebSocket message.
+    for text in ["한국어", "😀 emoji", "third"] {
+        session
+            .send_with(Message::text(text), Priority::Low)
+            .unwrap();
+    }
+    let batch = next_json(&mut socket).await;
+    assert_eq!(texts(&batch), ["한국어", "😀 emoji", "third"]);
+    let seqs: Vec<u64> = batch
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|frame| frame["s"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    // Answers to the client come as arrays too.
+    socket
+        .send(WsMessage::text(r#"{"t":"m","s":1,"d":"hi"}"#))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut socket).await, json!([{"t": "ack", "a": 1}]));
+    socket
+        .send(WsMessage::text(r#"{"t":"ping"}"#))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut socket).await, json!([{"t": "pong"}]));
+    // A normal message and the close that follows it go out in one array, then the close code.
+    session.send(Message::text("last")).unwrap();
+    session.close("done");
+    let mut frames = Vec::new();
+    loop {
+        let next = next_json(&mut socket).await;
+        if let Some(code) = next.get("ws_close") {
+            assert_eq!(code, 4000);
+            break;
+        }
+        frames.extend(next.as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(frames[0]["d"], "last");
+    assert_eq!(frames[0]["s"], 4);
+    assert_eq!(frames[1]["t"], "close");
+}
+
+#[tokio::test]
+async fn a_large_write_is_split_into_batches_of_about_16_kib() {
+    let mut server = server_with(Coalescing {
+        max_count: 5,
+        max_bytes: 1 << 20,
+        max_delay: LONG,
+    })
+    .await;
+    let mut socket = server.ws("&batch=1").await;
+    let _open = next_json(&mut socket).await;
+    let session = server.next_session().await;
+    let sent: Vec<String> = (0..5)
+        .map(|i| format!("{i}{}", "가".repeat(3000)))
+        .collect();
+    for text in &sent {
+        session
+            .send_with(Message::text(text.clone()), Priority::Low)
+            .unwrap();
+    }
+    // 9 KB per frame: two frames fill an array past 16 KiB, so 2 + 2 + 1.
+    let mut sizes = Vec::new();
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let batch = next_json(&mut socket).await;
+        sizes.push(batch.as_array().unwrap().len());
+        got.extend(texts(&batch));
+    }
+    assert_eq!(got, sent);
+    assert_eq!(sizes, [2, 2, 1]);
 }
 
 #[tokio::test]

@@ -1,8 +1,11 @@
 //! `load`: the Switchboard benchmark harness.
 //!
 //! ```text
-//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm]
+//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm] [--sb-unbatched]
 //! ```
+//!
+//! Switchboard WebSocket clients ask for batches (`batch=1`) like the JavaScript and Rust
+//! clients do; `--sb-unbatched` makes them take one frame per WebSocket message instead.
 //!
 //! Starts the server binaries found next to itself, runs the scenarios, prints one table per
 //! scenario and writes all results as JSON to `PATH` (if given). `--smoke` runs tiny numbers and
@@ -35,13 +38,14 @@ fn parse_args() -> Result<Args, Error> {
             "--full" => plan = Plan::full(),
             "--smoke" => plan = Plan::smoke(),
             "--json" => json = Some(args.next().ok_or("--json needs a path")?),
+            "--sb-unbatched" => switchboard_bench::proto::set_switchboard_batching(false),
             "--only" => {
                 let list = args.next().ok_or("--only needs a list")?;
                 only = Some(list.split(',').map(str::to_owned).collect());
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm]"
+                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm] [--sb-unbatched]"
                 );
                 std::process::exit(0);
             }

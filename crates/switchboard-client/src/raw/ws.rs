@@ -1,5 +1,6 @@
 //! The WebSocket side of the protocol (§4.1, §5.1).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -16,15 +17,21 @@ use crate::frame::{ClientFrame, OpenFrame, ServerFrame};
 use crate::url::{Base, encode_component};
 
 /// One WebSocket connection to `B/ws`, over a plain TCP stream owned by this value.
+///
+/// The connections [`connect`](WsConn::connect) opens ask for batches (`batch=1`, §5.1): the
+/// server then sends JSON arrays of frames, and [`recv`](WsConn::recv) hands them out one frame
+/// at a time. Single-frame messages (a server or a raw connection without batching) work alike.
 #[derive(Debug)]
 pub struct WsConn {
     ws: WebSocketStream<TcpStream>,
+    /// Frames of the last batch not yet returned by `recv`.
+    pending: VecDeque<ServerFrame>,
     closed: bool,
 }
 
 impl WsConn {
-    /// Opens `GET B/ws?v=1[&sid=SID&ack=ACK][&auth=URL-encoded JSON]` and reads the first frame,
-    /// which must be `open`.
+    /// Opens `GET B/ws?v=1&batch=1[&sid=SID&ack=ACK][&auth=URL-encoded JSON]` and reads the first
+    /// frame, which must be `open`.
     ///
     /// With `sid` the session is resumed (`ack` is sent only then); without it a new session is
     /// opened and `auth` is sent. `origin` sets the `Origin` header.
@@ -51,7 +58,7 @@ impl WsConn {
         auth: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<(WsConn, OpenFrame), Error> {
-        let mut query = String::from("v=1");
+        let mut query = String::from("v=1&batch=1");
         if let Some(sid) = sid {
             query.push_str(&format!("&sid={}&ack={ack}", encode_component(sid)));
         }
@@ -101,7 +108,11 @@ impl WsConn {
             .map_err(Error::io)?;
         stream.set_nodelay(true).map_err(Error::io)?;
         match tokio_tungstenite::client_async(request, stream).await {
-            Ok((ws, _response)) => Ok(WsConn { ws, closed: false }),
+            Ok((ws, _response)) => Ok(WsConn {
+                ws,
+                pending: VecDeque::new(),
+                closed: false,
+            }),
             Err(tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
                 let body = resp.body().clone().unwrap_or_default();
@@ -139,16 +150,20 @@ impl WsConn {
             .map_err(map_ws_err)
     }
 
-    /// Receives the next protocol frame. WebSocket-level pings are answered automatically and
-    /// pongs skipped.
+    /// Receives the next protocol frame (of a batch, the next one in it). WebSocket-level pings
+    /// are answered automatically and pongs skipped.
     ///
     /// A WebSocket close gives `Err(Error::WsClosed { code: Some(code), reason })`; a connection
     /// that ends without a close frame gives `Err(Error::WsClosed { code: None, .. })`. A text
-    /// message that is not a valid frame gives [`Error::Protocol`] (the connection stays usable).
+    /// message that is neither a valid frame nor an array of valid frames gives
+    /// [`Error::Protocol`] (the connection stays usable).
     ///
     /// Cancel-safe: dropping the future loses nothing.
     pub async fn recv(&mut self) -> Result<ServerFrame, Error> {
         loop {
+            if let Some(frame) = self.pending.pop_front() {
+                return Ok(frame);
+            }
             if self.closed {
                 return Err(Error::WsClosed {
                     code: None,
@@ -156,6 +171,9 @@ impl WsConn {
                 });
             }
             match self.ws.next().await {
+                Some(Ok(WsMessage::Text(text))) if text.as_str().starts_with('[') => {
+                    self.pending = ServerFrame::parse_array(text.as_bytes())?.into();
+                }
                 Some(Ok(WsMessage::Text(text))) => return ServerFrame::parse(text.as_str()),
                 Some(Ok(WsMessage::Binary(_))) => {
                     return Err(Error::protocol("server sent a binary WebSocket message"));

@@ -42,6 +42,9 @@ struct State {
     acked: u64,
     /// Messages up to this sequence number may be sent (low-priority ones wait until released).
     released: u64,
+    /// The attached transport found nothing to send and waits for [`Shared::outbound`]; only then
+    /// does a new message notify it (a busy transport drains again before it waits).
+    waiting: bool,
     low: Option<LowPending>,
     inbox: VecDeque<Message>,
     /// Highest client sequence number delivered to the application.
@@ -65,9 +68,10 @@ struct LowPending {
 pub(crate) enum Drain {
     /// A newer transport took over; release this one.
     Superseded,
-    /// Write these frames (in order), then, if `close` is set, the close frame.
+    /// Frames were handed to the writer, the last with sequence number `last` (`None`: only a
+    /// close is due); then, if `close` is set, write the close frame.
     Ready {
-        frames: Vec<(u64, EncodedMessage)>,
+        last: Option<u64>,
         close: Option<CloseReason>,
     },
     /// Nothing to send. Wait for a notification, or until `wake_at` (held low-priority messages).
@@ -103,6 +107,7 @@ impl<U> Shared<U> {
                 next_seq: 1,
                 acked: 0,
                 released: 0,
+                waiting: false,
                 low: None,
                 inbox: VecDeque::new(),
                 in_seq: 0,
@@ -184,7 +189,7 @@ impl<U> Shared<U> {
         state.next_seq += 1;
         state.out.push_back((seq, message.clone()));
         state.out_bytes += len;
-        let wake = match priority {
+        let release = match priority {
             Priority::Normal => {
                 state.released = seq;
                 state.low = None;
@@ -210,6 +215,9 @@ impl<U> Shared<U> {
                 }
             }
         };
+        // Waking a transport that has not yet drained what was there before would only cost the
+        // sender a trip through the notifier (for a broadcast: one per recipient).
+        let wake = release && std::mem::take(&mut state.waiting);
         drop(state);
         if wake {
             self.outbound.notify_waiters();
@@ -279,9 +287,18 @@ impl<U> Shared<U> {
         self.state().attached.map(|(_, kind)| kind)
     }
 
-    /// Collects what the transport of `generation` should send after `after` (the highest sequence
-    /// number it has already written or the client has acknowledged), up to about `max_bytes`.
-    pub(crate) fn drain(&self, generation: u64, after: u64, max_bytes: usize) -> Drain {
+    /// Hands what the transport of `generation` should send after `after` (the highest sequence
+    /// number it has already written or the client has acknowledged), up to about `max_bytes`, to
+    /// `write`, in order, while holding the session's lock: the frames are written straight into
+    /// the transport's output, without copying the buffer or touching the messages' reference
+    /// counts. A transport that is told [`Drain::Idle`] is woken by the next message released.
+    pub(crate) fn drain(
+        &self,
+        generation: u64,
+        after: u64,
+        max_bytes: usize,
+        mut write: impl FnMut(u64, &EncodedMessage),
+    ) -> Drain {
         let mut state = self.state();
         if !matches!(state.attached, Some((current, _)) if current == generation) {
             return Drain::Superseded;
@@ -293,36 +310,33 @@ impl<U> Shared<U> {
             state.low = None;
         }
         let start = after.saturating_sub(state.acked) as usize;
-        let mut frames = Vec::new();
+        let mut last = None;
         let mut bytes = 0;
         for (seq, message) in state.out.iter().skip(start) {
             if *seq > state.released || (bytes > 0 && bytes + message.buffered_len() > max_bytes) {
                 break;
             }
             bytes += message.buffered_len() + 24;
-            frames.push((*seq, message.clone()));
+            write(*seq, message);
+            last = Some(*seq);
         }
-        let last_sent = frames
-            .last()
-            .map_or(after.max(state.acked), |(seq, _)| *seq);
+        let last_sent = last.unwrap_or(after.max(state.acked));
         if let Some(reason) = &state.close {
             let everything = last_sent >= state.next_seq - 1;
             return Drain::Ready {
-                frames,
+                last,
                 close: everything.then(|| reason.clone()),
             };
         }
-        if frames.is_empty() {
+        if last.is_none() {
+            state.waiting = true;
             Drain::Idle {
                 wake_at: state
                     .low
                     .map(|low| low.since + self.config.coalescing.max_delay),
             }
         } else {
-            Drain::Ready {
-                frames,
-                close: None,
-            }
+            Drain::Ready { last, close: None }
         }
     }
 

@@ -13,10 +13,10 @@ use axum::response::{IntoResponse, Response};
 use tokio::time::{Instant, sleep_until};
 
 use crate::error::ApiError;
-use crate::protocol;
+use crate::protocol::{self, FrameArray};
 use crate::router::Mounted;
 use crate::session::{Drain, TransportKind};
-use crate::transport::{Params, frames_body, json_response};
+use crate::transport::{Params, json_response};
 
 pub(crate) async fn receive<U: Clone + Send + Sync + 'static>(
     State(mounted): State<Mounted<U>>,
@@ -52,14 +52,16 @@ async fn poll<U: Clone + Send + Sync + 'static>(
         let notified = shared.outbound.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match shared.drain(generation, ack, shared.config.max_body) {
+        let mut body = FrameArray::new();
+        match shared.drain(generation, ack, shared.config.max_body, |seq, message| {
+            body.push_message(seq, message)
+        }) {
             Drain::Superseded => return Err(ApiError::superseded()),
-            Drain::Ready { frames, close } => {
-                let extra: Vec<String> = close
-                    .iter()
-                    .map(|reason| protocol::close_frame(reason.code(), reason.reason()))
-                    .collect();
-                return Ok(json_response(frames_body(&frames, &extra)));
+            Drain::Ready { close, .. } => {
+                if let Some(reason) = close {
+                    body.push_frame(&protocol::close_frame(reason.code(), reason.reason()));
+                }
+                return Ok(json_response(body.finish()));
             }
             Drain::Idle { wake_at } => {
                 if !wait {

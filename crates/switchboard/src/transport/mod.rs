@@ -18,7 +18,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::protocol::{self, EncodedMessage};
+use crate::protocol;
 
 /// Query parameters of every endpoint (`docs/protocol.md` §4–5).
 #[derive(Debug, Default, Deserialize)]
@@ -28,6 +28,8 @@ pub(crate) struct Params {
     pub(crate) ack: Option<u64>,
     pub(crate) wait: Option<u8>,
     pub(crate) auth: Option<String>,
+    /// WebSocket only: `1` asks the server to send JSON arrays of frames (§5.1).
+    pub(crate) batch: Option<u8>,
 }
 
 impl Params {
@@ -66,32 +68,6 @@ fn serde_urlencoded_query(query: &str) -> Result<Params, ApiError> {
     )
     .map(|axum::extract::Query(params)| params)
     .map_err(|err| ApiError::bad_request(format!("bad query parameter: {}", err.body_text())))
-}
-
-/// Writes a JSON array of frames: messages, then the extra frames (already encoded).
-pub(crate) fn frames_body(messages: &[(u64, EncodedMessage)], extra: &[String]) -> String {
-    let len = messages
-        .iter()
-        .map(|(_, message)| message.buffered_len() + 31)
-        .sum::<usize>()
-        + extra.iter().map(|frame| frame.len() + 1).sum::<usize>()
-        + 2;
-    let mut body = String::with_capacity(len);
-    body.push('[');
-    for (seq, message) in messages {
-        if body.len() > 1 {
-            body.push(',');
-        }
-        protocol::write_message_frame(&mut body, *seq, message);
-    }
-    for frame in extra {
-        if body.len() > 1 {
-            body.push(',');
-        }
-        body.push_str(frame);
-    }
-    body.push(']');
-    body
 }
 
 /// A `200` answer with a JSON body that no cache may keep.

@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 
 use crate::auth::Handshake;
 use crate::error::{ApiError, CloseReason};
-use crate::protocol::{self, ClientFrame, OpenInfo};
+use crate::protocol::{self, ClientFrame, EncodedMessage, FrameArray, OpenInfo};
 use crate::router::Mounted;
 use crate::session::{Drain, Session, TransportKind};
 use crate::transport::Params;
@@ -35,6 +35,10 @@ const WRITE_TIMEOUT: u16 = 4102;
 const READ_BURST: usize = 256;
 /// About how many bytes of messages are written between flushes.
 const WRITE_BATCH: usize = 256 * 1024;
+/// About how many bytes of frames one batch (one WebSocket message) holds. Small enough that
+/// neither side allocates large buffers for it (which glibc maps and unmaps, zeroing pages every
+/// time); large enough that per-message costs are spread over many frames.
+const BATCH_BYTES: usize = 16 * 1024;
 
 pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
     State(mounted): State<Mounted<U>>,
@@ -61,11 +65,10 @@ pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
         .max_frame_size(config.max_body.max(max_frame))
         .on_upgrade(move |socket| async move {
             match attach(&mounted, headers, uri).await {
-                Ok((session, resumed, ack)) => {
-                    let span = tracing::info_span!("websocket", session = session.shared.key);
-                    run(socket, mounted, session, resumed, ack)
-                        .instrument(span)
-                        .await;
+                Ok(attached) => {
+                    let span =
+                        tracing::info_span!("websocket", session = attached.session.shared.key);
+                    run(socket, mounted, attached).instrument(span).await;
                 }
                 Err(err) => {
                     tracing::info!(error = err.code, "WebSocket session refused");
@@ -81,17 +84,34 @@ fn max_frame(config: &crate::config::Config) -> usize {
     config.max_message / 3 * 4 + 1024
 }
 
+/// The session a new socket is for, and how to talk to its client.
+struct Attached<U> {
+    session: Session<U>,
+    /// Whether the session was resumed (`sid`) rather than newly opened.
+    resumed: bool,
+    /// The client's acknowledgement: what it has already received.
+    client_ack: u64,
+    /// Whether the client asked for JSON arrays of frames (`batch=1`).
+    batch: bool,
+}
+
 /// Resolves the session a new socket is for: resumed (`sid`) or newly opened.
 async fn attach<U: Clone + Send + Sync + 'static>(
     mounted: &Mounted<U>,
     headers: HeaderMap,
     uri: Uri,
-) -> Result<(Session<U>, bool, u64), ApiError> {
+) -> Result<Attached<U>, ApiError> {
     let params = Params::from_uri(&uri)?;
+    let batch = params.batch == Some(1);
     if let Some(sid) = &params.sid {
         let session = mounted.lookup(sid)?;
-        let ack = session.shared.ack(params.ack.unwrap_or(0));
-        return Ok((session, true, ack));
+        let client_ack = session.shared.ack(params.ack.unwrap_or(0));
+        return Ok(Attached {
+            session,
+            resumed: true,
+            client_ack,
+            batch,
+        });
     }
     let auth = match &params.auth {
         Some(text) => Some(
@@ -108,7 +128,12 @@ async fn attach<U: Clone + Send + Sync + 'static>(
             transport: TransportKind::WebSocket,
         })
         .await?;
-    Ok((session, false, 0))
+    Ok(Attached {
+        session,
+        resumed: false,
+        client_ack: 0,
+        batch,
+    })
 }
 
 async fn refuse(mut socket: WebSocket, err: ApiError) {
@@ -121,6 +146,69 @@ async fn refuse(mut socket: WebSocket, err: ApiError) {
 
 fn text(frame: String) -> WsMessage {
     WsMessage::Text(Utf8Bytes::from(frame))
+}
+
+/// Frames on their way to the client: one WebSocket message per frame, or, for a client that asked
+/// for batches, JSON arrays of frames of about [`BATCH_BYTES`] each (`docs/protocol.md` §5.1).
+enum Outgoing {
+    Separate(Vec<WsMessage>),
+    Batch {
+        full: Vec<WsMessage>,
+        current: FrameArray,
+    },
+}
+
+impl Outgoing {
+    fn new(batch: bool) -> Self {
+        if batch {
+            Self::Batch {
+                full: Vec::new(),
+                current: FrameArray::new(),
+            }
+        } else {
+            Self::Separate(Vec::new())
+        }
+    }
+
+    fn with(batch: bool, frame: &str) -> Self {
+        let mut outgoing = Self::new(batch);
+        outgoing.frame(frame);
+        outgoing
+    }
+
+    fn frame(&mut self, frame: &str) {
+        match self {
+            Self::Separate(messages) => messages.push(text(frame.to_string())),
+            Self::Batch { current, .. } => current.push_frame(frame),
+        }
+    }
+
+    fn message(&mut self, seq: u64, message: &EncodedMessage) {
+        match self {
+            Self::Separate(messages) => messages.push(text(protocol::message_frame(seq, message))),
+            Self::Batch { full, current } => {
+                if current.len() >= BATCH_BYTES {
+                    full.push(text(std::mem::take(current).finish()));
+                }
+                current.push_message(seq, message);
+            }
+        }
+    }
+
+    /// The WebSocket messages to write, followed by `then` (a close message).
+    fn into_messages(self, then: Option<WsMessage>) -> Vec<WsMessage> {
+        let mut messages = match self {
+            Self::Separate(messages) => messages,
+            Self::Batch { mut full, current } => {
+                if !current.is_empty() {
+                    full.push(text(current.finish()));
+                }
+                full
+            }
+        };
+        messages.extend(then);
+        messages
+    }
 }
 
 fn close_message(code: u16, reason: &str) -> WsMessage {
@@ -152,10 +240,14 @@ async fn write_all(socket: &mut WebSocket, messages: Vec<WsMessage>, limit: Dura
 async fn run<U: Clone + Send + Sync + 'static>(
     mut socket: WebSocket,
     mounted: Mounted<U>,
-    session: Session<U>,
-    resumed: bool,
-    client_ack: u64,
+    attached: Attached<U>,
 ) {
+    let Attached {
+        session,
+        resumed,
+        client_ack,
+        batch,
+    } = attached;
     let shared = &session.shared;
     let config = shared.config.clone();
     let generation = shared.attach(TransportKind::WebSocket);
@@ -174,7 +266,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
     drop(sid);
     if !Box::pin(write_all(
         &mut socket,
-        vec![text(open)],
+        Outgoing::with(batch, &open).into_messages(None),
         config.write_timeout,
     ))
     .await
@@ -189,7 +281,11 @@ async fn run<U: Clone + Send + Sync + 'static>(
         let notified = shared.outbound.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let wake_at = match shared.drain(generation, sent, WRITE_BATCH) {
+        let mut out = Outgoing::new(batch);
+        let drained = shared.drain(generation, sent, WRITE_BATCH, |seq, message| {
+            out.message(seq, message)
+        });
+        let wake_at = match drained {
             Drain::Superseded => {
                 let _ = write_all(
                     &mut socket,
@@ -199,18 +295,16 @@ async fn run<U: Clone + Send + Sync + 'static>(
                 .await;
                 return;
             }
-            Drain::Ready { frames, close } => {
-                let mut out = Vec::with_capacity(frames.len() + 2);
-                for (seq, message) in &frames {
-                    out.push(text(protocol::message_frame(*seq, message)));
+            Drain::Ready { last, close } => {
+                if let Some(last) = last {
+                    sent = last;
                 }
-                if let Some((seq, _)) = frames.last() {
-                    sent = *seq;
-                }
+                let mut then = None;
                 if let Some(reason) = &close {
-                    out.push(text(protocol::close_frame(reason.code(), reason.reason())));
-                    out.push(close_message(reason.code(), reason.reason()));
+                    out.frame(&protocol::close_frame(reason.code(), reason.reason()));
+                    then = Some(close_message(reason.code(), reason.reason()));
                 }
+                let out = out.into_messages(then);
                 if !Box::pin(write_all(&mut socket, out, config.write_timeout)).await {
                     tracing::debug!(session = shared.key, "WebSocket write failed or stalled");
                     if close.is_none() {
@@ -228,9 +322,15 @@ async fn run<U: Clone + Send + Sync + 'static>(
                 // While the application keeps the socket busy with output, still take in what the
                 // client sent (acknowledgements above all), so that the buffer can drain.
                 if let Some(incoming) = socket.recv().now_or_never() {
-                    if Box::pin(handle_incoming(&mut socket, &session, generation, incoming))
-                        .await
-                        .is_err()
+                    if Box::pin(handle_incoming(
+                        &mut socket,
+                        &session,
+                        generation,
+                        batch,
+                        incoming,
+                    ))
+                    .await
+                    .is_err()
                     {
                         return;
                     }
@@ -251,7 +351,7 @@ async fn run<U: Clone + Send + Sync + 'static>(
             .unwrap_or(next_ping);
         tokio::select! {
             incoming = socket.recv() => {
-                if Box::pin(handle_incoming(&mut socket, &session, generation, incoming)).await.is_err() {
+                if Box::pin(handle_incoming(&mut socket, &session, generation, batch, incoming)).await.is_err() {
                     return;
                 }
                 last_heard = Instant::now();
@@ -265,7 +365,8 @@ async fn run<U: Clone + Send + Sync + 'static>(
                 }
                 if now >= next_ping {
                     next_ping = now + config.ping_interval;
-                    if !Box::pin(write_all(&mut socket, vec![text(protocol::PING_FRAME.to_string())], config.write_timeout)).await {
+                    let ping = Outgoing::with(batch, protocol::PING_FRAME).into_messages(None);
+                    if !Box::pin(write_all(&mut socket, ping, config.write_timeout)).await {
                         return;
                     }
                 }
@@ -300,6 +401,7 @@ async fn handle_incoming<U>(
     socket: &mut WebSocket,
     session: &Session<U>,
     generation: u64,
+    batch: bool,
     incoming: Option<Result<WsMessage, axum::Error>>,
 ) -> Result<(), ()> {
     let Some(Ok(first)) = incoming else {
@@ -314,7 +416,7 @@ async fn handle_incoming<U>(
     let max_message = shared.config.max_message;
     let max_frame = max_frame(&shared.config);
     let mut messages = Vec::new();
-    let mut replies = Vec::new();
+    let mut replies = Outgoing::new(batch);
     let mut close = false;
     for incoming in burst {
         match incoming {
@@ -333,7 +435,7 @@ async fn handle_incoming<U>(
                 Ok(ClientFrame::Ack(ack)) => {
                     shared.ack(ack);
                 }
-                Ok(ClientFrame::Ping) => replies.push(text(protocol::PONG_FRAME.to_string())),
+                Ok(ClientFrame::Ping) => replies.frame(protocol::PONG_FRAME),
                 Ok(ClientFrame::Pong) => {}
                 Ok(ClientFrame::Close) => close = true,
                 Err(err) => {
@@ -342,15 +444,15 @@ async fn handle_incoming<U>(
                         protocol::FrameError::Malformed(_) => "malformed_frame",
                         protocol::FrameError::TooLarge { .. } => "payload_too_large",
                     };
-                    replies.push(text(protocol::error_frame(code, &err.to_string())));
+                    replies.frame(&protocol::error_frame(code, &err.to_string()));
                 }
             },
             WsMessage::Binary(_) => {
                 tracing::info!(session = shared.key, "rejected a binary WebSocket message");
-                replies.push(text(protocol::error_frame(
+                replies.frame(&protocol::error_frame(
                     "malformed_frame",
                     "binary WebSocket messages are not part of protocol v1; send payloads base64-encoded in b",
-                )));
+                ));
             }
             WsMessage::Ping(_) | WsMessage::Pong(_) => {}
             WsMessage::Close(_) => {
@@ -373,11 +475,12 @@ async fn handle_incoming<U>(
             heartbeat_timeout(socket, shared.key).await;
             return Err(());
         };
-        replies.push(text(protocol::ack_frame(ack)));
+        replies.frame(&protocol::ack_frame(ack));
     }
     if close {
         shared.close(CloseReason::ClientClosed);
     }
+    let replies = replies.into_messages(None);
     if replies.is_empty() {
         return Ok(());
     }
