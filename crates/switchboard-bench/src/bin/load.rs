@@ -1,11 +1,13 @@
 //! `load`: the Switchboard benchmark harness.
 //!
 //! ```text
-//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm] [--sb-unbatched]
+//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm] [--sb-unbatched] [--read-buffer BYTES]
 //! ```
 //!
 //! Switchboard WebSocket clients ask for batches (`batch=1`) like the JavaScript and Rust
 //! clients do; `--sb-unbatched` makes them take one frame per WebSocket message instead.
+//! `--read-buffer BYTES` sets the read buffer of every client socket (default 32 KiB, see
+//! [`switchboard_bench::proto::DEFAULT_READ_BUFFER`]).
 //!
 //! Starts the server binaries found next to itself, runs the scenarios, prints one table per
 //! scenario and writes all results as JSON to `PATH` (if given). `--smoke` runs tiny numbers and
@@ -39,13 +41,20 @@ fn parse_args() -> Result<Args, Error> {
             "--smoke" => plan = Plan::smoke(),
             "--json" => json = Some(args.next().ok_or("--json needs a path")?),
             "--sb-unbatched" => switchboard_bench::proto::set_switchboard_batching(false),
+            "--read-buffer" => {
+                let bytes = args.next().ok_or("--read-buffer needs a size in bytes")?;
+                let bytes = bytes
+                    .parse()
+                    .map_err(|_| format!("--read-buffer: not a size in bytes: {bytes:?}"))?;
+                switchboard_bench::proto::set_read_buffer(bytes);
+            }
             "--only" => {
                 let list = args.next().ok_or("--only needs a list")?;
                 only = Some(list.split(',').map(str::to_owned).collect());
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm] [--sb-unbatched]"
+                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm] [--sb-unbatched] [--read-buffer BYTES]"
                 );
                 std::process::exit(0);
             }
