@@ -69,11 +69,13 @@ impl<U> RoomIndex<U> {
         self.rooms.remove_if(room, |_, members| members.is_empty());
     }
 
-    /// Calls `f` on every member of `room`, under the index's read lock: `f` must not join, leave
-    /// or close (those need the write lock).
-    fn for_each_member(&self, room: &str, mut f: impl FnMut(&Session<U>)) {
+    /// Calls `f` on every member of `room` (with its key), under the index's read lock: `f` must
+    /// not join, leave or close (those need the write lock).
+    fn for_each_member(&self, room: &str, mut f: impl FnMut(u64, &Session<U>)) {
         if let Some(members) = self.rooms.get(room) {
-            members.values().for_each(&mut f);
+            for (key, session) in members.iter() {
+                f(*key, session);
+            }
         }
     }
 
@@ -222,8 +224,8 @@ impl<U> Broadcast<'_, U> {
         }
         let mut delivered = 0;
         let mut overflowed = Vec::new();
-        let mut push = |session: &Session<U>| {
-            if Some(session.shared.key) == self.except {
+        let mut push = |key: u64, session: &Session<U>| {
+            if Some(key) == self.except {
                 return;
             }
             match session.shared.push(&encoded, self.priority) {
@@ -237,7 +239,10 @@ impl<U> Broadcast<'_, U> {
         // lock is released.
         match self.target {
             Target::Room(room) => self.hub.rooms.for_each_member(room, &mut push),
-            Target::All => self.hub.registry.for_each(&mut push),
+            Target::All => self
+                .hub
+                .registry
+                .for_each(|session| push(session.shared.key, session)),
         }
         for session in overflowed {
             session.shared.close_overflowed();
