@@ -29,9 +29,15 @@ pub const MAX_EVENT_LEN: usize = 128;
 
 /// A message's event name and payload, encoded once as the tail of a message frame and shared
 /// (reference-counted) by every session it is sent to.
+///
+/// One pointer wide: a session's buffer holds one per message, and a broadcast writes one into
+/// every recipient's buffer, so the smaller the entry, the fewer cache lines a broadcast touches.
 #[derive(Clone, Debug)]
-pub(crate) struct EncodedMessage {
-    tail: Arc<str>,
+pub(crate) struct EncodedMessage(Arc<Encoded>);
+
+#[derive(Debug)]
+struct Encoded {
+    tail: Box<str>,
     payload_len: usize,
 }
 
@@ -56,26 +62,31 @@ impl EncodedMessage {
             }
         }
         tail.push('}');
-        Self {
-            tail: Arc::from(tail),
+        Self(Arc::new(Encoded {
+            tail: tail.into_boxed_str(),
             payload_len: message.payload_len(),
-        }
+        }))
+    }
+
+    /// The frame's tail: the event name and payload fields and the closing brace.
+    fn tail(&self) -> &str {
+        &self.0.tail
     }
 
     /// Bytes this message occupies in a session's buffer.
     pub(crate) fn buffered_len(&self) -> usize {
-        self.tail.len()
+        self.0.tail.len()
     }
 
     /// Where the shared encoded bytes live (to check that recipients share one copy).
     #[cfg(test)]
     pub(crate) fn tail_ptr(&self) -> *const u8 {
-        self.tail.as_ptr()
+        self.0.tail.as_ptr()
     }
 
     /// The payload size counted against the message size limit.
     pub(crate) fn payload_len(&self) -> usize {
-        self.payload_len
+        self.0.payload_len
     }
 }
 
@@ -84,7 +95,7 @@ pub(crate) fn write_message_frame(out: &mut String, seq: u64, message: &EncodedM
     out.push_str("{\"t\":\"m\",\"s\":");
     write_decimal(out, seq);
     out.push(',');
-    out.push_str(&message.tail);
+    out.push_str(message.tail());
 }
 
 /// Appends `n` in decimal. (This runs once per frame per recipient; `write!` and its formatting
@@ -108,7 +119,7 @@ fn write_decimal(out: &mut String, mut n: u64) {
 /// The frame [`write_message_frame`] writes, as its own string.
 pub(crate) fn message_frame(seq: u64, message: &EncodedMessage) -> String {
     // 14 bytes of prefix and comma, at most 16 digits.
-    let mut frame = String::with_capacity(30 + message.tail.len());
+    let mut frame = String::with_capacity(30 + message.buffered_len());
     write_message_frame(&mut frame, seq, message);
     frame
 }

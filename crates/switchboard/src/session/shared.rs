@@ -35,8 +35,9 @@ pub(crate) struct Shared<U> {
 }
 
 struct State {
-    /// Unacknowledged outbound messages; the first has sequence number `acked + 1`.
-    out: VecDeque<(u64, EncodedMessage)>,
+    /// Unacknowledged outbound messages, numbered from `acked + 1` on (the number of `out[i]` is
+    /// `acked + 1 + i`, so it is not stored).
+    out: VecDeque<EncodedMessage>,
     out_bytes: usize,
     next_seq: u64,
     acked: u64,
@@ -187,7 +188,7 @@ impl<U> Shared<U> {
         }
         let seq = state.next_seq;
         state.next_seq += 1;
-        state.out.push_back((seq, message.clone()));
+        state.out.push_back(message.clone());
         state.out_bytes += len;
         let release = match priority {
             Priority::Normal => {
@@ -234,14 +235,13 @@ impl<U> Shared<U> {
         if ack <= state.acked {
             return state.acked;
         }
-        while let Some((seq, message)) = state.out.front() {
-            if *seq > ack {
-                break;
-            }
-            let len = message.buffered_len();
-            state.out_bytes -= len;
-            state.out.pop_front();
-        }
+        let count = (ack - state.acked) as usize;
+        let freed: usize = state
+            .out
+            .drain(..count)
+            .map(|message| message.buffered_len())
+            .sum();
+        state.out_bytes -= freed;
         state.acked = ack;
         ack
     }
@@ -312,13 +312,14 @@ impl<U> Shared<U> {
         let start = after.saturating_sub(state.acked) as usize;
         let mut last = None;
         let mut bytes = 0;
-        for (seq, message) in state.out.iter().skip(start) {
-            if *seq > state.released || (bytes > 0 && bytes + message.buffered_len() > max_bytes) {
+        let first_seq = state.acked + 1;
+        for (seq, message) in (first_seq..).zip(&state.out).skip(start) {
+            if seq > state.released || (bytes > 0 && bytes + message.buffered_len() > max_bytes) {
                 break;
             }
             bytes += message.buffered_len() + 24;
-            write(*seq, message);
-            last = Some(*seq);
+            write(seq, message);
+            last = Some(seq);
         }
         let last_sent = last.unwrap_or(after.max(state.acked));
         if let Some(reason) = &state.close {
