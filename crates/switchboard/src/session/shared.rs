@@ -19,13 +19,17 @@ use crate::message::Message;
 use crate::protocol::EncodedMessage;
 use crate::session::{Priority, SessionId, TransportKind};
 
+// Field order is fixed (`repr(C)`) and matters: a broadcast touches every recipient's `Shared`
+// once, so what `push` reads and writes (the limits through `config`, the lock, the buffer and its
+// counters, the priority state and the waiting flag) comes first, in as few cache lines as it fits.
+#[repr(C)]
 pub(crate) struct Shared<U> {
+    pub(crate) config: Arc<Config>,
+    state: Mutex<State>,
     pub(crate) key: u64,
     pub(crate) sid: SessionId,
     pub(crate) user: U,
-    pub(crate) config: Arc<Config>,
     rooms: Weak<RoomIndex<U>>,
-    state: Mutex<State>,
     /// Wakes the attached transport: messages released, takeover, close.
     pub(crate) outbound: Notify,
     /// Wakes the application and inbound deliveries: a message received or taken, takeover, close.
@@ -34,26 +38,28 @@ pub(crate) struct Shared<U> {
     post_busy: AtomicBool,
 }
 
+// What `push` touches first (see `Shared`).
+#[repr(C)]
 struct State {
     /// Unacknowledged outbound messages, numbered from `acked + 1` on (the number of `out[i]` is
     /// `acked + 1 + i`, so it is not stored).
     out: VecDeque<EncodedMessage>,
     out_bytes: usize,
     next_seq: u64,
-    acked: u64,
     /// Messages up to this sequence number may be sent (low-priority ones wait until released).
     released: u64,
     /// The attached transport found nothing to send and waits for [`Shared::outbound`]; only then
     /// does a new message notify it (a busy transport drains again before it waits).
     waiting: bool,
+    close: Option<CloseReason>,
     low: Option<LowPending>,
+    acked: u64,
     inbox: VecDeque<Message>,
     /// Highest client sequence number delivered to the application.
     in_seq: u64,
     generation: u64,
     attached: Option<(u64, TransportKind)>,
     idle_since: Instant,
-    close: Option<CloseReason>,
     closed_at: Option<Instant>,
     rooms: Vec<Arc<str>>,
 }
@@ -193,7 +199,9 @@ impl<U> Shared<U> {
         let release = match priority {
             Priority::Normal => {
                 state.released = seq;
-                state.low = None;
+                if state.low.is_some() {
+                    state.low = None;
+                }
                 true
             }
             Priority::Low => {
