@@ -138,15 +138,17 @@ impl Default for FrameArray {
 }
 
 impl FrameArray {
+    /// An empty array; nothing is allocated until the first frame is added (a WebSocket task
+    /// keeps one across its idle wait).
     pub(crate) fn new() -> Self {
-        let mut text = String::with_capacity(1024);
-        text.push('[');
-        Self { text }
+        Self {
+            text: String::new(),
+        }
     }
 
     /// Whether no frame has been added.
     pub(crate) fn is_empty(&self) -> bool {
-        self.text.len() == 1
+        self.text.is_empty()
     }
 
     /// Bytes written so far.
@@ -155,7 +157,10 @@ impl FrameArray {
     }
 
     fn separate(&mut self) {
-        if !self.is_empty() {
+        if self.text.is_empty() {
+            self.text.reserve(1024);
+            self.text.push('[');
+        } else {
             self.text.push(',');
         }
     }
@@ -174,6 +179,9 @@ impl FrameArray {
 
     /// The array's text.
     pub(crate) fn finish(mut self) -> String {
+        if self.text.is_empty() {
+            self.text.push('[');
+        }
         self.text.push(']');
         self.text
     }
