@@ -46,7 +46,23 @@ pub fn exit_code(name: &str, outcome: Result<std::io::Result<()>, String>) -> Ex
     }
 }
 
-/// Serves `app` on 127.0.0.1:`port` the way the harness expects: TCP_NODELAY on every accepted
+/// Queue of connections the kernel completes before the server accepts them.
+/// `TcpListener::bind` asks for 128, and when a reconnect storm of hundreds of clients overflows
+/// that queue the kernel drops their SYNs, which are sent again only after a second: a 1 s stall
+/// that measures the backlog, not the server. Every server of the benchmark uses the same value.
+pub const BACKLOG: u32 = 4096;
+
+fn listen(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(std::net::SocketAddr::from((
+        std::net::Ipv4Addr::LOCALHOST,
+        port,
+    )))?;
+    socket.listen(BACKLOG)
+}
+
+/// Serves `app` on 127.0.0.1:`port` (listen backlog [`BACKLOG`]) the way the harness expects: TCP_NODELAY on every accepted
 /// connection (small realtime frames must not wait for the peer's delayed ACK; every server of the
 /// benchmark does the same), `listening on ADDR` printed and flushed once ready, and the process
 /// exits when its stdin reaches EOF (after calling `at_exit`, e.g. to print a counter), so a
@@ -56,7 +72,7 @@ pub async fn run(
     app: Router,
     at_exit: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let listener = listen(port)?;
     let addr = listener.local_addr()?;
     let listener = listener.tap_io(|tcp| {
         tcp.set_nodelay(true).ok();

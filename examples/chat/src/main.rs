@@ -104,8 +104,17 @@ async fn main() -> std::io::Result<()> {
         )
         .fallback_service(ServeDir::new(static_files));
 
+    // A listen queue of 4096 rather than TcpListener::bind's 128: when many pages reconnect at
+    // once (a restart, a network blip), an overflowing queue costs each extra client a 1 s SYN
+    // retry (docs/deployment.md, "Listen backlog and reconnect storms").
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
     // TCP_NODELAY: small realtime frames go out at once instead of waiting on Nagle's algorithm.
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("chat on http://{}", listener.local_addr()?);
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
