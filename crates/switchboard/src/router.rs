@@ -23,7 +23,7 @@ use crate::config::{Builder, Config, Origins};
 use crate::error::{ApiError, CloseReason};
 use crate::hub::{Hub, RoomIndex};
 use crate::session::registry::Registry;
-use crate::session::{Session, SessionId, Shared};
+use crate::session::{Session, SessionId, Shared, TransportKind};
 use crate::transport;
 
 type Handler<U> = Arc<dyn Fn(Session<U>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
@@ -255,6 +255,17 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
             .ok_or_else(ApiError::unknown_session)
     }
 
+    /// Attaches a transport of `kind` to `session`, taking over from the one attached before (if
+    /// any), and marks it attached until the returned guard is dropped.
+    pub(crate) fn attach_transport(
+        &self,
+        session: &Session<U>,
+        kind: TransportKind,
+    ) -> Attached<U> {
+        let generation = session.shared.attach(kind);
+        self.track_transport(session, generation)
+    }
+
     /// Marks a transport attached until the returned guard is dropped.
     pub(crate) fn track_transport(&self, session: &Session<U>, generation: u64) -> Attached<U> {
         self.inner.attached.fetch_add(1, Ordering::SeqCst);
@@ -281,6 +292,18 @@ pub(crate) struct Attached<U> {
     inner: Arc<Inner<U>>,
     session: Session<U>,
     generation: u64,
+}
+
+impl<U> Attached<U> {
+    /// The session the transport is attached to.
+    pub(crate) fn session(&self) -> &Session<U> {
+        &self.session
+    }
+
+    /// The transport's generation (see [`Shared::attach`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
 }
 
 impl<U> Drop for Attached<U> {

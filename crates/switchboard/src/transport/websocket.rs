@@ -15,6 +15,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use futures_util::{FutureExt as _, SinkExt as _};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument as _;
@@ -22,8 +23,8 @@ use tracing::Instrument as _;
 use crate::auth::Handshake;
 use crate::error::{ApiError, CloseReason};
 use crate::protocol::{self, ClientFrame, EncodedMessage, FrameArray, OpenInfo};
-use crate::router::Mounted;
-use crate::session::{Drain, Session, TransportKind};
+use crate::router::{self, Mounted};
+use crate::session::{Drain, Session, Shared, TransportKind};
 use crate::transport::Params;
 
 /// WebSocket close codes of the transport (the session lives on), `docs/protocol.md` §5.1.
@@ -55,6 +56,9 @@ pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
     };
     let config = mounted.inner.config.clone();
     let max_frame = max_frame(&config);
+    // Not run before the upgrade has succeeded (futures are lazy); boxed, so that the request it
+    // holds is freed once the session is known (see `serve`).
+    let attaching = Box::pin(attach(mounted.clone(), headers, uri));
     upgrade
         .read_buffer_size(config.ws_read_buffer)
         .write_buffer_size(config.ws_write_buffer)
@@ -63,19 +67,34 @@ pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
         // layer only stops gross abuse (anything above the POST body limit).
         .max_message_size(config.max_body.max(max_frame))
         .max_frame_size(config.max_body.max(max_frame))
-        .on_upgrade(move |socket| async move {
-            match attach(&mounted, headers, uri).await {
-                Ok(attached) => {
-                    let span =
-                        tracing::info_span!("websocket", session = attached.session.shared.key);
-                    run(socket, mounted, attached).instrument(span).await;
-                }
-                Err(err) => {
-                    tracing::info!(error = err.code, "WebSocket session refused");
-                    refuse(socket, err).await;
-                }
-            }
-        })
+        .on_upgrade(move |socket| serve(socket, mounted, attaching))
+}
+
+/// What the socket's task runs once the upgrade has succeeded: `attaching` (see [`attach`]), then
+/// [`run`]; or, if the socket gets no session, [`refuse`].
+///
+/// The task holds this future, and what axum's upgrade task captured to make it, for as long as
+/// the connection lasts, so both are kept small. The closure given to axum holds the boxed
+/// `attaching` rather than the request's headers and URI (about 180 bytes), and this is written
+/// with combinators rather than as an `async` block, which would keep its own copy of the socket
+/// (about 370 bytes) next to [`run`]'s: here attaching and running are two states of one enum.
+fn serve<U: Clone + Send + Sync + 'static>(
+    socket: WebSocket,
+    mounted: Mounted<U>,
+    attaching: impl Future<Output = Result<Attached<U>, ApiError>> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    attaching.then(move |attached| match attached {
+        Ok(attached) => {
+            let span = tracing::info_span!("websocket", session = attached.session.shared.key);
+            let transport = span
+                .in_scope(|| mounted.attach_transport(&attached.session, TransportKind::WebSocket));
+            Either::Left(run(socket, transport, attached.opening()).instrument(span))
+        }
+        Err(err) => {
+            tracing::info!(error = err.code, "WebSocket session refused");
+            Either::Right(refuse(socket, err))
+        }
+    })
 }
 
 /// Largest text frame accepted: a `m` frame carries at most `max_message` payload bytes,
@@ -95,9 +114,28 @@ struct Attached<U> {
     batch: bool,
 }
 
+impl<U> Attached<U> {
+    /// What [`run`] needs besides the session.
+    fn opening(&self) -> Opening {
+        Opening {
+            resumed: self.resumed,
+            client_ack: self.client_ack,
+            batch: self.batch,
+        }
+    }
+}
+
+/// How a socket's conversation starts: see [`Attached`].
+#[derive(Clone, Copy)]
+struct Opening {
+    resumed: bool,
+    client_ack: u64,
+    batch: bool,
+}
+
 /// Resolves the session a new socket is for: resumed (`sid`) or newly opened.
 async fn attach<U: Clone + Send + Sync + 'static>(
-    mounted: &Mounted<U>,
+    mounted: Mounted<U>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Attached<U>, ApiError> {
@@ -136,12 +174,16 @@ async fn attach<U: Clone + Send + Sync + 'static>(
     })
 }
 
-async fn refuse(mut socket: WebSocket, err: ApiError) {
+/// Says why the socket gets no session, with a close frame. (Not an `async fn`, which would keep
+/// the socket twice, for the reason given at [`run`].)
+fn refuse(mut socket: WebSocket, err: ApiError) -> impl Future<Output = ()> + Send {
     let close = WsMessage::Close(Some(CloseFrame {
         code: err.close_code(),
         reason: Utf8Bytes::from(err.code),
     }));
-    let _ = timeout(Duration::from_secs(5), socket.send(close)).await;
+    async move {
+        let _ = timeout(Duration::from_secs(5), socket.send(close)).await;
+    }
 }
 
 fn text(frame: String) -> WsMessage {
@@ -234,27 +276,184 @@ async fn write_all(socket: &mut WebSocket, messages: Vec<WsMessage>, limit: Dura
     matches!(timeout(limit, write).await, Ok(Ok(())))
 }
 
+/// What the transport does after looking at the session's buffer.
+enum Step {
+    /// A newer transport took over: release this one.
+    Superseded,
+    /// Write these messages: frames the session released, the last with sequence number `last`
+    /// (`None`: only a close is due), then, if `closing`, the close frame and message.
+    Write {
+        messages: Vec<WsMessage>,
+        last: Option<u64>,
+        closing: bool,
+    },
+    /// Nothing to send: wait for a notification, or until `wake_at` (held low-priority messages).
+    Idle { wake_at: Option<Instant> },
+}
+
+/// Looks at the session's buffer and encodes what the transport of `generation` should write
+/// after sequence number `sent`.
+fn next_step<U>(shared: &Shared<U>, generation: u64, sent: u64, batch: bool) -> Step {
+    let mut out = Outgoing::new(batch);
+    let drained = shared.drain(generation, sent, WRITE_BATCH, |seq, message| {
+        out.message(seq, message)
+    });
+    match drained {
+        Drain::Superseded => Step::Superseded,
+        Drain::Ready { last, close } => {
+            let then = close
+                .as_ref()
+                .map(|reason| close_message(reason.code(), reason.reason()));
+            if let Some(reason) = &close {
+                out.frame(&protocol::close_frame(reason.code(), reason.reason()));
+            }
+            Step::Write {
+                messages: out.into_messages(then),
+                last,
+                closing: close.is_some(),
+            }
+        }
+        Drain::Idle { wake_at } => Step::Idle {
+            wake_at: wake_at.map(Instant::from_std),
+        },
+    }
+}
+
 // The task's future stays resident for as long as the socket is open, and its size is that of its
-// largest state. The rarely taken branches (a burst of client frames, a write, a goodbye) are
-// therefore boxed, which keeps an idle connection's task about 350 bytes smaller.
-async fn run<U: Clone + Send + Sync + 'static>(
+// largest state plus its arguments. So everything but the wait itself is boxed (writes, a burst of
+// client frames, a goodbye), the arguments are used in place rather than moved into new locals,
+// and only what the wait needs is kept across it: an idle connection's task is then about the
+// socket, the wake-up (`Notified`) and the timer (`Sleep`). It is a function returning an `async`
+// block rather than an `async fn`: the block uses what it captures in place, whereas an `async fn`
+// keeps its arguments twice (as passed, and moved into its body), which here is the socket.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn run<U: Clone + Send + Sync + 'static>(
     mut socket: WebSocket,
-    mounted: Mounted<U>,
-    attached: Attached<U>,
-) {
-    let Attached {
-        session,
-        resumed,
-        client_ack,
-        batch,
-    } = attached;
+    transport: router::Attached<U>,
+    opening: Opening,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let shared = &*transport.session().shared;
+        let batch = opening.batch;
+        if !Box::pin(write_open(&mut socket, shared, opening.resumed, batch)).await {
+            return;
+        }
+        let mut sent = opening.client_ack;
+        let mut last_heard = Instant::now();
+        let mut next_ping = last_heard + shared.config.ping_interval;
+        loop {
+            let notified = shared.outbound.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wake_at = match next_step(shared, transport.generation(), sent, batch) {
+                Step::Idle { wake_at } => wake_at,
+                step => {
+                    if let Step::Write {
+                        last: Some(last), ..
+                    } = step
+                    {
+                        sent = last;
+                    }
+                    let taken = Box::pin(take_step(
+                        &mut socket,
+                        &transport,
+                        batch,
+                        step,
+                        &mut last_heard,
+                    ));
+                    if !taken.await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let silence_limit = shared.config.ping_interval + shared.config.ping_timeout;
+            let timer = [Some(next_ping), Some(last_heard + silence_limit), wake_at]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(next_ping);
+            // Only what woke the task is kept: handling it (boxed) is the one await that follows.
+            let wake = tokio::select! {
+                incoming = socket.recv() => Wake::Incoming(incoming),
+                _ = &mut notified => continue,
+                _ = sleep_until(timer) => Wake::Timer,
+            };
+            let handled = Box::pin(on_wake(
+                &mut socket,
+                &transport,
+                batch,
+                wake,
+                &mut last_heard,
+                &mut next_ping,
+            ));
+            if !handled.await {
+                return;
+            }
+        }
+    }
+}
+
+/// What woke an idle socket's task, besides a notification from the session.
+enum Wake {
+    /// The client sent something, or the socket ended.
+    Incoming(Option<Result<WsMessage, axum::Error>>),
+    /// The timer: time to ping, or to give up on a silent client, or to send held messages.
+    Timer,
+}
+
+/// Handles what woke an idle socket's task: the client's frames, or the timer (a ping is due, or
+/// the client has been silent too long). `false` when the socket is finished.
+async fn on_wake<U>(
+    socket: &mut WebSocket,
+    transport: &router::Attached<U>,
+    batch: bool,
+    wake: Wake,
+    last_heard: &mut Instant,
+    next_ping: &mut Instant,
+) -> bool {
+    let (session, generation) = (transport.session(), transport.generation());
     let shared = &session.shared;
-    let config = shared.config.clone();
-    let generation = shared.attach(TransportKind::WebSocket);
-    let _attached = mounted.track_transport(&session, generation);
-    let sid = shared.sid.to_hex();
+    let config = &shared.config;
+    match wake {
+        Wake::Incoming(incoming) => {
+            if handle_incoming(socket, session, generation, batch, incoming)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            *last_heard = Instant::now();
+        }
+        Wake::Timer => {
+            let now = Instant::now();
+            if now >= *last_heard + config.ping_interval + config.ping_timeout {
+                heartbeat_timeout(socket, shared.key).await;
+                return false;
+            }
+            if now >= *next_ping {
+                *next_ping = now + config.ping_interval;
+                let ping = Outgoing::with(batch, protocol::PING_FRAME).into_messages(None);
+                if !write_all(socket, ping, config.write_timeout).await {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Writes the open frame; `false` if the socket failed or stalled. The frame's text lives only as
+/// long as this (boxed) future.
+async fn write_open<U>(
+    socket: &mut WebSocket,
+    shared: &Shared<U>,
+    resumed: bool,
+    batch: bool,
+) -> bool {
+    let config = &shared.config;
     let open = protocol::open_frame(&OpenInfo {
-        sid: &sid,
+        sid: &shared.sid.to_hex(),
         resumed,
         ack: shared.inbound_ack(),
         ping_ms: config.ping_interval.as_millis() as u64,
@@ -263,116 +462,60 @@ async fn run<U: Clone + Send + Sync + 'static>(
         max_message: config.max_message,
         max_body: config.max_body,
     });
-    drop(sid);
-    if !Box::pin(write_all(
-        &mut socket,
-        Outgoing::with(batch, &open).into_messages(None),
-        config.write_timeout,
-    ))
-    .await
-    {
-        return;
-    }
-    let silence_limit = config.ping_interval + config.ping_timeout;
-    let mut sent = client_ack;
-    let mut last_heard = Instant::now();
-    let mut next_ping = last_heard + config.ping_interval;
-    loop {
-        let notified = shared.outbound.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let mut out = Outgoing::new(batch);
-        let drained = shared.drain(generation, sent, WRITE_BATCH, |seq, message| {
-            out.message(seq, message)
-        });
-        let wake_at = match drained {
-            Drain::Superseded => {
-                let _ = write_all(
-                    &mut socket,
-                    vec![close_message(SUPERSEDED, "superseded")],
-                    config.write_timeout,
-                )
-                .await;
-                return;
-            }
-            Drain::Ready { last, close } => {
-                if let Some(last) = last {
-                    sent = last;
-                }
-                let mut then = None;
-                if let Some(reason) = &close {
-                    out.frame(&protocol::close_frame(reason.code(), reason.reason()));
-                    then = Some(close_message(reason.code(), reason.reason()));
-                }
-                let out = out.into_messages(then);
-                if !Box::pin(write_all(&mut socket, out, config.write_timeout)).await {
-                    tracing::debug!(session = shared.key, "WebSocket write failed or stalled");
-                    if close.is_none() {
-                        let _ = timeout(
-                            Duration::from_millis(100),
-                            socket.send(close_message(WRITE_TIMEOUT, "write_timeout")),
-                        )
-                        .await;
-                    }
-                    return;
-                }
-                if close.is_some() {
-                    return;
-                }
-                // While the application keeps the socket busy with output, still take in what the
-                // client sent (acknowledgements above all), so that the buffer can drain.
-                if let Some(incoming) = socket.recv().now_or_never() {
-                    if Box::pin(handle_incoming(
-                        &mut socket,
-                        &session,
-                        generation,
-                        batch,
-                        incoming,
-                    ))
-                    .await
-                    .is_err()
-                    {
-                        return;
-                    }
-                    last_heard = Instant::now();
-                } else if Instant::now() >= last_heard + silence_limit {
-                    Box::pin(heartbeat_timeout(&mut socket, shared.key)).await;
-                    return;
-                }
-                continue;
-            }
-            Drain::Idle { wake_at } => wake_at.map(Instant::from_std),
-        };
-        let dead_at = last_heard + silence_limit;
-        let timer = [Some(next_ping), Some(dead_at), wake_at]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(next_ping);
-        tokio::select! {
-            incoming = socket.recv() => {
-                if Box::pin(handle_incoming(&mut socket, &session, generation, batch, incoming)).await.is_err() {
-                    return;
-                }
-                last_heard = Instant::now();
-            }
-            _ = &mut notified => {}
-            _ = sleep_until(timer) => {
-                let now = Instant::now();
-                if now >= dead_at {
-                    Box::pin(heartbeat_timeout(&mut socket, shared.key)).await;
-                    return;
-                }
-                if now >= next_ping {
-                    next_ping = now + config.ping_interval;
-                    let ping = Outgoing::with(batch, protocol::PING_FRAME).into_messages(None);
-                    if !Box::pin(write_all(&mut socket, ping, config.write_timeout)).await {
-                        return;
-                    }
-                }
-            }
+    let messages = Outgoing::with(batch, &open).into_messages(None);
+    drop(open);
+    write_all(socket, messages, config.write_timeout).await
+}
+
+/// Carries out a step other than [`Step::Idle`]. For [`Step::Write`]: writes what the session
+/// released; then, unless the session is closing, takes in what the client has sent meanwhile
+/// (acknowledgements above all, so that the buffer can drain while the application keeps the
+/// socket busy), or gives up on a client silent for too long. `false` when the socket is finished.
+async fn take_step<U>(
+    socket: &mut WebSocket,
+    transport: &router::Attached<U>,
+    batch: bool,
+    step: Step,
+    last_heard: &mut Instant,
+) -> bool {
+    let (session, generation) = (transport.session(), transport.generation());
+    let (messages, closing) = match step {
+        Step::Superseded => {
+            let close = vec![close_message(SUPERSEDED, "superseded")];
+            let _ = write_all(socket, close, session.shared.config.write_timeout).await;
+            return false;
         }
+        Step::Write {
+            messages, closing, ..
+        } => (messages, closing),
+        Step::Idle { .. } => return true,
+    };
+    let shared = &session.shared;
+    let config = &shared.config;
+    if !write_all(socket, messages, config.write_timeout).await {
+        tracing::debug!(session = shared.key, "WebSocket write failed or stalled");
+        if !closing {
+            let close = close_message(WRITE_TIMEOUT, "write_timeout");
+            let _ = timeout(Duration::from_millis(100), socket.send(close)).await;
+        }
+        return false;
     }
+    if closing {
+        return false;
+    }
+    if let Some(incoming) = socket.recv().now_or_never() {
+        let handled = Box::pin(handle_incoming(
+            socket, session, generation, batch, incoming,
+        ));
+        if handled.await.is_err() {
+            return false;
+        }
+        *last_heard = Instant::now();
+    } else if Instant::now() >= *last_heard + config.ping_interval + config.ping_timeout {
+        heartbeat_timeout(socket, shared.key).await;
+        return false;
+    }
+    true
 }
 
 /// Gives up on a socket that has been silent (or stuck) too long; the session lives on.
