@@ -488,6 +488,10 @@ impl<U> Shared<U> {
                 max: self.config.max_rooms_per_session,
             });
         }
+        if state.rooms.is_empty() {
+            // Most sessions join one room or two: room for one, not the four a first push makes.
+            state.rooms.reserve_exact(1);
+        }
         state.rooms.push(room.clone());
         Ok(true)
     }
