@@ -1,9 +1,11 @@
 //! The state one session shares between its transports, the hub and the application.
 //!
 //! Everything lives behind one short-held `std::sync::Mutex`; nothing awaits while holding it.
-//! Waiting (for data to send, for room in the inbound queue, for a message to receive, for a
-//! takeover) goes through one [`Notify`], always with the `enable`-before-check pattern so that no
-//! wake-up is lost.
+//! Waiting goes through two [`Notify`]s, always with the `enable`-before-check pattern so that no
+//! wake-up is lost: `outbound` for the attached transport (messages released, takeover, close),
+//! `inbound` for the application and inbound deliveries (a message received or taken, room in the
+//! inbound queue, takeover, close). A new message notifies the transport only when it has said it
+//! waits (`drain` answered [`Drain::Idle`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

@@ -1,7 +1,7 @@
 //! `GET /ws`: the WebSocket transport.
 //!
-//! One task per socket. It writes every frame the session has released, back to back, and flushes
-//! once; reads client frames in bursts and acknowledges each burst once; pings the client every
+//! One task per socket. It writes every frame the session has released, back to back (for a client
+//! that asked for batches, as JSON arrays of frames of about 16 KiB), and flushes once; reads client frames in bursts and acknowledges each burst once; pings the client every
 //! ping interval and drops the socket (not the session) when the client has been silent for the
 //! ping interval plus the ping timeout, or when a write stalls for the write timeout.
 //!
