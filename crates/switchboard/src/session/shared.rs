@@ -321,11 +321,13 @@ impl<U> Shared<U> {
             state.released = state.next_seq - 1;
             state.low = None;
         }
-        let start = after.saturating_sub(state.acked) as usize;
+        // Messages up to `after` were written already; start right after them (in O(1), however
+        // many are written but not yet acknowledged).
+        let start = (after.saturating_sub(state.acked) as usize).min(state.out.len());
         let mut last = None;
         let mut bytes = 0;
-        let first_seq = state.acked + 1;
-        for (seq, message) in (first_seq..).zip(&state.out).skip(start) {
+        let first_seq = state.acked + 1 + start as u64;
+        for (seq, message) in (first_seq..).zip(state.out.range(start..)) {
             if seq > state.released || (bytes > 0 && bytes + message.buffered_len() > max_bytes) {
                 break;
             }
