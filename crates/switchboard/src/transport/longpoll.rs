@@ -7,74 +7,104 @@
 //! Nothing is considered delivered until the next request acknowledges it, so a lost response
 //! costs nothing but a resend.
 
+use std::future::{Future, ready};
+
 use axum::extract::State;
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use tokio::time::{Instant, sleep_until};
 
 use crate::error::ApiError;
 use crate::protocol::{self, FrameArray};
 use crate::router::Mounted;
-use crate::session::{Drain, TransportKind};
+use crate::session::{Drain, Session, TransportKind};
 use crate::transport::{Params, json_response};
 
-pub(crate) async fn receive<U: Clone + Send + Sync + 'static>(
+/// The `GET /poll` handler.
+///
+/// A plain function returning a future rather than an `async fn`: the query is parsed and the
+/// session looked up before the future exists, so a waiting poll keeps neither the `Uri` nor
+/// the parsed parameters, and a refused one never becomes a future of the waiting kind.
+/// (`axum` keeps the handler's future boxed for as long as the request runs, and a parked long
+/// poll runs for the whole hold time.)
+pub(crate) fn receive<U: Clone + Send + Sync + 'static>(
     State(mounted): State<Mounted<U>>,
     uri: Uri,
-) -> Response {
-    match poll(mounted, uri).await {
-        Ok(response) => response,
-        Err(err) => {
-            tracing::debug!(error = err.code, "poll refused");
-            err.into_response()
-        }
+) -> impl Future<Output = Response> + Send {
+    match accept(&mounted, &uri) {
+        Ok((session, ack, wait)) => Either::Left(poll(mounted, session, ack, wait)),
+        Err(err) => Either::Right(ready(refused(err))),
     }
 }
 
-async fn poll<U: Clone + Send + Sync + 'static>(
-    mounted: Mounted<U>,
-    uri: Uri,
-) -> Result<Response, ApiError> {
-    let params = Params::from_uri(&uri)?;
+/// The session a poll is for, the acknowledgement it carries, and whether it may wait.
+fn accept<U: Clone + Send + Sync + 'static>(
+    mounted: &Mounted<U>,
+    uri: &Uri,
+) -> Result<(Session<U>, u64, bool), ApiError> {
+    let params = Params::from_uri(uri)?;
     let session = mounted.lookup(params.sid()?)?;
-    let shared = &session.shared;
-    let ack = shared.ack(params.ack.unwrap_or(0));
-    let wait = params.wait != Some(0);
-    let kind = if wait {
-        TransportKind::LongPoll
-    } else {
-        TransportKind::ShortPoll
-    };
-    let generation = shared.attach(kind);
-    let _attached = mounted.track_transport(&session, generation);
-    let hold_until = Instant::now() + shared.config.poll_hold;
-    loop {
-        let notified = shared.outbound.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let mut body = FrameArray::new();
-        match shared.drain(generation, ack, shared.config.max_body, |seq, message| {
-            body.push_message(seq, message)
-        }) {
-            Drain::Superseded => return Err(ApiError::superseded()),
-            Drain::Ready { close, .. } => {
-                if let Some(reason) = close {
-                    body.push_frame(&protocol::close_frame(reason.code(), reason.reason()));
-                }
-                return Ok(json_response(body.finish()));
-            }
-            Drain::Idle { wake_at } => {
-                if !wait {
-                    return Ok(json_response("[]"));
-                }
-                let wake_at =
-                    wake_at.map_or(hold_until, |at| Instant::from_std(at).min(hold_until));
-                tokio::select! {
-                    _ = &mut notified => {}
-                    _ = sleep_until(wake_at) => {
-                        if Instant::now() >= hold_until {
-                            return Ok(json_response("[]"));
+    Ok((session, params.ack.unwrap_or(0), params.wait != Some(0)))
+}
+
+fn refused(err: ApiError) -> Response {
+    tracing::debug!(error = err.code, "poll refused");
+    err.into_response()
+}
+
+/// Acknowledges, attaches, and answers once there is something to send (or at once for a short
+/// poll, or with `[]` when the hold time ends).
+///
+/// An `async` block rather than an `async fn`, so that the arguments are kept once (an `async fn`
+/// keeps them as arguments and again as locals).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+fn poll<U: Clone + Send + Sync + 'static>(
+    mounted: Mounted<U>,
+    session: Session<U>,
+    ack: u64,
+    wait: bool,
+) -> impl Future<Output = Response> + Send {
+    async move {
+        let shared = &session.shared;
+        let ack = shared.ack(ack);
+        let kind = if wait {
+            TransportKind::LongPoll
+        } else {
+            TransportKind::ShortPoll
+        };
+        let generation = shared.attach(kind);
+        let _attached = mounted.track_transport(&session, generation);
+        let hold_until = Instant::now() + shared.config.poll_hold;
+        loop {
+            let notified = shared.outbound.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // The answer and the drain's outcome are gone by the time the poll waits: only the
+            // wake-up and the timer are kept while it is parked.
+            let wake_at = {
+                let mut body = FrameArray::new();
+                match shared.drain(generation, ack, shared.config.max_body, |seq, message| {
+                    body.push_message(seq, message)
+                }) {
+                    Drain::Superseded => return refused(ApiError::superseded()),
+                    Drain::Ready { close, .. } => {
+                        if let Some(reason) = close {
+                            body.push_frame(&protocol::close_frame(reason.code(), reason.reason()));
                         }
+                        return json_response(body.finish());
+                    }
+                    Drain::Idle { .. } if !wait => return json_response("[]"),
+                    Drain::Idle { wake_at } => {
+                        wake_at.map_or(hold_until, |at| Instant::from_std(at).min(hold_until))
+                    }
+                }
+            };
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = sleep_until(wake_at) => {
+                    if Instant::now() >= hold_until {
+                        return json_response("[]");
                     }
                 }
             }
