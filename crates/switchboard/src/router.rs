@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
+use axum::handler::Handler as _;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -140,16 +141,21 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
                 Arc::new(move |session| spawn_handler(on_session.clone(), session))
             },
         };
+        // The body limit only matters to the two handlers that read a body, so only they carry
+        // it: a layer on the whole router would add a boxed future to every request, parked long
+        // polls included.
+        let limit = axum::extract::DefaultBodyLimit::max(self.inner.config.max_body);
         let api = Router::new()
             .route("/ws", get(transport::websocket::upgrade::<U>))
-            .route("/open", axum::routing::post(transport::poll::open::<U>))
+            .route(
+                "/open",
+                axum::routing::post(transport::poll::open::<U>.layer(limit)),
+            )
             .route(
                 "/poll",
-                get(transport::longpoll::receive::<U>).post(transport::poll::send::<U>),
+                get(transport::longpoll::receive::<U>)
+                    .post(transport::poll::send::<U>.layer(limit)),
             )
-            .layer(axum::extract::DefaultBodyLimit::max(
-                self.inner.config.max_body,
-            ))
             .with_state(mounted);
         let api = CheckOriginLayer {
             config: self.inner.config.clone(),
