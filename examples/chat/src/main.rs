@@ -119,7 +119,9 @@ async fn main() -> std::io::Result<()> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app)
+    // `into_make_service`: every connection shares the router instead of keeping its own copy
+    // (about 5 KB less per held long poll; docs/deployment.md, "Sizing memory").
+    axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move {
             tokio::signal::ctrl_c().await.ok();
             // Tells every page the server is going away and releases waiting polls.
