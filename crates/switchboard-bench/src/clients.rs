@@ -420,12 +420,23 @@ pub fn http_clients() -> Result<Vec<reqwest::Client>, Error> {
         .collect()
 }
 
-/// Spawns one Switchboard long-polling client: opens a session over HTTP, then long-polls
+/// How a polling client receives (protocol §5.2–5.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollMode {
+    /// Long polling: `wait=1`, the next poll as soon as an answer arrives.
+    Long,
+    /// Short polling: `wait=0`, answered at once; the next poll this long after an answer (the
+    /// JavaScript client's `pollInterval`).
+    Short(Duration),
+}
+
+/// Spawns one Switchboard polling client: opens a session over HTTP, then polls in `mode`
 /// (acknowledging what it received) until `stop`, or until it has `expected` measured
 /// broadcasts (when `expected > 0`). `opened` counts sessions opened.
-pub fn spawn_long_poller(
+pub fn spawn_poller(
     set: &mut JoinSet<()>,
     http: Http,
+    mode: PollMode,
     shared: Arc<Shared>,
     opened: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
@@ -454,7 +465,7 @@ pub fn spawn_long_poller(
             }
             let frames = tokio::select! {
                 _ = stop.changed() => break,
-                r = http.poll(&sid, rx, true) => r,
+                r = http.poll(&sid, rx, mode == PollMode::Long) => r,
             };
             let frames = match frames {
                 Ok(f) => f,
@@ -487,6 +498,12 @@ pub fn spawn_long_poller(
                     }
                     ServerFrame::Close { .. } => return,
                     _ => {}
+                }
+            }
+            if let PollMode::Short(interval) = mode {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    () = tokio::time::sleep(interval) => {}
                 }
             }
         }

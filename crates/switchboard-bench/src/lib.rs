@@ -7,7 +7,8 @@
 //! 1. idle memory per session (WebSocket, and parked long polls for Switchboard);
 //! 2. fan-out of back-to-back broadcasts to one room;
 //! 3. open-loop echo round trips;
-//! 4. long polling, with and without low-priority coalescing (Switchboard);
+//! 4. polling: long polling with and without low-priority coalescing, and short polling
+//!    (Switchboard);
 //! 5. a reconnect storm with resume (Switchboard).
 //!
 //! Modules:
@@ -18,7 +19,7 @@
 //! - [`proto`]: the three wire protocols as one client [`proto::Driver`];
 //! - [`payload`]: timestamped, indexed benchmark payloads;
 //! - [`stats`]: shared latency histograms;
-//! - [`clients`]: client tasks (WebSocket and long polling) and their counters;
+//! - [`clients`]: client tasks (WebSocket, long and short polling) and their counters;
 //! - [`scenarios`]: the five scenarios and their sizes ([`scenarios::Plan`]);
 //! - [`report`]: tables and JSON.
 

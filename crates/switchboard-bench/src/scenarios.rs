@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
 
 use crate::Error;
-use crate::clients::{self, Cmd, Shared, WsRole};
+use crate::clients::{self, Cmd, PollMode, Shared, WsRole};
 use crate::payload;
 use crate::report::Table;
 use crate::server::{Kind, Server};
@@ -227,9 +227,10 @@ async fn idle_long_poll(n: usize, settle: Duration) -> Result<Idle, Error> {
     let base_url = proto::sb_base(server.port());
     for i in 0..n {
         let http = Http::with_client(&base_url, https[i % https.len()].clone());
-        clients::spawn_long_poller(
+        clients::spawn_poller(
             &mut set,
             http,
+            PollMode::Long,
             shared.clone(),
             opened.clone(),
             stop_rx.clone(),
@@ -630,12 +631,29 @@ struct LongPoll {
     cpu: f64,
 }
 
-async fn long_poll_one(plan: &Plan, low: bool) -> Result<LongPoll, Error> {
+/// The three ways the polling scenario receives.
+#[derive(Debug, Clone, Copy)]
+enum PollVariant {
+    /// Long polling, broadcasts at normal priority.
+    Normal,
+    /// Long polling, broadcasts at low priority (held up to 50 ms).
+    Low,
+    /// Short polling every [`SHORT_POLL_INTERVAL`], broadcasts at normal priority.
+    Short,
+}
+
+/// The short-polling clients' interval: the JavaScript client's default `pollInterval`.
+const SHORT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn long_poll_one(plan: &Plan, variant: PollVariant) -> Result<LongPoll, Error> {
     let (n, rate, secs) = (plan.poll_clients, plan.poll_rate, plan.poll_secs);
-    let args: &[&str] = if low {
-        &["--low", "--coalescing-ms", "50"]
-    } else {
-        &[]
+    let args: &[&str] = match variant {
+        PollVariant::Low => &["--low", "--coalescing-ms", "50"],
+        PollVariant::Normal | PollVariant::Short => &[],
+    };
+    let mode = match variant {
+        PollVariant::Short => PollMode::Short(SHORT_POLL_INTERVAL),
+        PollVariant::Normal | PollVariant::Low => PollMode::Long,
     };
     let server = Server::start(Kind::Switchboard, args).await?;
     let port = server.port();
@@ -648,9 +666,10 @@ async fn long_poll_one(plan: &Plan, low: bool) -> Result<LongPoll, Error> {
     let base = proto::sb_base(port);
     for i in 0..n {
         let http = Http::with_client(&base, https[i % https.len()].clone());
-        clients::spawn_long_poller(
+        clients::spawn_poller(
             &mut set,
             http,
+            mode,
             shared.clone(),
             opened.clone(),
             stop_rx.clone(),
@@ -719,29 +738,30 @@ async fn long_poll_one(plan: &Plan, low: bool) -> Result<LongPoll, Error> {
     })
 }
 
-/// Scenario 4: long-polling clients receiving a steady broadcast, normal and low priority.
+/// Scenario 4: polling clients receiving a steady broadcast: long polling at normal and at low
+/// priority, and short polling.
 pub async fn long_poll(plan: &Plan, problems: &mut Problems) -> Table {
     let (n, r, s) = (plan.poll_clients, plan.poll_rate, plan.poll_secs);
     let mut t = Table::new(
         "long_poll",
-        &format!("4. long polling (Switchboard only): {n} clients, {r} broadcasts/s for {s} s"),
-        &["normal", "low"],
+        &format!("4. polling (Switchboard only): {n} clients, {r} broadcasts/s for {s} s"),
+        &["normal", "low", "short"],
     );
     let mut results = Vec::new();
-    for low in [false, true] {
-        eprintln!("[long poll] {n} clients, {r}/s for {s} s, low={low}");
-        match long_poll_one(plan, low).await {
+    for variant in [PollVariant::Normal, PollVariant::Low, PollVariant::Short] {
+        eprintln!("[poll] {n} clients, {r}/s for {s} s, {variant:?}");
+        match long_poll_one(plan, variant).await {
             Ok(lp) => {
                 if lp.lost > 0 {
                     problems.add(format!(
-                        "long poll (low={low}): {} deliveries lost",
+                        "polling ({variant:?}): {} deliveries lost",
                         lp.lost
                     ));
                 }
                 results.push(Some(lp));
             }
             Err(e) => {
-                problems.add(format!("long poll (low={low}): {e}"));
+                problems.add(format!("polling ({variant:?}): {e}"));
                 results.push(None);
             }
         }
@@ -759,7 +779,8 @@ pub async fn long_poll(plan: &Plan, problems: &mut Problems) -> Table {
     t.row("server CPU", "s", 2, col(&|r| r.cpu));
     t.row("messages delivered", "", 0, col(&|r| r.delivered as f64));
     t.row("messages lost", "", 0, col(&|r| r.lost as f64));
-    t.note("low: sb_server --low --coalescing-ms 50 (broadcasts at low priority, held up to 50 ms); the ratio column is normal / low.");
+    t.note("normal and low: long polling (wait=1); low: sb_server --low --coalescing-ms 50 (broadcasts at low priority, held up to 50 ms).");
+    t.note("short: short polling (wait=0), the next poll 1 s after each answer (the JavaScript client's pollInterval), normal priority.");
     t
 }
 

@@ -23,7 +23,7 @@ fn load_smoke_run_succeeds() {
         "1. idle memory",
         "2. fan-out",
         "3. echo round trip",
-        "4. long polling",
+        "4. polling",
         "5. reconnect storm",
     ] {
         assert!(stdout.contains(table), "no table {table:?} in\n{stdout}");
