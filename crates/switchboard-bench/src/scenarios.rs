@@ -132,6 +132,12 @@ impl Problems {
         eprintln!("  PROBLEM: {what}");
         self.list.push(what);
     }
+
+    /// A run's result for its table column: a failed run (named by `run`) is recorded as a
+    /// problem, and its column shows `-`.
+    fn keep<R>(&mut self, run: impl std::fmt::Display, result: Result<R, Error>) -> Option<R> {
+        result.map_err(|e| self.add(format!("{run}: {e}"))).ok()
+    }
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -275,18 +281,16 @@ pub async fn idle(plan: &Plan, problems: &mut Problems) -> Table {
         let mut results = Vec::new();
         for kind in Kind::ALL {
             eprintln!("[idle] {kind}: {n} WebSocket sessions");
-            match idle_ws(kind, n, plan.settle).await {
-                Ok(r) => {
-                    if r.sessions < n {
-                        problems.add(format!("idle {kind}: only {} of {n} sessions", r.sessions));
-                    }
-                    results.push(Some(r));
-                }
-                Err(e) => {
-                    problems.add(format!("idle {kind} {n}: {e}"));
-                    results.push(None);
-                }
+            let r = problems.keep(
+                format!("idle {kind} {n}"),
+                idle_ws(kind, n, plan.settle).await,
+            );
+            if let Some(r) = &r
+                && r.sessions < n
+            {
+                problems.add(format!("idle {kind}: only {} of {n} sessions", r.sessions));
             }
+            results.push(r);
         }
         let col = |f: &dyn Fn(&Idle) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
         t.row(
@@ -444,21 +448,17 @@ pub async fn fanout(plan: &Plan, problems: &mut Problems) -> Table {
     let mut results = Vec::new();
     for kind in Kind::ALL {
         eprintln!("[fanout] {kind}: {n} clients x {m} messages");
-        match fanout_one(kind, n, m, plan.phase_limit()).await {
-            Ok(r) => {
-                if r.lost > 0 {
-                    problems.add(format!("fan-out {kind}: {} deliveries lost", r.lost));
-                }
-                if r.dups > 0 {
-                    problems.add(format!("fan-out {kind}: {} duplicate deliveries", r.dups));
-                }
-                results.push(Some(r));
+        let run = fanout_one(kind, n, m, plan.phase_limit()).await;
+        let r = problems.keep(format!("fan-out {kind}"), run);
+        if let Some(r) = &r {
+            if r.lost > 0 {
+                problems.add(format!("fan-out {kind}: {} deliveries lost", r.lost));
             }
-            Err(e) => {
-                problems.add(format!("fan-out {kind}: {e}"));
-                results.push(None);
+            if r.dups > 0 {
+                problems.add(format!("fan-out {kind}: {} duplicate deliveries", r.dups));
             }
         }
+        results.push(r);
     }
     let col = |f: &dyn Fn(&FanOut) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
     t.row("deliveries/s", "msg/s", 0, col(&|r| r.rate));
@@ -592,18 +592,13 @@ pub async fn echo(plan: &Plan, problems: &mut Problems) -> Table {
     let mut results = Vec::new();
     for kind in Kind::ALL {
         eprintln!("[echo] {kind}: {c} connections, {r} msg/s, {s} s");
-        match echo_one(kind, c, r, s).await {
-            Ok(e) => {
-                if e.lost > 0 {
-                    problems.add(format!("echo {kind}: {} of {} lost", e.lost, e.sent));
-                }
-                results.push(Some(e));
-            }
-            Err(e) => {
-                problems.add(format!("echo {kind}: {e}"));
-                results.push(None);
-            }
+        let e = problems.keep(format!("echo {kind}"), echo_one(kind, c, r, s).await);
+        if let Some(e) = &e
+            && e.lost > 0
+        {
+            problems.add(format!("echo {kind}: {} of {} lost", e.lost, e.sent));
         }
+        results.push(e);
     }
     let col = |f: &dyn Fn(&Echo) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
     t.row("round trip p50", "ms", 3, col(&|e| e.p50));
@@ -750,21 +745,19 @@ pub async fn long_poll(plan: &Plan, problems: &mut Problems) -> Table {
     let mut results = Vec::new();
     for variant in [PollVariant::Normal, PollVariant::Low, PollVariant::Short] {
         eprintln!("[poll] {n} clients, {r}/s for {s} s, {variant:?}");
-        match long_poll_one(plan, variant).await {
-            Ok(lp) => {
-                if lp.lost > 0 {
-                    problems.add(format!(
-                        "polling ({variant:?}): {} deliveries lost",
-                        lp.lost
-                    ));
-                }
-                results.push(Some(lp));
-            }
-            Err(e) => {
-                problems.add(format!("polling ({variant:?}): {e}"));
-                results.push(None);
-            }
+        let lp = problems.keep(
+            format!("polling ({variant:?})"),
+            long_poll_one(plan, variant).await,
+        );
+        if let Some(lp) = &lp
+            && lp.lost > 0
+        {
+            problems.add(format!(
+                "polling ({variant:?}): {} deliveries lost",
+                lp.lost
+            ));
         }
+        results.push(lp);
     }
     let col = |f: &dyn Fn(&LongPoll) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
     t.row("delivery latency p50", "ms", 2, col(&|r| r.p50));

@@ -21,6 +21,9 @@ use switchboard_bench::report::Table;
 use switchboard_bench::scenarios::{self, Plan, Problems};
 use switchboard_bench::{Error, sys};
 
+/// The scenarios, in the order they run (`--only` picks some).
+const SCENARIOS: [&str; 5] = ["idle", "fanout", "echo", "poll", "storm"];
+
 /// Parsed command line.
 #[derive(Debug)]
 struct Args {
@@ -50,7 +53,15 @@ fn parse_args() -> Result<Args, Error> {
             }
             "--only" => {
                 let list = args.next().ok_or("--only needs a list")?;
-                only = Some(list.split(',').map(str::to_owned).collect());
+                let names: Vec<String> = list.split(',').map(str::to_owned).collect();
+                if let Some(unknown) = names.iter().find(|n| !SCENARIOS.contains(&n.as_str())) {
+                    return Err(format!(
+                        "--only: no scenario {unknown:?} (there are {})",
+                        SCENARIOS.join(", ")
+                    )
+                    .into());
+                }
+                only = Some(names);
             }
             "-h" | "--help" => {
                 println!(
@@ -102,25 +113,16 @@ async fn run(args: Args) -> Result<bool, Error> {
     let started = Instant::now();
     let mut problems = Problems::default();
     let mut tables: Vec<Table> = Vec::new();
-    if wanted("idle") {
-        tables.push(scenarios::idle(&plan, &mut problems).await);
-        print_last(&tables);
-    }
-    if wanted("fanout") {
-        tables.push(scenarios::fanout(&plan, &mut problems).await);
-        print_last(&tables);
-    }
-    if wanted("echo") {
-        tables.push(scenarios::echo(&plan, &mut problems).await);
-        print_last(&tables);
-    }
-    if wanted("poll") {
-        tables.push(scenarios::long_poll(&plan, &mut problems).await);
-        print_last(&tables);
-    }
-    if wanted("storm") {
-        tables.push(scenarios::storm(&plan, &mut problems).await);
-        print_last(&tables);
+    for name in SCENARIOS.into_iter().filter(|name| wanted(name)) {
+        let table = match name {
+            "idle" => scenarios::idle(&plan, &mut problems).await,
+            "fanout" => scenarios::fanout(&plan, &mut problems).await,
+            "echo" => scenarios::echo(&plan, &mut problems).await,
+            "poll" => scenarios::long_poll(&plan, &mut problems).await,
+            _ => scenarios::storm(&plan, &mut problems).await,
+        };
+        print!("{}", table.render());
+        tables.push(table);
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!("\nload: {} run finished in {elapsed:.1} s", plan.mode);
@@ -148,10 +150,4 @@ async fn run(args: Args) -> Result<bool, Error> {
         println!("results written to {path}");
     }
     Ok(plan.mode != "smoke" || problems.list.is_empty())
-}
-
-fn print_last(tables: &[Table]) {
-    if let Some(t) = tables.last() {
-        print!("{}", t.render());
-    }
 }
