@@ -75,7 +75,7 @@ var TransportMemory = class {
   /**
    * @param {Pick<Storage, "getItem" | "setItem"> | null} storage
    * @param {string} key storage key (one per mount URL)
-   * @param {number} ttl how long a failure is remembered, in ms
+   * @param {number} ttl how long an entry is remembered, in ms
    */
   constructor(storage, key, ttl, now = Date.now) {
     this._storage = storage;
@@ -114,19 +114,29 @@ var TransportMemory = class {
       this._write(entries);
     }
   }
+  /** A value stored with `store` within the remembered period, or undefined. */
+  value(name) {
+    const entry = this._read()[name];
+    if (entry && entry.until > this._now()) return entry.value;
+  }
+  /** Keeps `value` under `name` for the remembered period. */
+  store(name, value) {
+    this._write({ ...this._read(), [name]: { value, until: this._now() + this._ttl } });
+  }
 };
 
 // src/polling.js
 var PollingTransport = class {
   /**
    * Polls for `conn`'s session (which must exist) and reports `_frames(transport, frames)` and, once,
-   * `_down(transport, { code, reason, status, lifetime })` when a poll fails.
+   * `_down(transport, { code, reason, status, body, lifetime })` when a poll fails.
    * @param {"longpoll" | "poll"} name
    */
   constructor(conn, name) {
     this.name = name;
     this._conn = conn;
     this._aborts = /* @__PURE__ */ new Set();
+    this.att = ++conn._att;
     queueMicrotask(() => this._loop());
   }
   async _loop() {
@@ -138,12 +148,13 @@ var PollingTransport = class {
       const ack = conn._rx;
       const answer = await conn._request(
         "GET",
-        `poll?v=1&sid=${conn._sid}&ack=${ack}&wait=${long ? 1 : 0}`,
+        `poll?v=1&sid=${conn._sid}&ack=${ack}&wait=${long ? 1 : 0}&att=${this.att}`,
         null,
         (long ? conn._hold : 0) + options.requestTimeout,
         this._aborts
       );
       if (this._stopped) return;
+      const lifetime = Date.now() - started;
       if (answer.status !== 200 || !Array.isArray(answer.body)) {
         this._stopped = true;
         const body = answer.body || {};
@@ -151,9 +162,11 @@ var PollingTransport = class {
           code: answer.status >= 400 && answer.status < 600 ? 4e3 + answer.status : 0,
           reason: body.error,
           status: answer.status,
-          lifetime: Date.now() - started
+          body: answer.body,
+          lifetime
         });
       }
+      if (long && lifetime >= conn._hold * 0.9) conn._held();
       conn._acked = Math.max(conn._acked, ack);
       conn._frames(this, answer.body);
       if (!long && !this._stopped) await new Promise((wake) => this._wake = setTimeout(wake, options.pollInterval));
@@ -181,13 +194,14 @@ var WebSocketTransport = class {
   /**
    * Opens a socket for `conn`'s session (or a new session when it has none) and reports to the
    * connection: `_attached(transport, openFrame)`, `_frame(transport, frame)` and, once, when the
-   * socket fails or closes, `_down(transport, { code, reason, opened, lifetime })`.
+   * socket fails or closes, `_down(transport, { code, reason, opened, lifetime, idle })`.
    */
   constructor(conn) {
     this.name = "websocket";
     this._conn = conn;
     const options = conn._options;
-    let url = conn._base.replace(/^http/, "ws") + "/ws?v=1&batch=1";
+    this.att = ++conn._att;
+    let url = conn._base.replace(/^http/, "ws") + `/ws?v=1&batch=1&att=${this.att}`;
     if (conn._sid) url += `&sid=${conn._sid}&ack=${conn._rx}`;
     else if (options.auth !== void 0) url += "&auth=" + encodeURIComponent(JSON.stringify(options.auth));
     const ws = this._ws = new options.WebSocket(url);
@@ -202,30 +216,43 @@ var WebSocketTransport = class {
     } catch {
       return this._fail(1007);
     }
-    this._heard = Date.now();
+    this._heard = this._active = Date.now();
     for (const frame of frames) {
       if (this._stopped) return;
       if (this._openedAt) this._conn._frame(this, frame);
-      else if (frame.t === "open") {
-        this._openedAt = this._heard;
-        clearTimeout(this._timer);
-        const limit = frame.ping + 1e4;
-        this._timer = setInterval(() => Date.now() - this._heard > limit && this._fail(0), Math.min(limit / 4, 5e3));
-        this._conn._attached(this, frame);
-      } else this._fail(frame.code || 1002, frame.reason);
+      else if (frame.t === "open") this._open(frame);
+      else this._fail(frame.code || 1002, frame.reason);
     }
+  }
+  _open(frame) {
+    this._openedAt = this._heard;
+    clearTimeout(this._timer);
+    const limit = frame.ping + 1e4;
+    const keepalive = this._conn._keepalive;
+    const every = Math.min(limit / 4, 5e3, keepalive / 2 || Infinity);
+    this._timer = setInterval(() => {
+      const now = Date.now();
+      if (now - this._heard > limit) this._fail(0);
+      else if (now - this._active >= keepalive / 2) this.send(['{"t":"ping"}']);
+    }, every);
+    this._conn._attached(this, frame);
   }
   /** Writes frames, if the socket is open. */
   send(frames) {
-    if (this._openedAt && this._ws.readyState === 1) for (const frame of frames) this._ws.send(frame);
+    if (this._openedAt && this._ws.readyState === 1) {
+      for (const frame of frames) this._ws.send(frame);
+      this._active = Date.now();
+    }
   }
   _fail(code, reason) {
     if (this.stop()) {
+      const now = Date.now();
       this._conn._down(this, {
         code,
         reason,
         opened: !!this._openedAt,
-        lifetime: this._openedAt ? Date.now() - this._openedAt : 0
+        lifetime: this._openedAt ? now - this._openedAt : 0,
+        idle: this._openedAt ? now - this._active : 0
       });
     }
   }
@@ -247,6 +274,7 @@ var WebSocketTransport = class {
 var DEFAULTS = {
   transports: ["websocket", "longpoll", "poll"],
   connectTimeout: 2500,
+  raceAfter: 500,
   earlyCloseWindow: 3e3,
   pollInterval: 1e3,
   requestTimeout: 1e4,
@@ -256,9 +284,12 @@ var DEFAULTS = {
   maxBuffered: 1e3,
   lowPriorityDelay: 50
 };
+var KEEPALIVE_MIN = 1e3;
+var IDLE_DEATH = 750;
 var RESERVED = ["open", "message", "close", "transport", "state", "reset"];
 var RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "protocol_error" };
 var FATAL = [4400, 4401, 4403];
+var CLOSE = '[{"t":"close"}]';
 function localStorageIfAny() {
   try {
     return globalThis.localStorage;
@@ -279,9 +310,10 @@ var Connection = class extends Emitter {
     };
     this._base = new URL(url, g.location && g.location.href).href.replace(/\/+$/, "");
     this._memory = new TransportMemory(this._options.storage, "switchboard:" + this._base, this._options.rememberFor);
+    this._keepalive = this._memory.value("keepalive");
     this._fresh();
     this._maxMessage = 65536;
-    this._attempt = this._probeAttempt = this._cuts = this._postFailures = 0;
+    this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._cuts = this._postFailures = 0;
     this._timers = {};
     this.transport = null;
     this.state = "connecting";
@@ -321,9 +353,9 @@ var Connection = class extends Emitter {
   close() {
     if (this.state === "closed") return;
     const current = this._current;
-    if (current && this.state === "open") {
+    if (current && this._sid) {
       if (current.name === "websocket") current.send(['{"t":"close"}']);
-      else this._request("POST", `poll?v=1&sid=${this._sid}`, '[{"t":"close"}]', this._options.requestTimeout);
+      else this._goodbye(this._sid);
     }
     this._end(1e3, "closed by client");
   }
@@ -340,31 +372,60 @@ var Connection = class extends Emitter {
   _connect(name) {
     if (this.state === "closed") return;
     this._clear("retry");
+    this._clear("race");
+    this._setTransport(name);
     if (name === "websocket") {
-      this._current = new WebSocketTransport(this);
+      const ws = this._current = new WebSocketTransport(this);
+      if (!this._sid && this._pick(name)) {
+        this._timers.race = setTimeout(() => {
+          this._timers.race = null;
+          if (this._current === ws && !this._sid && !this._racer) this._racer = this._open(this._pick(name));
+        }, this._options.raceAfter);
+      }
     } else if (this._sid) {
       this._current = new PollingTransport(this, name);
       this._posted = this._serverAck;
       this._sync = true;
       this._post();
+    } else if (this._racer && this._racer.name === name) {
+      this._current = this._racer;
+      this._racer = null;
     } else {
-      const opening = this._current = { name, stop() {
-      } };
-      const body = JSON.stringify(this._options.auth === void 0 ? {} : { auth: this._options.auth });
-      this._request("POST", "open?v=1", body, this._options.requestTimeout).then(({ status, body: body2 }) => {
-        if (this._current !== opening) return;
-        if (status === 200 && body2 && body2.t === "open") {
-          this._attached(this._current = new PollingTransport(this, name), body2);
-        } else {
-          this._down(opening, {
-            code: status >= 400 ? 4e3 + status : 0,
-            reason: body2 && body2.error,
-            status,
-            lifetime: 0
-          });
-        }
-      });
+      this._current = this._open(name);
     }
+  }
+  /** `POST /open` for a new session over polling `name`; the request stands for the transport. */
+  _open(name) {
+    const opening = { name, stop: () => opening.stopped = true };
+    const body = JSON.stringify(this._options.auth === void 0 ? {} : { auth: this._options.auth });
+    this._request("POST", "open?v=1", body, this._options.requestTimeout).then(({ status, body: body2 }) => {
+      const ok = status === 200 && body2 && body2.t === "open";
+      if (this._racer === opening) {
+        this._racer = null;
+        if (!ok || this._sid || !this._current || this._current.name !== "websocket") opening.stopped = true;
+        else {
+          this._loser = this._current;
+          this._current = opening;
+        }
+      }
+      if (opening.stopped || this._current !== opening) {
+        if (ok) this._goodbye(body2.sid);
+      } else if (ok) {
+        this._attached(this._current = new PollingTransport(this, name), body2);
+      } else {
+        this._down(opening, {
+          code: status >= 400 ? 4e3 + status : 0,
+          reason: body2 && body2.error,
+          status,
+          lifetime: 0
+        });
+      }
+    });
+    return opening;
+  }
+  /** Ends session `sid` over HTTP, without waiting for the answer. */
+  _goodbye(sid) {
+    this._request("POST", `poll?v=1&sid=${sid}`, CLOSE, this._options.requestTimeout);
   }
   /** A transport delivered an open frame (WebSocket, or `POST /open` for polling). */
   _attached(transport, open) {
@@ -374,13 +435,24 @@ var Connection = class extends Emitter {
       this._current = transport;
       if (old) old.stop();
     } else if (transport !== this._current) {
-      return transport.stop();
+      if (open.sid !== this._sid) transport.send(['{"t":"close"}']);
+      transport.stop();
+      if (transport === this._loser) {
+        this._loser = null;
+        this._probeAttempt = 0;
+        this._scheduleProbe(0);
+      }
+      return;
     }
     this._superseded = null;
     this._clear("retry");
+    this._clear("race");
+    if (this._racer) this._racer.stop();
+    this._racer = null;
     const fresh = this._sid !== open.sid;
     this._sid = open.sid;
     this._hold = open.hold;
+    this._ping = open.ping;
     this._maxMessage = open.max_message;
     this._maxBody = open.max_body;
     this._onAck(open.ack);
@@ -397,22 +469,27 @@ var Connection = class extends Emitter {
     for (const failed of this._suspects || []) this._memory.remember(failed);
     this._suspects = [];
     if (name === "websocket") this._memory.forget(name);
-    if (this.transport !== name) {
-      this.transport = name;
-      this._fire("transport", name);
-    }
+    this._setTransport(name);
     this._setState("open");
     this._scheduleProbe();
+    this._scheduleLongpoll();
   }
   /** A transport failed or closed. Decide: reset, end, fall back, or retry with backoff. */
-  _down(transport, { code, reason, opened, lifetime, status }) {
+  _down(transport, { code, reason, opened, lifetime, status, idle, body }) {
     const options = this._options;
+    if (transport === this._loser) {
+      this._loser = null;
+      if (this.state === "open") this._memory.remember("websocket");
+      return this._scheduleProbe();
+    }
     if (transport === this._probe) {
       this._probe = null;
       this._probeAttempt++;
       const back = this._superseded;
       this._superseded = null;
-      return back ? this._connect(back) : this._scheduleProbe();
+      if (back) return this._connect(back);
+      if (this._current && this._current.att) this._current.att = ++this._att;
+      return this._scheduleProbe();
     }
     if (transport !== this._current || this.state === "closed") return;
     this._current = null;
@@ -423,34 +500,85 @@ var Connection = class extends Emitter {
     if (code === 4404) return this._reset("unknown_session");
     if (RESET[code]) return this._reset(RESET[code]);
     if (code === 4e3 || code === 4001 || FATAL.includes(code)) return this._end(code, reason);
-    this._setState(this._sid ? "reconnecting" : "connecting");
     const name = transport.name;
-    let fallback = false;
+    let next = name;
+    let now = false;
     if (name === "websocket" && code !== 4100 && code < 4400) {
-      if (!opened || lifetime < options.earlyCloseWindow) {
-        fallback = true;
+      if (opened && this._learn(idle)) {
+        now = true;
+      } else if (!opened || lifetime < options.earlyCloseWindow) {
+        next = this._pick(name) || name;
         if (opened) this._probeAttempt++;
       } else {
         this._probeAttempt = 0;
       }
-    } else if (name === "longpoll" && !status && lifetime > Math.min(1e3, this._hold / 4) && lifetime < this._hold * 0.9) {
-      fallback = ++this._cuts >= 2;
+    } else if (name === "longpoll" && this._cut(status, body, lifetime)) {
+      if (++this._cuts < 2 || !this._pick(name)) return this._repoll(name);
+      this._memory.remember(name);
+      return this._repoll(this._pick(name));
     } else if (name !== "websocket") {
       this._suspects = [];
     }
-    const next = fallback && this._pick(name);
-    if (next) {
-      (this._suspects ||= []).push(name);
-      return this._connect(next);
-    }
+    if (next !== name) (this._suspects ||= []).push(name);
+    this._setTransport(next);
+    this._setState(this._sid ? "reconnecting" : "connecting");
+    if (next !== name || now) return this._connect(next);
     this._timers.retry = setTimeout(() => this._connect(name), backoff(this._attempt++, options.backoff));
   }
-  /** While on a fallback, try WebSocket again now and then; it takes over when it works. */
-  _scheduleProbe() {
+  /**
+   * Whether a long poll that ended like this was cut by an intermediary: no answer at all or a
+   * gateway error without the server's JSON body, after holding a while but before the hold time.
+   */
+  _cut(status, body, lifetime) {
+    const gateway = status >= 502 && status <= 504 && !(body && body.error);
+    return (!status || gateway) && lifetime > Math.min(1e3, this._hold / 4) && lifetime < this._hold * 0.9;
+  }
+  /** Goes on polling the session as `name` ("longpoll" or "poll"), without reconnecting. */
+  _repoll(name) {
+    this._current = new PollingTransport(this, name);
+    this._setTransport(name);
+    this._scheduleLongpoll();
+  }
+  /**
+   * On short polling, try long polls again now and then: the intermediary that cut them may be gone.
+   * One more cut sends them back; a long poll held for its full time makes them stay.
+   */
+  _scheduleLongpoll() {
     const options = this._options;
-    if (this._timers.probe || this._probe || this.transport === "websocket") return;
+    if (this._timers.longpoll || this.transport !== "poll" || !options.transports.includes("longpoll")) return;
+    const delay = backoff(this._pollAttempt++, { min: options.probeDelay * 10, max: options.probeMax * 5, jitter: 0.3 });
+    this._timers.longpoll = setTimeout(() => {
+      this._timers.longpoll = null;
+      const current = this._current;
+      if (current && current.name === "poll" && this.state === "open") {
+        current.stop();
+        this._cuts = 1;
+        this._repoll("longpoll");
+      }
+    }, delay);
+  }
+  /** A long poll was held for its full time: long polls get through here. */
+  _held() {
+    this._cuts = 0;
+    this._memory.forget("longpoll");
+  }
+  /**
+   * A socket died after `idle` ms without traffic. If keep-alives more often than that would have
+   * kept it alive, send them from now on (and remember it); returns whether it did.
+   */
+  _learn(idle) {
+    const every = Math.max(KEEPALIVE_MIN, Math.floor(idle / 2));
+    if (!(idle >= IDLE_DEATH) || every >= (this._keepalive || this._ping || Infinity)) return false;
+    this._keepalive = every;
+    this._memory.store("keepalive", every);
+    return true;
+  }
+  /** While on a fallback, try WebSocket again now and then; it takes over when it works. */
+  _scheduleProbe(delay) {
+    const options = this._options;
+    if (this._timers.probe || this._probe || this._loser || this.transport === "websocket") return;
     if (!options.transports.includes("websocket") || !options.WebSocket || this.state !== "open") return;
-    const delay = backoff(this._probeAttempt, { min: options.probeDelay, max: options.probeMax, jitter: 0.3 });
+    delay ??= backoff(this._probeAttempt, { min: options.probeDelay, max: options.probeMax, jitter: 0.3 });
     this._timers.probe = setTimeout(() => {
       this._timers.probe = null;
       if (this.state === "open" && this.transport !== "websocket") this._probe = new WebSocketTransport(this);
@@ -460,7 +588,7 @@ var Connection = class extends Emitter {
   /** Frames from a poll answer (transport set) or a POST answer (transport `null`). */
   _frames(transport, frames) {
     if (transport && transport !== this._current) return;
-    if (transport && (this.state !== "open" || this.transport !== transport.name)) this._use(transport);
+    if (transport && this.state !== "open") this._use(transport);
     for (const frame of frames) this._frame(null, frame);
   }
   _frame(transport, frame) {
@@ -505,11 +633,16 @@ var Connection = class extends Emitter {
     else this._timers.ack ||= setTimeout(ack, 100);
   }
   // --- Sending -----------------------------------------------------------------------------------
-  /** Writes what the server has not acknowledged yet and the current transport has not sent. */
+  /**
+   * Writes what the server has not acknowledged yet and the current transport has not sent. Over
+   * polling that is a POST, which needs only the session: it goes even while the first poll of a
+   * resume is still on its way.
+   */
   _flush() {
     const current = this._current;
-    if (!current || this.state !== "open") return;
+    if (!current || !this._sid || this.state === "closed") return;
     if (current.name !== "websocket") return this._post();
+    if (this.state !== "open") return;
     const pending = this._out.filter((message) => message.seq > this._sent);
     if (pending.length) {
       current.send(pending.map((message) => message.text));
@@ -539,6 +672,7 @@ var Connection = class extends Emitter {
         if (answer.status === 200 && Array.isArray(answer.body)) {
           this._postFailures = 0;
           if (batch.length) this._posted = Math.max(this._posted, batch[batch.length - 1].seq);
+          if (this.state !== "open" && this._current.att) this._use(this._current);
           this._frames(null, answer.body);
           continue;
         }
@@ -594,18 +728,24 @@ var Connection = class extends Emitter {
   }
   _end(code, reason) {
     this._stopAll();
-    this.transport = null;
+    this._setTransport(null);
     this._setState("closed");
     this._fire("close", { code, reason: reason || "" });
   }
   _stopAll() {
-    for (const transport of [this._current, this._probe]) if (transport) transport.stop();
-    this._current = this._probe = null;
+    for (const transport of [this._current, this._probe, this._racer, this._loser]) if (transport) transport.stop();
+    this._current = this._probe = this._racer = this._loser = null;
     for (const name in this._timers) this._clear(name);
   }
   _clear(name) {
     clearTimeout(this._timers[name]);
     this._timers[name] = null;
+  }
+  _setTransport(name) {
+    if (this.transport !== name) {
+      this.transport = name;
+      if (name) this._fire("transport", name);
+    }
   }
   _setState(state) {
     if (this.state !== state) {

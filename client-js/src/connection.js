@@ -11,6 +11,7 @@ import { WebSocketTransport } from "./websocket.js";
 const DEFAULTS = {
   transports: ["websocket", "longpoll", "poll"],
   connectTimeout: 2500,
+  raceAfter: 500,
   earlyCloseWindow: 3000,
   pollInterval: 1000,
   requestTimeout: 10000,
@@ -21,6 +22,12 @@ const DEFAULTS = {
   lowPriorityDelay: 50,
 };
 
+/** The shortest keep-alive interval the client learns for idle-timeout killers (ms). */
+const KEEPALIVE_MIN = 1000;
+
+/** A socket that had carried nothing for this long when it died may have been killed for it (ms). */
+const IDLE_DEATH = 750;
+
 /** Connection events that a server event name cannot shadow. */
 const RESERVED = ["open", "message", "close", "transport", "state", "reset"];
 
@@ -29,6 +36,8 @@ const RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "prot
 
 /** Refusals that no retry can fix: bad request, authentication, origin. */
 const FATAL = [4400, 4401, 4403];
+
+const CLOSE = '[{"t":"close"}]';
 
 /** The page's localStorage; undefined where there is none or it may not be used. */
 function localStorageIfAny() {
@@ -53,12 +62,16 @@ export class Connection extends Emitter {
     };
     this._base = new URL(url, g.location && g.location.href).href.replace(/\/+$/, "");
     this._memory = new TransportMemory(this._options.storage, "switchboard:" + this._base, this._options.rememberFor);
+    // How often a WebSocket must carry something (ms), learned from sockets killed when idle.
+    this._keepalive = this._memory.value("keepalive");
     this._fresh();
     // Until the open frame tells (with the hold time and body limit), the documented default.
     this._maxMessage = 65536;
-    this._attempt = this._probeAttempt = this._cuts = this._postFailures = 0;
+    // `_att` numbers this client's transport attempts, so that the server never lets an older one
+    // take over from a newer one (§9.3).
+    this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._cuts = this._postFailures = 0;
     this._timers = {};
-    /** The transport in use, or `null`. */
+    /** The transport in use or being tried, or `null`. */
     this.transport = null;
     /** `connecting`, `open`, `reconnecting` or `closed`. */
     this.state = "connecting";
@@ -104,9 +117,9 @@ export class Connection extends Emitter {
   close() {
     if (this.state === "closed") return;
     const current = this._current;
-    if (current && this.state === "open") {
+    if (current && this._sid) {
       if (current.name === "websocket") current.send(['{"t":"close"}']);
-      else this._request("POST", `poll?v=1&sid=${this._sid}`, '[{"t":"close"}]', this._options.requestTimeout);
+      else this._goodbye(this._sid);
     }
     this._end(1000, "closed by client");
   }
@@ -126,31 +139,68 @@ export class Connection extends Emitter {
   _connect(name) {
     if (this.state === "closed") return;
     this._clear("retry");
+    this._clear("race");
+    this._setTransport(name);
     if (name === "websocket") {
-      this._current = new WebSocketTransport(this);
+      const ws = (this._current = new WebSocketTransport(this));
+      // A first socket that is late may be hanging in a proxy: after `raceAfter`, open a session
+      // over HTTP beside it; whichever opens first is kept, the other one's session is closed.
+      if (!this._sid && this._pick(name)) {
+        this._timers.race = setTimeout(() => {
+          this._timers.race = null;
+          if (this._current === ws && !this._sid && !this._racer) this._racer = this._open(this._pick(name));
+        }, this._options.raceAfter);
+      }
     } else if (this._sid) {
       // Resume over polling: poll, and POST (at least `[]`) to learn what the server has of ours.
       this._current = new PollingTransport(this, name);
       this._posted = this._serverAck;
       this._sync = true;
       this._post();
+    } else if (this._racer && this._racer.name === name) {
+      // The session the race started over HTTP is the fallback's: take it rather than open another.
+      this._current = this._racer;
+      this._racer = null;
     } else {
-      const opening = (this._current = { name, stop() {} });
-      const body = JSON.stringify(this._options.auth === undefined ? {} : { auth: this._options.auth });
-      this._request("POST", "open?v=1", body, this._options.requestTimeout).then(({ status, body }) => {
-        if (this._current !== opening) return;
-        if (status === 200 && body && body.t === "open") {
-          this._attached((this._current = new PollingTransport(this, name)), body);
-        } else {
-          this._down(opening, {
-            code: status >= 400 ? 4000 + status : 0,
-            reason: body && body.error,
-            status,
-            lifetime: 0,
-          });
-        }
-      });
+      this._current = this._open(name);
     }
+  }
+
+  /** `POST /open` for a new session over polling `name`; the request stands for the transport. */
+  _open(name) {
+    const opening = { name, stop: () => (opening.stopped = true) };
+    const body = JSON.stringify(this._options.auth === undefined ? {} : { auth: this._options.auth });
+    this._request("POST", "open?v=1", body, this._options.requestTimeout).then(({ status, body }) => {
+      const ok = status === 200 && body && body.t === "open";
+      if (this._racer === opening) {
+        this._racer = null;
+        // The race is won only while the socket still has not opened; a failure leaves it to the socket.
+        if (!ok || this._sid || !this._current || this._current.name !== "websocket") opening.stopped = true;
+        else {
+          this._loser = this._current;
+          this._current = opening;
+        }
+      }
+      if (opening.stopped || this._current !== opening) {
+        // Nobody will use this session: end it at once rather than let it wait for expiry.
+        if (ok) this._goodbye(body.sid);
+      } else if (ok) {
+        this._attached((this._current = new PollingTransport(this, name)), body);
+      } else {
+        this._down(opening, {
+          code: status >= 400 ? 4000 + status : 0,
+          reason: body && body.error,
+          status,
+          lifetime: 0,
+        });
+      }
+    });
+    return opening;
+  }
+
+  /** Ends session `sid` over HTTP, without waiting for the answer. */
+  _goodbye(sid) {
+    this._request("POST", `poll?v=1&sid=${sid}`, CLOSE, this._options.requestTimeout);
   }
 
   /** A transport delivered an open frame (WebSocket, or `POST /open` for polling). */
@@ -162,13 +212,26 @@ export class Connection extends Emitter {
       this._current = transport;
       if (old) old.stop();
     } else if (transport !== this._current) {
-      return transport.stop();
+      // A socket that lost the race opened after all: end its session (nobody uses it). The
+      // network lets WebSockets through, so upgrade the session in use soon.
+      if (open.sid !== this._sid) transport.send(['{"t":"close"}']);
+      transport.stop();
+      if (transport === this._loser) {
+        this._loser = null;
+        this._probeAttempt = 0;
+        this._scheduleProbe(0);
+      }
+      return;
     }
     this._superseded = null;
     this._clear("retry");
+    this._clear("race");
+    if (this._racer) this._racer.stop();
+    this._racer = null;
     const fresh = this._sid !== open.sid;
     this._sid = open.sid;
     this._hold = open.hold;
+    this._ping = open.ping;
     this._maxMessage = open.max_message;
     this._maxBody = open.max_body;
     this._onAck(open.ack);
@@ -188,24 +251,31 @@ export class Connection extends Emitter {
     for (const failed of this._suspects || []) this._memory.remember(failed);
     this._suspects = [];
     if (name === "websocket") this._memory.forget(name);
-    if (this.transport !== name) {
-      this.transport = name;
-      this._fire("transport", name);
-    }
+    this._setTransport(name);
     this._setState("open");
     this._scheduleProbe();
+    this._scheduleLongpoll();
   }
 
   /** A transport failed or closed. Decide: reset, end, fall back, or retry with backoff. */
-  _down(transport, { code, reason, opened, lifetime, status }) {
+  _down(transport, { code, reason, opened, lifetime, status, idle, body }) {
     const options = this._options;
+    if (transport === this._loser) {
+      // The socket that lost the race failed too: it was blocked, not slow.
+      this._loser = null;
+      if (this.state === "open") this._memory.remember("websocket");
+      return this._scheduleProbe();
+    }
     if (transport === this._probe) {
       this._probe = null;
       this._probeAttempt++;
       // If the probe had already taken the session from our poll, go back to polling.
       const back = this._superseded;
       this._superseded = null;
-      return back ? this._connect(back) : this._scheduleProbe();
+      if (back) return this._connect(back);
+      // The polls go on; number them above the probe, which may still reach the server (§9.3).
+      if (this._current && this._current.att) this._current.att = ++this._att;
+      return this._scheduleProbe();
     }
     if (transport !== this._current || this.state === "closed") return;
     this._current = null;
@@ -217,42 +287,102 @@ export class Connection extends Emitter {
     if (code === 4404) return this._reset("unknown_session");
     if (RESET[code]) return this._reset(RESET[code]);
     if (code === 4000 || code === 4001 || FATAL.includes(code)) return this._end(code, reason);
-    this._setState(this._sid ? "reconnecting" : "connecting");
     const name = transport.name;
-    let fallback = false;
+    let next = name;
+    let now = false;
     // A socket superseded (4100) by a request of ours that was still on its way is no sign of a
     // blocking network: it comes back on the same transport (so does a poll answered 409).
     // Codes from 4400 up are the server refusing after the upgrade worked: no proxy in the way.
     if (name === "websocket" && code !== 4100 && code < 4400) {
-      if (!opened || lifetime < options.earlyCloseWindow) {
+      if (opened && this._learn(idle)) {
+        // Killed for being idle: a keep-alive now keeps the next socket, so come back at once.
+        now = true;
+      } else if (!opened || lifetime < options.earlyCloseWindow) {
         // Refused, hung, or killed right after opening: a proxy in the way. Fall back at once.
-        fallback = true;
+        next = this._pick(name) || name;
         if (opened) this._probeAttempt++;
       } else {
         this._probeAttempt = 0;
       }
-    } else if (name === "longpoll" && !status && lifetime > Math.min(1000, this._hold / 4) && lifetime < this._hold * 0.9) {
-      // Cut before the server's hold time: something between us buffers or times out requests.
-      fallback = ++this._cuts >= 2;
+    } else if (name === "longpoll" && this._cut(status, body, lifetime)) {
+      // Cut by something between us (a reset, a time-out, a gateway's 502/503/504 without the
+      // server's error body) while the poll was idle: no failure, nothing to resume. Poll again
+      // at once; after two cuts in a row, short polls are the transport that gets through.
+      if (++this._cuts < 2 || !this._pick(name)) return this._repoll(name);
+      this._memory.remember(name);
+      return this._repoll(this._pick(name));
     } else if (name !== "websocket") {
       // Polling failed too: the server (or the whole network) is down, which says nothing about
       // the transports that failed before.
       this._suspects = [];
     }
-    const next = fallback && this._pick(name);
-    if (next) {
-      (this._suspects ||= []).push(name);
-      return this._connect(next);
-    }
+    if (next !== name) (this._suspects ||= []).push(name);
+    // Tell what is being tried before saying that it is not open yet.
+    this._setTransport(next);
+    this._setState(this._sid ? "reconnecting" : "connecting");
+    if (next !== name || now) return this._connect(next);
     this._timers.retry = setTimeout(() => this._connect(name), backoff(this._attempt++, options.backoff));
   }
 
-  /** While on a fallback, try WebSocket again now and then; it takes over when it works. */
-  _scheduleProbe() {
+  /**
+   * Whether a long poll that ended like this was cut by an intermediary: no answer at all or a
+   * gateway error without the server's JSON body, after holding a while but before the hold time.
+   */
+  _cut(status, body, lifetime) {
+    const gateway = status >= 502 && status <= 504 && !(body && body.error);
+    return (!status || gateway) && lifetime > Math.min(1000, this._hold / 4) && lifetime < this._hold * 0.9;
+  }
+
+  /** Goes on polling the session as `name` ("longpoll" or "poll"), without reconnecting. */
+  _repoll(name) {
+    this._current = new PollingTransport(this, name);
+    this._setTransport(name);
+    this._scheduleLongpoll();
+  }
+
+  /**
+   * On short polling, try long polls again now and then: the intermediary that cut them may be gone.
+   * One more cut sends them back; a long poll held for its full time makes them stay.
+   */
+  _scheduleLongpoll() {
     const options = this._options;
-    if (this._timers.probe || this._probe || this.transport === "websocket") return;
+    if (this._timers.longpoll || this.transport !== "poll" || !options.transports.includes("longpoll")) return;
+    const delay = backoff(this._pollAttempt++, { min: options.probeDelay * 10, max: options.probeMax * 5, jitter: 0.3 });
+    this._timers.longpoll = setTimeout(() => {
+      this._timers.longpoll = null;
+      const current = this._current;
+      if (current && current.name === "poll" && this.state === "open") {
+        current.stop();
+        this._cuts = 1;
+        this._repoll("longpoll");
+      }
+    }, delay);
+  }
+
+  /** A long poll was held for its full time: long polls get through here. */
+  _held() {
+    this._cuts = 0;
+    this._memory.forget("longpoll");
+  }
+
+  /**
+   * A socket died after `idle` ms without traffic. If keep-alives more often than that would have
+   * kept it alive, send them from now on (and remember it); returns whether it did.
+   */
+  _learn(idle) {
+    const every = Math.max(KEEPALIVE_MIN, Math.floor(idle / 2));
+    if (!(idle >= IDLE_DEATH) || every >= (this._keepalive || this._ping || Infinity)) return false;
+    this._keepalive = every;
+    this._memory.store("keepalive", every);
+    return true;
+  }
+
+  /** While on a fallback, try WebSocket again now and then; it takes over when it works. */
+  _scheduleProbe(delay) {
+    const options = this._options;
+    if (this._timers.probe || this._probe || this._loser || this.transport === "websocket") return;
     if (!options.transports.includes("websocket") || !options.WebSocket || this.state !== "open") return;
-    const delay = backoff(this._probeAttempt, { min: options.probeDelay, max: options.probeMax, jitter: 0.3 });
+    delay ??= backoff(this._probeAttempt, { min: options.probeDelay, max: options.probeMax, jitter: 0.3 });
     this._timers.probe = setTimeout(() => {
       this._timers.probe = null;
       if (this.state === "open" && this.transport !== "websocket") this._probe = new WebSocketTransport(this);
@@ -264,7 +394,7 @@ export class Connection extends Emitter {
   /** Frames from a poll answer (transport set) or a POST answer (transport `null`). */
   _frames(transport, frames) {
     if (transport && transport !== this._current) return;
-    if (transport && (this.state !== "open" || this.transport !== transport.name)) this._use(transport);
+    if (transport && this.state !== "open") this._use(transport);
     for (const frame of frames) this._frame(null, frame);
   }
 
@@ -291,6 +421,7 @@ export class Connection extends Emitter {
       if (RESET[frame.code]) this._reset(RESET[frame.code]);
       else this._end(frame.code, frame.reason);
     }
+    // Frames of other types are ignored: later versions may add some (§2).
   }
 
   /** The server has our messages up to `ack`: stop keeping them. */
@@ -315,11 +446,16 @@ export class Connection extends Emitter {
 
   // --- Sending -----------------------------------------------------------------------------------
 
-  /** Writes what the server has not acknowledged yet and the current transport has not sent. */
+  /**
+   * Writes what the server has not acknowledged yet and the current transport has not sent. Over
+   * polling that is a POST, which needs only the session: it goes even while the first poll of a
+   * resume is still on its way.
+   */
   _flush() {
     const current = this._current;
-    if (!current || this.state !== "open") return;
+    if (!current || !this._sid || this.state === "closed") return;
     if (current.name !== "websocket") return this._post();
+    if (this.state !== "open") return;
     const pending = this._out.filter((message) => message.seq > this._sent);
     if (pending.length) {
       current.send(pending.map((message) => message.text));
@@ -351,6 +487,8 @@ export class Connection extends Emitter {
         if (answer.status === 200 && Array.isArray(answer.body)) {
           this._postFailures = 0;
           if (batch.length) this._posted = Math.max(this._posted, batch[batch.length - 1].seq);
+          // The server has the session and answers over HTTP: the polling transport carries.
+          if (this.state !== "open" && this._current.att) this._use(this._current);
           this._frames(null, answer.body);
           continue;
         }
@@ -411,20 +549,28 @@ export class Connection extends Emitter {
 
   _end(code, reason) {
     this._stopAll();
-    this.transport = null;
+    this._setTransport(null);
     this._setState("closed");
     this._fire("close", { code, reason: reason || "" });
   }
 
   _stopAll() {
-    for (const transport of [this._current, this._probe]) if (transport) transport.stop();
-    this._current = this._probe = null;
+    for (const transport of [this._current, this._probe, this._racer, this._loser]) if (transport) transport.stop();
+    this._current = this._probe = this._racer = this._loser = null;
     for (const name in this._timers) this._clear(name);
   }
 
   _clear(name) {
     clearTimeout(this._timers[name]);
     this._timers[name] = null;
+  }
+
+  _setTransport(name) {
+    if (this.transport !== name) {
+      this.transport = name;
+      // `null` only when the connection ends; the state event tells that.
+      if (name) this._fire("transport", name);
+    }
   }
 
   _setState(state) {

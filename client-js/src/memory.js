@@ -1,11 +1,12 @@
-// Remembers, across page loads, which transports recently failed on this network, so that the next
-// connection skips the wait. Entries expire: a stale memory must never pin a user to polling.
+// Remembers, across page loads, what this network taught: which transports recently failed here
+// (so that the next connection skips the wait) and how often a WebSocket must carry something to
+// outlive an idle-timeout killer. Entries expire: a stale memory must never pin a user to polling.
 
 export class TransportMemory {
   /**
    * @param {Pick<Storage, "getItem" | "setItem"> | null} storage
    * @param {string} key storage key (one per mount URL)
-   * @param {number} ttl how long a failure is remembered, in ms
+   * @param {number} ttl how long an entry is remembered, in ms
    */
   constructor(storage, key, ttl, now = Date.now) {
     this._storage = storage;
@@ -49,5 +50,16 @@ export class TransportMemory {
       delete entries[name];
       this._write(entries);
     }
+  }
+
+  /** A value stored with `store` within the remembered period, or undefined. */
+  value(name) {
+    const entry = this._read()[name];
+    if (entry && entry.until > this._now()) return entry.value;
+  }
+
+  /** Keeps `value` under `name` for the remembered period. */
+  store(name, value) {
+    this._write({ ...this._read(), [name]: { value, until: this._now() + this._ttl } });
   }
 }

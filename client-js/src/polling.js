@@ -5,13 +5,15 @@
 export class PollingTransport {
   /**
    * Polls for `conn`'s session (which must exist) and reports `_frames(transport, frames)` and, once,
-   * `_down(transport, { code, reason, status, lifetime })` when a poll fails.
+   * `_down(transport, { code, reason, status, body, lifetime })` when a poll fails.
    * @param {"longpoll" | "poll"} name
    */
   constructor(conn, name) {
     this.name = name;
     this._conn = conn;
     this._aborts = new Set();
+    // Every poll of this loop carries its attach number (§9.3); the connection may raise it.
+    this.att = ++conn._att;
     // Start once the connection has taken the session's open frame (same turn, just after).
     queueMicrotask(() => this._loop());
   }
@@ -25,12 +27,13 @@ export class PollingTransport {
       const ack = conn._rx;
       const answer = await conn._request(
         "GET",
-        `poll?v=1&sid=${conn._sid}&ack=${ack}&wait=${long ? 1 : 0}`,
+        `poll?v=1&sid=${conn._sid}&ack=${ack}&wait=${long ? 1 : 0}&att=${this.att}`,
         null,
         (long ? conn._hold : 0) + options.requestTimeout,
         this._aborts,
       );
       if (this._stopped) return;
+      const lifetime = Date.now() - started;
       if (answer.status !== 200 || !Array.isArray(answer.body)) {
         this._stopped = true;
         const body = answer.body || {};
@@ -38,9 +41,11 @@ export class PollingTransport {
           code: answer.status >= 400 && answer.status < 600 ? 4000 + answer.status : 0,
           reason: body.error,
           status: answer.status,
-          lifetime: Date.now() - started,
+          body: answer.body,
+          lifetime,
         });
       }
+      if (long && lifetime >= conn._hold * 0.9) conn._held();
       conn._acked = Math.max(conn._acked, ack);
       conn._frames(this, answer.body);
       if (!long && !this._stopped) await new Promise((wake) => (this._wake = setTimeout(wake, options.pollInterval)));

@@ -5,13 +5,14 @@ export class WebSocketTransport {
   /**
    * Opens a socket for `conn`'s session (or a new session when it has none) and reports to the
    * connection: `_attached(transport, openFrame)`, `_frame(transport, frame)` and, once, when the
-   * socket fails or closes, `_down(transport, { code, reason, opened, lifetime })`.
+   * socket fails or closes, `_down(transport, { code, reason, opened, lifetime, idle })`.
    */
   constructor(conn) {
     this.name = "websocket";
     this._conn = conn;
     const options = conn._options;
-    let url = conn._base.replace(/^http/, "ws") + "/ws?v=1&batch=1";
+    this.att = ++conn._att;
+    let url = conn._base.replace(/^http/, "ws") + `/ws?v=1&batch=1&att=${this.att}`;
     if (conn._sid) url += `&sid=${conn._sid}&ack=${conn._rx}`;
     else if (options.auth !== undefined) url += "&auth=" + encodeURIComponent(JSON.stringify(options.auth));
     const ws = (this._ws = new options.WebSocket(url));
@@ -28,35 +29,51 @@ export class WebSocketTransport {
     } catch {
       return this._fail(1007);
     }
-    this._heard = Date.now();
+    this._heard = this._active = Date.now();
     for (const frame of frames) {
       // A frame that stopped this transport (close, takeover, sequence gap) ends the batch; so
       // does a first frame that is not `open` (the transport fails).
       if (this._stopped) return;
       if (this._openedAt) this._conn._frame(this, frame);
-      else if (frame.t === "open") {
-        this._openedAt = this._heard;
-        clearTimeout(this._timer);
-        // A socket that hears nothing (not even a ping) for ping + 10 s is dead.
-        const limit = frame.ping + 10000;
-        this._timer = setInterval(() => Date.now() - this._heard > limit && this._fail(0), Math.min(limit / 4, 5000));
-        this._conn._attached(this, frame);
-      } else this._fail(frame.code || 1002, frame.reason);
+      else if (frame.t === "open") this._open(frame);
+      else this._fail(frame.code || 1002, frame.reason);
     }
+  }
+
+  _open(frame) {
+    this._openedAt = this._heard;
+    clearTimeout(this._timer);
+    // A socket that hears nothing (not even a ping) for ping + 10 s is dead. With a keep-alive
+    // learned from idle-timeout killers, a ping goes out whenever the socket has carried nothing
+    // for half of it, so it is never silent for longer than the keep-alive.
+    const limit = frame.ping + 10000;
+    const keepalive = this._conn._keepalive;
+    const every = Math.min(limit / 4, 5000, keepalive / 2 || Infinity);
+    this._timer = setInterval(() => {
+      const now = Date.now();
+      if (now - this._heard > limit) this._fail(0);
+      else if (now - this._active >= keepalive / 2) this.send(['{"t":"ping"}']);
+    }, every);
+    this._conn._attached(this, frame);
   }
 
   /** Writes frames, if the socket is open. */
   send(frames) {
-    if (this._openedAt && this._ws.readyState === 1) for (const frame of frames) this._ws.send(frame);
+    if (this._openedAt && this._ws.readyState === 1) {
+      for (const frame of frames) this._ws.send(frame);
+      this._active = Date.now();
+    }
   }
 
   _fail(code, reason) {
     if (this.stop()) {
+      const now = Date.now();
       this._conn._down(this, {
         code,
         reason,
         opened: !!this._openedAt,
-        lifetime: this._openedAt ? Date.now() - this._openedAt : 0,
+        lifetime: this._openedAt ? now - this._openedAt : 0,
+        idle: this._openedAt ? now - this._active : 0,
       });
     }
   }

@@ -14,6 +14,11 @@ export interface ConnectOptions {
   auth?: unknown;
   /** How long a WebSocket may take to deliver its open frame before falling back (ms). Default 2500. */
   connectTimeout?: number;
+  /**
+   * A first WebSocket that has not opened after this many ms gets a polling session opened beside
+   * it; whichever opens first is kept and the other session closed. Default 500.
+   */
+  raceAfter?: number;
   /** A WebSocket that dies within this many ms of opening counts as blocked (ms). Default 3000. */
   earlyCloseWindow?: number;
   /** Interval between short polls (ms). Default 1000. */
@@ -78,6 +83,7 @@ export interface ConnectionEvents {
   open: (info: { sid: string; resumed: boolean }) => void;
   message: (data: unknown, info: MessageInfo) => void;
   close: (info: CloseInfo) => void;
+  /** `transport` changed (see {@link Connection.transport}). */
   transport: (name: TransportName) => void;
   state: (state: State) => void;
   reset: (info: ResetInfo) => void;
@@ -85,7 +91,10 @@ export interface ConnectionEvents {
 
 /** One logical channel to the server: ordered, exactly once, whatever the transport. */
 export interface Connection {
-  /** The transport in use, or `null` while none is attached. */
+  /**
+   * The transport in use or being tried right now (`state` tells whether it carries yet), never one
+   * the client has given up on; `null` before the first attempt and after the connection closed.
+   */
   readonly transport: TransportName | null;
   /** The connection's state. */
   readonly state: State;

@@ -53,12 +53,16 @@ test("upgrade from long polling to WebSocket while messages flow", { timeout: sc
     scaled(30000),
     "messages flowing both ways over long polling",
   );
-  const openedAt = await page.evaluate(() => performance.now() - window.tConnect);
+  // `transport` also names a transport being tried: the switch is the first "websocket" after now.
+  const openedAt = await page.evaluate(() => {
+    window.upgradeFrom = window.events.length;
+    return performance.now() - window.tConnect;
+  });
   proxy.setMode("pass");
 
   await waitFor(
     page,
-    `window.events.some((e) => e.type === "transport" && e.arg === "websocket")`,
+    `window.events.slice(window.upgradeFrom).some((e) => e.type === "transport" && e.arg === "websocket")`,
     scaled(60000),
     "the switch to WebSocket",
   );
@@ -85,7 +89,7 @@ test("upgrade from long polling to WebSocket while messages flow", { timeout: sc
 
   const messages = await received(page);
   const log = await events(page);
-  const switchedAt = log.find((e) => e.type === "transport" && e.arg === "websocket").t;
+  const switchedAt = log.find((e) => e.type === "transport" && e.arg === "websocket" && e.t >= openedAt).t;
   const series = messages.filter((m) => classify(m.value)?.tag === "U");
   const onLongpoll = series.filter((m) => m.t < switchedAt).length;
   const onWebsocket = series.filter((m) => m.t >= switchedAt).length;

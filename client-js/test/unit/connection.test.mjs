@@ -21,6 +21,7 @@ function setup(options = {}) {
     storage,
     backoff: { min: 5, max: 20 },
     probeDelay: 100000,
+    raceAfter: 100000,
     ...options,
   });
   opened.push({ conn, calls });
@@ -31,6 +32,8 @@ function setup(options = {}) {
   return { conn, calls, events, storage };
 }
 
+const OPEN = openFrame({ sid: SID });
+const attOf = (url) => Number(new URL(url.replace(/^ws/, "http")).searchParams.get("att"));
 const messages = (events) => events.filter(([name]) => name === "message").map(([, data]) => data);
 const pending = (calls, pattern) => calls.filter((call) => !call.done && pattern.test(call.url));
 
@@ -57,7 +60,7 @@ test("opens a session over WebSocket first, with auth in the query", async () =>
   const { conn, events } = setup({ auth: { token: "토큰" } });
   await until(() => FakeWebSocket.last());
   const ws = FakeWebSocket.last();
-  assert.match(ws.url, /^ws:\/\/127\.0\.0\.1:9\/rt\/ws\?v=1&batch=1&auth=/);
+  assert.match(ws.url, /^ws:\/\/127\.0\.0\.1:9\/rt\/ws\?v=1&batch=1&att=1&auth=/);
   assert.deepEqual(JSON.parse(decodeURIComponent(ws.url.split("auth=")[1])), { token: "토큰" });
   ws.accept({ sid: SID });
   assert.equal(conn.transport, "websocket");
@@ -257,8 +260,8 @@ test("falls back to long polling when the upgrade is refused, and remembers it",
   assert.equal(open.method, "POST");
   assert.deepEqual(open.body, { auth: "t" });
   assert.equal(conn.transport, "longpoll");
-  await answer(calls, /\/rt\/poll\?v=1&sid=.*&ack=0&wait=1$/, 200, [{ t: "m", s: 1, d: "via poll" }]);
-  await until(() => calls.some((call) => /ack=1&wait=1$/.test(call.url)));
+  await answer(calls, /\/rt\/poll\?v=1&sid=.*&ack=0&wait=1&att=\d+$/, 200, [{ t: "m", s: 1, d: "via poll" }]);
+  await until(() => calls.some((call) => /ack=1&wait=1&att=\d+$/.test(call.url)));
   assert.ok(storage.map.size === 1, "websocket failure remembered once polling worked");
 
   // A new page load skips the WebSocket wait.
@@ -293,7 +296,7 @@ test("a socket that dies right after opening counts as blocked", async () => {
   FakeWebSocket.last().deliver({ t: "m", s: 1, d: "x" });
   FakeWebSocket.last().drop(1006);
   // It resumes the same session over long polling, at once, and syncs acknowledgements.
-  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}&ack=1&wait=1$`), 200, []);
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}&ack=1&wait=1&att=\\d+$`), 200, []);
   const sync = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 0 }]);
   assert.deepEqual(sync.body, []);
   await tick();
@@ -305,14 +308,14 @@ test("long polls cut before the hold time lead to short polling", async () => {
   const { conn, calls } = setup({ transports: ["longpoll", "poll"], pollInterval: 10 });
   await answer(calls, /\/open\?/, 200, { t: "open", v: 1, sid: SID, resumed: false, ack: 0, ping: 25000, hold: 400, resume: 30000, max_message: 65536, max_body: 1048576 });
   for (let cut = 0; cut < 2; cut++) {
-    await until(() => calls.some((call) => /wait=1$/.test(call.url) && !call.cut));
-    const poll = calls.find((call) => /wait=1$/.test(call.url) && !call.cut);
+    await until(() => calls.some((call) => /wait=1&att=\d+$/.test(call.url) && !call.cut));
+    const poll = calls.find((call) => /wait=1&att=\d+$/.test(call.url) && !call.cut);
     poll.cut = true;
     await tick(150);
     poll.fail();
   }
-  await until(() => calls.some((call) => /wait=0$/.test(call.url)), 1000);
-  await answer(calls, /wait=0$/, 200, [{ t: "m", s: 1, d: "short" }]);
+  await until(() => calls.some((call) => /wait=0&att=\d+$/.test(call.url)), 1000);
+  await answer(calls, /wait=0&att=\d+$/, 200, [{ t: "m", s: 1, d: "short" }]);
   await until(() => conn.transport === "poll");
   conn.close();
 });
@@ -322,12 +325,12 @@ test("while on polling, a WebSocket probe takes over without loss or duplicates"
   await until(() => FakeWebSocket.last());
   FakeWebSocket.last().drop(1006);
   await answer(calls, /\/open\?/, 200, { t: "open", v: 1, sid: SID, resumed: false, ack: 0, ping: 25000, hold: 20000, resume: 30000, max_message: 65536, max_body: 1048576 });
-  await answer(calls, /ack=0&wait=1$/, 200, [{ t: "m", s: 1, d: 1 }, { t: "m", s: 2, d: 2 }]);
+  await answer(calls, /ack=0&wait=1&att=\d+$/, 200, [{ t: "m", s: 1, d: 1 }, { t: "m", s: 2, d: 2 }]);
   conn.send("pending");
   await until(() => FakeWebSocket.instances.length === 2, 2000);
   const probe = FakeWebSocket.last();
   assert.match(probe.url, new RegExp(`sid=${SID}&ack=2$`));
-  const heldPoll = calls.find((call) => /ack=2&wait=1$/.test(call.url));
+  const heldPoll = calls.find((call) => /ack=2&wait=1&att=\d+$/.test(call.url));
   probe.accept({ sid: SID, resumed: true, ack: 0 });
   assert.equal(conn.transport, "websocket");
   assert.ok(heldPoll.aborted, "the poll is abandoned");
@@ -337,7 +340,7 @@ test("while on polling, a WebSocket probe takes over without loss or duplicates"
   assert.deepEqual(messages(events), [1, 2, 3]);
   assert.deepEqual(
     events.filter(([name]) => name === "transport").map(([, name]) => name),
-    ["longpoll", "websocket"],
+    ["websocket", "longpoll", "websocket"],
   );
   conn.close();
 });
@@ -442,4 +445,162 @@ test("when polling fails too, the WebSocket failure is not remembered", async ()
   await tick();
   assert.equal(conn.transport, "longpoll");
   assert.equal(storage.map.size, 0, "a server outage says nothing about the network");
+});
+
+// --- Issue 9: hostile networks, round 2 -----------------------------------------------------------
+
+test("after a fallback in mid-session, sends leave at once, before the first poll is answered", async () => {
+  const { conn, calls, events } = setup({ earlyCloseWindow: 10000 });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  FakeWebSocket.last().drop(1006);
+  // The transport tells the truth at once: it is long polling that is being tried now.
+  assert.equal(conn.transport, "longpoll");
+  assert.equal(conn.state, "reconnecting");
+  // The resume's first POST is answered; the long poll stays unanswered (the server is quiet).
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 0 }]);
+  await tick();
+  assert.equal(conn.state, "open", "a working POST proves the session is reachable over HTTP");
+  conn.send("지금 👋");
+  const post = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 1 }]);
+  assert.deepEqual(post.body, [{ t: "m", s: 1, d: "지금 👋" }]);
+  assert.ok(calls.some((call) => /wait=1/.test(call.url) && !call.answered), "the long poll is still held");
+  assert.deepEqual(
+    events.filter(([name]) => name === "transport" || name === "state").map(([, arg]) => arg),
+    ["websocket", "open", "longpoll", "reconnecting", "open"],
+  );
+  conn.close();
+});
+
+test("a long poll cut by a gateway (504 without the server's body) polls again at once, then short polls", async () => {
+  const { conn, calls, events } = setup({ transports: ["longpoll", "poll"], pollInterval: 10 });
+  await answer(calls, /\/open\?/, 200, openFrame({ sid: SID, hold: 400 }));
+  for (let cut = 0; cut < 2; cut++) {
+    await until(() => calls.some((call) => /wait=1/.test(call.url) && !call.answered));
+    await tick(150);
+    await answer(calls, /wait=1/, 504, null);
+  }
+  await answer(calls, /wait=0/, 200, [{ t: "m", s: 1, d: "short" }]);
+  await tick();
+  assert.equal(conn.transport, "poll");
+  assert.ok(!events.some(([name, arg]) => name === "state" && arg === "reconnecting"), "a cut is no failure");
+  assert.deepEqual(messages(events), ["short"]);
+  conn.close();
+});
+
+test("a 504 with the server's JSON error body, or one that comes at once, is a failure, not a cut", async () => {
+  const { conn, calls } = setup({ transports: ["longpoll", "poll"] });
+  await answer(calls, /\/open\?/, 200, openFrame({ sid: SID, hold: 400 }));
+  await until(() => calls.some((call) => /wait=1/.test(call.url)));
+  await answer(calls, /wait=1/, 502, null);
+  await tick();
+  assert.equal(conn.state, "reconnecting");
+  await tick(150);
+  await answer(calls, /wait=1/, 504, { error: "x", message: "from the server" });
+  await until(() => calls.filter((call) => /wait=1/.test(call.url)).length === 3);
+  assert.ok(!calls.some((call) => /wait=0/.test(call.url)));
+  conn.close();
+});
+
+test("a socket killed after a silence comes back on WebSocket at once, with a keep-alive it remembers", async () => {
+  const storage = memoryStorage();
+  const { conn, calls, events } = setup({ storage, earlyCloseWindow: 10000 });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  await tick(900);
+  FakeWebSocket.last().drop(1006);
+  assert.equal(FakeWebSocket.instances.length, 2, "no fallback, no backoff");
+  const second = FakeWebSocket.last();
+  second.accept({ sid: SID, resumed: true });
+  assert.equal(conn.state, "open");
+  // Keep-alive every 1000 ms (the floor): a ping whenever nothing went either way for 500 ms.
+  await until(() => second.sent.some((frame) => frame.t === "ping"), 1500);
+  assert.equal(JSON.parse(storage.getItem("switchboard:" + BASE)).keepalive.value, 1000);
+  assert.equal(calls.length, 0, "no polling");
+  assert.equal(events.filter(([name, arg]) => name === "state" && arg === "reconnecting").length, 1);
+  // With that keep-alive running, a socket that dies anyway was not killed for silence: fall back.
+  second.drop(1006);
+  assert.equal(conn.transport, "longpoll");
+  conn.close();
+
+  // The next page load starts with the keep-alive.
+  FakeWebSocket.reset();
+  const again = setup({ storage });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  await until(() => FakeWebSocket.last().sent.some((frame) => frame.t === "ping"), 1500);
+  again.conn.close();
+});
+
+test("every transport request carries an increasing attach number; a failed probe renumbers the polls", async () => {
+  const { conn, calls } = setup({ probeDelay: 20 });
+  await until(() => FakeWebSocket.last());
+  assert.equal(attOf(FakeWebSocket.last().url), 1);
+  FakeWebSocket.last().drop(1006);
+  await answer(calls, /\/open\?/, 200, OPEN);
+  const first = await answer(calls, /wait=1/, 200, []);
+  assert.equal(attOf(first.url), 2);
+  const second = await answer(calls, /wait=1/, 200, []);
+  assert.equal(attOf(second.url), 2, "one loop, one number: each poll takes over from the last");
+  await until(() => FakeWebSocket.instances.length === 2, 2000);
+  const probe = FakeWebSocket.last();
+  assert.equal(attOf(probe.url), 3);
+  // A poll sent while the probe is on its way keeps the loop's (lower) number: if it arrives after
+  // the probe attached, the server refuses it instead of letting it take the session back.
+  const during = await answer(calls, /wait=1/, 200, []);
+  assert.equal(attOf(during.url), 2);
+  probe.drop(1006);
+  const after = await answer(calls, /wait=1/, 200, []);
+  assert.equal(attOf(after.url), 4, "after a failed probe, polls are numbered above it");
+  conn.close();
+});
+
+test("a late first WebSocket gets a polling session beside it; polling wins, the socket's session is closed", async () => {
+  const { conn, calls, events } = setup({ raceAfter: 20 });
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  conn.send("first");
+  await answer(calls, /\/open\?/, 200, OPEN);
+  await tick();
+  assert.equal(conn.transport, "longpoll");
+  assert.equal(conn.state, "open");
+  const post = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 1 }]);
+  assert.deepEqual(post.body, [{ t: "m", s: 1, d: "first" }]);
+  // The socket opens after all, with a session of its own: closed at once, and the session in
+  // use is upgraded to WebSocket straight away.
+  ws.accept({ sid: "b".repeat(32) });
+  assert.deepEqual(ws.sent, [{ t: "close" }]);
+  assert.equal(ws.closedWith, 1000);
+  await until(() => FakeWebSocket.instances.length === 2, 500);
+  assert.match(FakeWebSocket.last().url, new RegExp(`sid=${SID}`));
+  assert.equal(events.filter(([name]) => name === "open").length, 1);
+  conn.close();
+});
+
+test("a late first WebSocket that opens before the polling session keeps the session; the other is closed", async () => {
+  const { conn, calls, events } = setup({ raceAfter: 20 });
+  await until(() => FakeWebSocket.last());
+  await until(() => calls.some((call) => /\/open\?/.test(call.url)), 500);
+  FakeWebSocket.last().accept({ sid: SID });
+  assert.equal(conn.transport, "websocket");
+  const other = "c".repeat(32);
+  await answer(calls, /\/open\?/, 200, openFrame({ sid: other }));
+  const goodbye = await answer(calls, new RegExp(`poll\\?v=1&sid=${other}$`), 200, []);
+  assert.deepEqual(goodbye.body, [{ t: "close" }]);
+  assert.equal(conn.transport, "websocket");
+  assert.equal(events.filter(([name]) => name === "open").length, 1);
+  conn.close();
+});
+
+test("a hanging first WebSocket: the race's session carries, and the socket is remembered as blocked", async () => {
+  const storage = memoryStorage();
+  const { conn, calls } = setup({ raceAfter: 20, connectTimeout: 200, storage });
+  await until(() => FakeWebSocket.last());
+  await answer(calls, /\/open\?/, 200, OPEN);
+  await tick();
+  assert.equal(conn.transport, "longpoll");
+  await until(() => FakeWebSocket.last().closedWith === 1000, 1000);
+  assert.equal(calls.filter((call) => /\/open\?/.test(call.url)).length, 1, "one session only");
+  assert.ok(JSON.parse(storage.getItem("switchboard:" + BASE)).websocket > Date.now());
+  conn.close();
 });
