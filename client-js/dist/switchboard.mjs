@@ -633,16 +633,11 @@ var Connection = class extends Emitter {
     else this._timers.ack ||= setTimeout(ack, 100);
   }
   // --- Sending -----------------------------------------------------------------------------------
-  /**
-   * Writes what the server has not acknowledged yet and the current transport has not sent. Over
-   * polling that is a POST, which needs only the session: it goes even while the first poll of a
-   * resume is still on its way.
-   */
+  /** Writes what the server has not acknowledged yet and the current transport has not sent. */
   _flush() {
     const current = this._current;
-    if (!current || !this._sid || this.state === "closed") return;
+    if (!current || this.state !== "open") return;
     if (current.name !== "websocket") return this._post();
-    if (this.state !== "open") return;
     const pending = this._out.filter((message) => message.seq > this._sent);
     if (pending.length) {
       current.send(pending.map((message) => message.text));

@@ -483,6 +483,7 @@ test("a long poll cut by a gateway (504 without the server's body) polls again a
   await answer(calls, /wait=0/, 200, [{ t: "m", s: 1, d: "short" }]);
   await tick();
   assert.equal(conn.transport, "poll");
+  assert.ok(!calls.some((call) => call.method === "POST" && /\/poll\?/.test(call.url)), "nothing to resume after a cut");
   assert.ok(!events.some(([name, arg]) => name === "state" && arg === "reconnecting"), "a cut is no failure");
   assert.deepEqual(messages(events), ["short"]);
   conn.close();
@@ -594,12 +595,14 @@ test("a late first WebSocket that opens before the polling session keeps the ses
 
 test("a hanging first WebSocket: the race's session carries, and the socket is remembered as blocked", async () => {
   const storage = memoryStorage();
-  const { conn, calls } = setup({ raceAfter: 20, connectTimeout: 200, storage });
+  const { conn, calls } = setup({ raceAfter: 20, connectTimeout: 1000, storage });
   await until(() => FakeWebSocket.last());
+  const started = Date.now();
   await answer(calls, /\/open\?/, 200, OPEN);
+  assert.ok(Date.now() - started < 500, "the session opens beside the socket, long before its deadline");
   await tick();
   assert.equal(conn.transport, "longpoll");
-  await until(() => FakeWebSocket.last().closedWith === 1000, 1000);
+  await until(() => FakeWebSocket.last().closedWith === 1000, 2000);
   assert.equal(calls.filter((call) => /\/open\?/.test(call.url)).length, 1, "one session only");
   assert.ok(JSON.parse(storage.getItem("switchboard:" + BASE)).websocket > Date.now());
   conn.close();
