@@ -131,7 +131,9 @@ async fn receive_frames<U: Clone + Send + Sync + 'static>(
                 shared.ack(ack);
             }
             ClientFrame::Ping => pong = true,
-            ClientFrame::Pong => {}
+            // A pong answers nothing over HTTP (the server pings only WebSockets); frames of a
+            // type this version does not know are ignored (`docs/protocol.md` §3).
+            ClientFrame::Pong | ClientFrame::Unknown => {}
             ClientFrame::Close => close = true,
         }
     }
