@@ -270,14 +270,46 @@ async fn query_numbers_are_decimal_digits_and_unknown_parameters_are_ignored() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "ack={ack}");
         assert_eq!(error["error"], "bad_request", "ack={ack}");
     }
-    for query in ["ack=0", "ack=000", "ack=9007199254740991", "future=1&att=2"] {
+    for query in [
+        "ack=0",
+        "ack=000",
+        "ack=9007199254740991",
+        "future=1&att=2",
+        "batch=yes",
+        "auth=notjson",
+    ] {
         let (status, _) = get(&http, server_poll(&server, &sid, query)).await;
         assert_eq!(status, StatusCode::OK, "{query}");
     }
+    // `wait` is read like `ack`; `00` is zero, a short poll answered at once.
+    for wait in ["+0", "", "0.0", "-0"] {
+        let url = format!("{}/poll?v=1&sid={sid}&wait={wait}", server.base);
+        let (status, error) = get(&http, url).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "wait={wait}");
+        assert_eq!(error["error"], "bad_request", "wait={wait}");
+    }
+    let url = format!("{}/poll?v=1&sid={sid}&wait=00", server.base);
+    let (status, frames) = get(&http, url).await;
+    assert_eq!((status, frames), (StatusCode::OK, json!([])));
     // A parameter given twice is malformed.
     let (status, error) = get(&http, server_poll(&server, &sid, "ack=0&ack=0")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error["error"], "bad_request");
+    let mut socket = server.ws("&batch=1&batch=1").await;
+    assert_eq!(
+        close_of(&mut socket).await,
+        Some((4400, "bad_request".to_string()))
+    );
+    // POST /open ignores a sid: it opens a new session.
+    let response = http
+        .post(format!("{}/open?v=1&sid={sid}", server.base))
+        .send()
+        .await
+        .unwrap();
+    let open: Value = response.json().await.unwrap();
+    assert_eq!(open["t"], "open");
+    assert_ne!(open["sid"], sid.as_str());
+    assert_eq!(server.realtime.session_count(), 2);
 }
 
 fn server_poll(server: &TestServer, sid: &str, extra: &str) -> String {
@@ -506,6 +538,17 @@ async fn uppercase_session_ids_name_the_same_session() {
     // The server always writes the sid in lowercase.
     assert_eq!(open["sid"], sid.as_str());
     assert_eq!(server.realtime.session_count(), 1);
+    // What is not 32 hexadecimal digits is a bad parameter, not an unknown session.
+    for bad in [&sid[1..], "g".repeat(32).as_str(), &format!("{sid}0")] {
+        let (status, error) = get(&http, server.poll_url(bad, 0, false)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(error["error"], "bad_request", "{bad}");
+        let mut socket = server.ws(&format!("&sid={bad}")).await;
+        assert_eq!(
+            close_of(&mut socket).await,
+            Some((4400, "bad_request".to_string()))
+        );
+    }
 }
 
 #[tokio::test]
@@ -545,6 +588,8 @@ async fn non_json_auth_is_a_bad_request_and_null_is_no_auth() {
         ("&auth=%22tok%22", r#""tok""#),
         ("&auth=%7B%22a%22%3A%5B1%5D%7D", r#"{"a":[1]}"#),
         ("&auth=null", "none"),
+        // Form decoding: `+` is a space.
+        ("&auth=%22a+b%2Bc%22", r#""a b+c""#),
         ("", "none"),
     ] {
         let mut socket = server.ws(query).await;

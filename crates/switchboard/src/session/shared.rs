@@ -362,7 +362,7 @@ impl<U> Shared<U> {
 
     /// Delivers client messages in order, exactly once. Each message is judged on its own, in the
     /// order given: a duplicate (`seq <= delivered`) or one after a gap (`seq > delivered + 1`) is
-    /// dropped, the next one (`seq = delivered + 1`) is delivered (`docs/protocol.md` §16), so the
+    /// dropped, the next one (`seq = delivered + 1`) is delivered (`docs/protocol.md` §5.5), so the
     /// outcome does not depend on how a transport's reads were grouped. Waits while the
     /// application's inbound queue is full, unless the
     /// session ends or, for a transport (`generation` set), another transport takes over. Returns

@@ -28,7 +28,9 @@ pub(crate) struct Params {
     pub(crate) sid: Option<String>,
     #[serde(default, deserialize_with = "decimal")]
     pub(crate) ack: Option<u64>,
-    pub(crate) wait: Option<u8>,
+    /// `0`: short poll; any other number: long poll (§5.2, §16).
+    #[serde(default, deserialize_with = "decimal")]
+    pub(crate) wait: Option<u64>,
     pub(crate) auth: Option<String>,
     /// WebSocket only: exactly `1` asks the server to send JSON arrays of frames; any other
     /// value means one frame per message (§5.1).
