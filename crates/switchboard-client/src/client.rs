@@ -898,7 +898,8 @@ impl Task {
                 self.need_pong = true;
                 None
             }
-            ServerFrame::Pong => None,
+            // A frame of a type this version does not know is ignored (protocol §3).
+            ServerFrame::Pong | ServerFrame::Unknown { .. } => None,
             ServerFrame::Close { code, reason } => {
                 Some(Step::End(Error::SessionClosed { code, reason }))
             }
@@ -1226,7 +1227,7 @@ impl Task {
                                 return Step::End(e);
                             }
                         }
-                        ServerFrame::Pong => {}
+                        ServerFrame::Pong | ServerFrame::Unknown { .. } => {}
                         ServerFrame::Close { code, reason } => {
                             let deadline = Instant::now()
                                 + Duration::from_millis(self.open.hold)

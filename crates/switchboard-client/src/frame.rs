@@ -193,17 +193,26 @@ pub enum ServerFrame {
         /// Human-readable text.
         message: String,
     },
+    /// A frame whose type `t` protocol version 1 does not define. Receivers ignore it (§3); its
+    /// other fields are not looked at.
+    Unknown {
+        /// The frame's type.
+        t: String,
+    },
 }
 
 impl ServerFrame {
-    /// Parses one frame from its JSON text. Unknown fields are ignored.
+    /// Parses one frame from its JSON text. Unknown fields are ignored, and so is a frame of an
+    /// unknown type: it parses as [`ServerFrame::Unknown`].
     pub fn parse(text: &str) -> Result<ServerFrame, Error> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| Error::protocol(format!("frame is not JSON: {e}")))?;
         ServerFrame::from_json(&v)
     }
 
-    /// Parses one frame from a JSON value. Unknown fields are ignored.
+    /// Parses one frame from a JSON value. Unknown fields are ignored; a frame of an unknown type
+    /// is [`ServerFrame::Unknown`]. A value that is not an object, or has no string `t`, is an
+    /// error.
     pub fn from_json(v: &Value) -> Result<ServerFrame, Error> {
         let map = v
             .as_object()
@@ -240,9 +249,9 @@ impl ServerFrame {
                 code: req_str(map, "code")?.to_owned(),
                 message: opt_str(map, "message")?.unwrap_or_default(),
             }),
-            other => Err(Error::protocol(format!(
-                "unknown server frame type {other:?}"
-            ))),
+            other => Ok(ServerFrame::Unknown {
+                t: other.to_owned(),
+            }),
         }
     }
 
@@ -270,6 +279,7 @@ impl ServerFrame {
             ServerFrame::Error { code, message } => {
                 serde_json::json!({"t": "error", "code": code, "message": message})
             }
+            ServerFrame::Unknown { t } => serde_json::json!({ "t": t }),
         }
     }
 }
@@ -292,6 +302,12 @@ pub enum ClientFrame {
     Pong,
     /// `close` (§3.5): asks the server to end the session.
     Close,
+    /// A frame whose type `t` protocol version 1 does not define (the server ignores it, §3).
+    /// Encodes as `{"t": t}`.
+    Unknown {
+        /// The frame's type.
+        t: String,
+    },
 }
 
 impl ClientFrame {
@@ -308,6 +324,7 @@ impl ClientFrame {
             ClientFrame::Ping => serde_json::json!({"t": "ping"}),
             ClientFrame::Pong => serde_json::json!({"t": "pong"}),
             ClientFrame::Close => serde_json::json!({"t": "close"}),
+            ClientFrame::Unknown { t } => serde_json::json!({ "t": t }),
         }
     }
 
@@ -328,7 +345,8 @@ impl ClientFrame {
         ClientFrame::from_json(&v)
     }
 
-    /// Parses a client frame from a JSON value. Unknown fields are ignored.
+    /// Parses a client frame from a JSON value. Unknown fields are ignored; a frame of an unknown
+    /// type is [`ClientFrame::Unknown`].
     pub fn from_json(v: &Value) -> Result<ClientFrame, Error> {
         let map = v
             .as_object()
@@ -342,9 +360,9 @@ impl ClientFrame {
             "ping" => Ok(ClientFrame::Ping),
             "pong" => Ok(ClientFrame::Pong),
             "close" => Ok(ClientFrame::Close),
-            other => Err(Error::protocol(format!(
-                "unknown client frame type {other:?}"
-            ))),
+            other => Ok(ClientFrame::Unknown {
+                t: other.to_owned(),
+            }),
         }
     }
 }
@@ -586,10 +604,59 @@ mod tests {
             "1",
             "{}",
             r#"{"t":1}"#,
-            r#"{"t":"nope"}"#,
+            r#"{"s":1,"d":1}"#,
+            "null",
             "{\"t\":\"m\"",
         ] {
             assert!(ServerFrame::parse(bad).is_err(), "{bad}");
+        }
+        assert!(ServerFrame::parse_array(br#"[{"t":"ping"},1]"#).is_err());
+    }
+
+    #[test]
+    fn frames_of_unknown_types_parse_as_unknown_whatever_their_fields() {
+        for (text, t) in [
+            (r#"{"t":"nope"}"#, "nope"),
+            (
+                r#"{"t":"sub","s":"room","a":[1],"d":1,"b":"%%%","code":"x"}"#,
+                "sub",
+            ),
+            (r#"{"t":"M","s":1,"d":1}"#, "M"),
+        ] {
+            assert_eq!(
+                ServerFrame::parse(text).unwrap(),
+                ServerFrame::Unknown { t: t.into() }
+            );
+            assert_eq!(
+                ClientFrame::parse(text).unwrap(),
+                ClientFrame::Unknown { t: t.into() }
+            );
+        }
+        // "open" and "error" are server frames only.
+        assert_eq!(
+            ClientFrame::parse(r#"{"t":"open"}"#).unwrap(),
+            ClientFrame::Unknown { t: "open".into() }
+        );
+        let frames =
+            ServerFrame::parse_array(br#"[{"t":"later","s":"x"},{"t":"m","s":1,"d":2}]"#).unwrap();
+        assert_eq!(frames[0], ServerFrame::Unknown { t: "later".into() });
+        assert!(matches!(frames[1], ServerFrame::Msg { seq: 1, .. }));
+        assert_eq!(
+            ClientFrame::Unknown { t: "later".into() }.to_json(),
+            json!({"t": "later"})
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_must_be_written_as_integers() {
+        for bad in [
+            r#"{"t":"m","s":1.0,"d":1}"#,
+            r#"{"t":"m","s":1e0,"d":1}"#,
+            r#"{"t":"m","s":-0,"d":1}"#,
+            r#"{"t":"ack","a":3.0}"#,
+        ] {
+            assert!(ServerFrame::parse(bad).is_err(), "{bad}");
+            assert!(ClientFrame::parse(bad).is_err(), "{bad}");
         }
     }
 

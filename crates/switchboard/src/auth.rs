@@ -29,7 +29,8 @@ impl Handshake {
     }
 
     /// The authentication data the client sent (`auth` option of the JavaScript client): from the
-    /// `auth` query parameter on WebSocket, from the body of `POST /open` on polling.
+    /// `auth` query parameter on WebSocket, from the body of `POST /open` on polling. `None` when
+    /// the client sent none, or sent `null` (`docs/protocol.md` §4).
     pub fn auth(&self) -> Option<&serde_json::Value> {
         self.auth.as_ref()
     }

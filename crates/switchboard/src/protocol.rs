@@ -256,6 +256,9 @@ pub(crate) enum ClientFrame {
     Pong,
     /// Request to end the session.
     Close,
+    /// A frame of a type protocol version 1 does not define: ignored, so that the protocol can
+    /// grow (`docs/protocol.md` §3).
+    Unknown,
 }
 
 /// Why a client frame was rejected.
@@ -306,11 +309,32 @@ where
     <&'de RawValue>::deserialize(deserializer).map(Some)
 }
 
+/// The frame types a client may send in protocol version 1.
+const CLIENT_FRAME_TYPES: [&str; 5] = ["m", "ack", "ping", "pong", "close"];
+
+/// Just the type of a frame, whatever its other fields hold.
+#[derive(Deserialize)]
+struct FrameType<'a> {
+    #[serde(borrow)]
+    t: Cow<'a, str>,
+}
+
 /// Decodes one client frame.
+///
+/// A JSON object with a string `t` that version 1 does not define is [`ClientFrame::Unknown`],
+/// whatever its other fields hold; anything else that does not decode is malformed.
 pub(crate) fn decode_frame(text: &str, max_message: usize) -> Result<ClientFrame, FrameError> {
-    let raw: RawFrame<'_> = serde_json::from_str(text)
-        .map_err(|err| malformed(format!("not a frame object: {err}")))?;
-    from_raw(raw, max_message)
+    match serde_json::from_str::<RawFrame<'_>>(text) {
+        Ok(raw) => from_raw(raw, max_message),
+        // Only on this (rare) path is the frame parsed a second time: a frame of a later type
+        // may give the fields of version 1 other types.
+        Err(err) => match serde_json::from_str::<FrameType<'_>>(text) {
+            Ok(frame) if !CLIENT_FRAME_TYPES.contains(&frame.t.as_ref()) => {
+                Ok(ClientFrame::Unknown)
+            }
+            _ => Err(malformed(format!("not a valid frame object: {err}"))),
+        },
+    }
 }
 
 /// Decodes a JSON array of client frames (a POST body). Either every frame is valid, or an error
@@ -319,10 +343,25 @@ pub(crate) fn decode_batch(
     body: &[u8],
     max_message: usize,
 ) -> Result<Vec<ClientFrame>, FrameError> {
-    let raws: Vec<RawFrame<'_>> = serde_json::from_slice(body)
+    if let Ok(raws) = serde_json::from_slice::<Vec<RawFrame<'_>>>(body) {
+        return raws
+            .into_iter()
+            .map(|raw| from_raw(raw, max_message))
+            .collect();
+    }
+    // Something in the body is not a frame of version 1: decode frame by frame, to tell a frame
+    // of an unknown type (ignored) from a malformed one, and to say which one is wrong.
+    let frames: Vec<&RawValue> = serde_json::from_slice(body)
         .map_err(|err| malformed(format!("body is not a JSON array of frames: {err}")))?;
-    raws.into_iter()
-        .map(|raw| from_raw(raw, max_message))
+    frames
+        .iter()
+        .enumerate()
+        .map(|(index, frame)| {
+            decode_frame(frame.get(), max_message).map_err(|err| match err {
+                FrameError::Malformed(why) => malformed(format!("frame {index}: {why}")),
+                too_large => too_large,
+            })
+        })
         .collect()
 }
 
@@ -384,7 +423,7 @@ fn from_raw(raw: RawFrame<'_>, max_message: usize) -> Result<ClientFrame, FrameE
         "ping" => Ok(ClientFrame::Ping),
         "pong" => Ok(ClientFrame::Pong),
         "close" => Ok(ClientFrame::Close),
-        other => Err(malformed(format!("unknown frame type {other:?}"))),
+        _ => Ok(ClientFrame::Unknown),
     }
 }
 
@@ -458,12 +497,52 @@ mod tests {
             r#"{"t":"m","s":1,"d":1,"b":"AA=="}"#,
             r#"{"t":"m","s":1,"b":"%%%"}"#,
             r#"{"t":"ack"}"#,
-            r#"{"t":"bogus"}"#,
+            r#"{"t":"m","s":1.0,"d":1}"#,
+            r#"{"t":"m","s":1e0,"d":1}"#,
+            r#"{"t":"m","s":-0,"d":1}"#,
+            r#"{"t":"m","s":"1","d":1}"#,
+            r#"{"t":"ack","a":2.0}"#,
+            r#"{"t":1}"#,
+            r#"{"s":1,"d":1}"#,
+            r#"{"t":"m","t":"m","s":1,"d":1}"#,
+            "null",
+            "\"m\"",
         ] {
             assert!(
                 matches!(decode_frame(bad, 64), Err(FrameError::Malformed(_))),
                 "{bad:?} was accepted"
             );
+        }
+    }
+
+    #[test]
+    fn frames_of_unknown_types_are_ignored_whatever_their_fields() {
+        for future in [
+            r#"{"t":"bogus"}"#,
+            r#"{"t":"sub","s":"room","a":[1],"d":1,"b":"%%%","e":7}"#,
+            r#"{"t":"M","s":1,"d":1}"#,
+            r#"{"t":""}"#,
+        ] {
+            assert!(
+                matches!(decode_frame(future, 64), Ok(ClientFrame::Unknown)),
+                "{future:?} was not ignored"
+            );
+        }
+        let batch = br#"[{"t":"m","s":1,"d":1},{"t":"sub","s":"room"},{"t":"ping"}]"#;
+        let frames = decode_batch(batch, 64).unwrap();
+        assert!(matches!(
+            frames[..],
+            [
+                ClientFrame::Message { seq: 1, .. },
+                ClientFrame::Unknown,
+                ClientFrame::Ping
+            ]
+        ));
+        // One malformed frame still rejects the whole body, and the error says which one.
+        let bad = br#"[{"t":"sub","s":"room"},{"t":"m","s":"1","d":1}]"#;
+        match decode_batch(bad, 64) {
+            Err(FrameError::Malformed(why)) => assert!(why.starts_with("frame 1:"), "{why}"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 

@@ -477,12 +477,60 @@ fn client_etag() -> &'static str {
     })
 }
 
+/// Whether an `If-None-Match` field (all its lines) matches the current entity tag `etag`, per
+/// RFC 9110 §13.1.2: `*` matches, and a listed tag matches by weak comparison (`W/"x"` matches
+/// `"x"`). A field that does not parse matches nothing.
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    let mut lines = headers.get_all(header::IF_NONE_MATCH).iter().peekable();
+    if lines.peek().is_none() {
+        return false;
+    }
+    let opaque = etag.strip_prefix("W/").unwrap_or(etag);
+    let mut tags = Vec::new();
+    for line in lines {
+        let Ok(line) = line.to_str() else {
+            return false;
+        };
+        if line.trim() == "*" {
+            return true;
+        }
+        match entity_tags(line) {
+            Some(list) => tags.extend(list),
+            None => return false,
+        }
+    }
+    tags.contains(&opaque)
+}
+
+/// The opaque tags (quotes included, `W/` dropped) of a list of entity tags, `None` if it is not
+/// one (RFC 9110 §8.8.3: `entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE`, in a comma-separated list
+/// that may have empty elements).
+fn entity_tags(list: &str) -> Option<Vec<&str>> {
+    let mut tags = Vec::new();
+    let mut rest = list.trim_start_matches([' ', '\t', ',']);
+    while !rest.is_empty() {
+        let quoted = rest.strip_prefix("W/").unwrap_or(rest);
+        let body = quoted.strip_prefix('"')?;
+        let end = body.find('"')?;
+        let tag = &quoted[..end + 2];
+        if !tag[1..tag.len() - 1]
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80)
+        {
+            return None;
+        }
+        tags.push(tag);
+        rest = quoted[end + 2..].trim_start_matches([' ', '\t']);
+        if !rest.is_empty() {
+            rest = rest.strip_prefix(',')?.trim_start_matches([' ', '\t', ',']);
+        }
+    }
+    Some(tags)
+}
+
 async fn client_js(headers: HeaderMap) -> Response {
     let etag = client_etag();
-    let fresh = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.split(',').any(|tag| tag.trim() == etag));
+    let fresh = if_none_match(&headers, etag);
     let cache = [
         (header::ETAG, etag.to_string()),
         (header::CACHE_CONTROL, "public, max-age=3600".to_string()),
@@ -515,6 +563,51 @@ mod tests {
             );
         }
         map
+    }
+
+    fn if_none_match_headers(lines: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for line in lines {
+            map.append(
+                header::IF_NONE_MATCH,
+                HeaderValue::from_str(line).unwrap_or(HeaderValue::from_static("x")),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn if_none_match_uses_weak_comparison_and_star_matches() {
+        let etag = "\"0123abcd\"";
+        for matching in [
+            &["\"0123abcd\""][..],
+            &["W/\"0123abcd\""],
+            &["*"],
+            &[" * "],
+            &["\"other\", W/\"0123abcd\""],
+            &["\"a,b\" , ,\"0123abcd\","],
+            &["\"other\"", "W/\"0123abcd\""],
+        ] {
+            assert!(
+                if_none_match(&if_none_match_headers(matching), etag),
+                "{matching:?}"
+            );
+        }
+        for not_matching in [
+            &[][..],
+            &["\"other\""],
+            &["0123abcd"],
+            &["w/\"0123abcd\""],
+            &["\"0123ABCD\""],
+            &["\"0123abcd"],
+            &["\"other\" \"0123abcd\""],
+            &["*, \"other\""],
+        ] {
+            assert!(
+                !if_none_match(&if_none_match_headers(not_matching), etag),
+                "{not_matching:?}"
+            );
+        }
     }
 
     #[test]

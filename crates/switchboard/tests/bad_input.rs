@@ -63,7 +63,7 @@ async fn malformed_frames_get_400_and_change_nothing() {
         "not json".to_string(),
         "{}".to_string(),
         json!([{"t":"m","s":1}]).to_string(),
-        json!([{"t":"m","s":1,"d":"ok"},{"t":"wat"}]).to_string(),
+        json!([{"t":"m","s":1,"d":"ok"},{"t":7}]).to_string(),
         json!([{"t":"m","s":1,"b":"%%% not base64"}]).to_string(),
     ] {
         let (status, error) = post(&http, &server.base, &sid, body.clone()).await;

@@ -75,11 +75,17 @@ impl WsConn {
         headers: &[(&str, &str)],
     ) -> Result<(WsConn, OpenFrame), Error> {
         let mut conn = WsConn::connect_raw(base, &format!("/ws?{query}"), headers).await?;
-        match conn.recv().await? {
-            ServerFrame::Open(open) => Ok((conn, open)),
-            other => Err(Error::protocol(format!(
-                "first WebSocket frame is not open: {other:?}"
-            ))),
+        loop {
+            match conn.recv().await? {
+                ServerFrame::Open(open) => return Ok((conn, open)),
+                // Frames of unknown types are ignored wherever they come (protocol §3).
+                ServerFrame::Unknown { .. } => {}
+                other => {
+                    return Err(Error::protocol(format!(
+                        "first WebSocket frame is not open: {other:?}"
+                    )));
+                }
+            }
         }
     }
 

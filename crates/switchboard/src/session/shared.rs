@@ -360,8 +360,11 @@ impl<U> Shared<U> {
         self.state().in_seq
     }
 
-    /// Delivers client messages in order, exactly once: duplicates (`seq <= delivered`) are dropped,
-    /// a gap stops delivery. Waits while the application's inbound queue is full, unless the
+    /// Delivers client messages in order, exactly once. Each message is judged on its own, in the
+    /// order given: a duplicate (`seq <= delivered`) or one after a gap (`seq > delivered + 1`) is
+    /// dropped, the next one (`seq = delivered + 1`) is delivered (`docs/protocol.md` §5.5), so the
+    /// outcome does not depend on how a transport's reads were grouped. Waits while the
+    /// application's inbound queue is full, unless the
     /// session ends or, for a transport (`generation` set), another transport takes over. Returns
     /// the highest client sequence number delivered.
     ///
@@ -384,10 +387,10 @@ impl<U> Shared<U> {
                     let superseded = generation.is_some_and(|generation| {
                         !matches!(state.attached, Some((current, _)) if current == generation)
                     });
-                    if state.close.is_some() || superseded || seq > state.in_seq + 1 {
+                    if state.close.is_some() || superseded {
                         return state.in_seq;
                     }
-                    if seq <= state.in_seq {
+                    if seq != state.in_seq + 1 {
                         break;
                     }
                     if state.inbox.len() < cap {

@@ -23,29 +23,43 @@ use crate::protocol;
 /// Query parameters of every endpoint (`docs/protocol.md` §4–5).
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct Params {
-    pub(crate) v: Option<u32>,
+    /// Any value other than exactly `1` is an unsupported version (§2).
+    pub(crate) v: Option<String>,
     pub(crate) sid: Option<String>,
+    #[serde(default, deserialize_with = "decimal")]
     pub(crate) ack: Option<u64>,
-    pub(crate) wait: Option<u8>,
+    /// `0`: short poll; any other number: long poll (§5.2, §16).
+    #[serde(default, deserialize_with = "decimal")]
+    pub(crate) wait: Option<u64>,
     pub(crate) auth: Option<String>,
-    /// WebSocket only: `1` asks the server to send JSON arrays of frames (§5.1).
-    pub(crate) batch: Option<u8>,
+    /// WebSocket only: exactly `1` asks the server to send JSON arrays of frames; any other
+    /// value means one frame per message (§5.1).
+    pub(crate) batch: Option<String>,
+}
+
+/// Only the version of a request, whatever the other parameters hold.
+#[derive(Deserialize)]
+struct Version {
+    v: Option<String>,
 }
 
 impl Params {
     pub(crate) fn from_uri(uri: &Uri) -> Result<Self, ApiError> {
         let params: Params = match uri.query() {
-            Some(query) => serde_urlencoded_query(query)?,
+            Some(query) => serde_urlencoded_query(query).map_err(|err| {
+                // The version comes first: a request of another version may carry parameters
+                // that version 1 cannot read.
+                match serde_urlencoded_query::<Version>(query) {
+                    Ok(Version { v: Some(v) }) if !is_supported(&v) => unsupported_version(),
+                    _ => err,
+                }
+            })?,
             None => Params::default(),
         };
-        if let Some(version) = params.v
-            && version != protocol::VERSION
+        if let Some(version) = &params.v
+            && !is_supported(version)
         {
-            return Err(ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "unsupported_version",
-                format!("this server speaks protocol version {}", protocol::VERSION),
-            ));
+            return Err(unsupported_version());
         }
         if params.ack.is_some_and(|ack| ack > protocol::MAX_SEQ) {
             return Err(ApiError::bad_request("ack must be at most 2^53-1"));
@@ -60,8 +74,34 @@ impl Params {
     }
 }
 
-fn serde_urlencoded_query(query: &str) -> Result<Params, ApiError> {
-    axum::extract::Query::<Params>::try_from_uri(
+fn is_supported(version: &str) -> bool {
+    version == "1"
+}
+
+fn unsupported_version() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "unsupported_version",
+        format!("this server speaks protocol version {}", protocol::VERSION),
+    )
+}
+
+/// A query number: decimal digits only (no sign, fraction, exponent or spaces), `docs/protocol.md`
+/// §16.
+fn decimal<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(serde::de::Error::custom(format!(
+            "{text:?} is not a decimal integer"
+        )));
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{text:?} is too large")))
+}
+
+fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(
         &format!("/?{query}")
             .parse::<Uri>()
             .map_err(|_| ApiError::bad_request("unreadable query string"))?,

@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 use crate::auth::Handshake;
 use crate::error::{ApiError, CloseReason};
@@ -24,12 +23,6 @@ fn body_error(rejection: BytesRejection) -> ApiError {
     } else {
         ApiError::bad_request(format!("unreadable body: {}", rejection.body_text()))
     }
-}
-
-#[derive(Deserialize)]
-struct OpenBody {
-    #[serde(default)]
-    auth: Option<serde_json::Value>,
 }
 
 pub(crate) async fn open<U: Clone + Send + Sync + 'static>(
@@ -58,11 +51,14 @@ async fn open_session<U: Clone + Send + Sync + 'static>(
     let auth = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        serde_json::from_slice::<OpenBody>(&body)
+        // A JSON object (not an array, which serde would also read into a struct): its `auth`
+        // member, if any and not `null`, is the auth data; other members are ignored.
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body)
             .map_err(|err| {
                 ApiError::bad_request(format!("open body must be {{\"auth\": ...}}: {err}"))
             })?
-            .auth
+            .remove("auth")
+            .filter(|auth| !auth.is_null())
     };
     let session = mounted
         .open_session(Handshake {
@@ -131,7 +127,9 @@ async fn receive_frames<U: Clone + Send + Sync + 'static>(
                 shared.ack(ack);
             }
             ClientFrame::Ping => pong = true,
-            ClientFrame::Pong => {}
+            // A pong answers nothing over HTTP (the server pings only WebSockets); frames of a
+            // type this version does not know are ignored (`docs/protocol.md` §3).
+            ClientFrame::Pong | ClientFrame::Unknown => {}
             ClientFrame::Close => close = true,
         }
     }

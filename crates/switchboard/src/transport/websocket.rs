@@ -97,10 +97,17 @@ fn serve<U: Clone + Send + Sync + 'static>(
     })
 }
 
-/// Largest text frame accepted: a `m` frame carries at most `max_message` payload bytes,
-/// base64-inflated, plus framing.
+/// Largest text frame accepted (`docs/protocol.md` §5.1): `4 × ⌈max_message / 3⌉ + 1024` bytes,
+/// the base64 text of a payload of `max_message` bytes plus 1024 bytes for the rest of the frame.
 fn max_frame(config: &crate::config::Config) -> usize {
-    config.max_message / 3 * 4 + 1024
+    max_frame_len(config.max_message)
+}
+
+fn max_frame_len(max_message: usize) -> usize {
+    max_message
+        .div_ceil(3)
+        .saturating_mul(4)
+        .saturating_add(1024)
 }
 
 /// The session a new socket is for, and how to talk to its client.
@@ -140,7 +147,8 @@ async fn attach<U: Clone + Send + Sync + 'static>(
     uri: Uri,
 ) -> Result<Attached<U>, ApiError> {
     let params = Params::from_uri(&uri)?;
-    let batch = params.batch == Some(1);
+    // Exactly `1`; any other value means one frame per message (§5.1).
+    let batch = params.batch.as_deref() == Some("1");
     if let Some(sid) = &params.sid {
         let session = mounted.lookup(sid)?;
         let client_ack = session.shared.ack(params.ack.unwrap_or(0));
@@ -152,10 +160,9 @@ async fn attach<U: Clone + Send + Sync + 'static>(
         });
     }
     let auth = match &params.auth {
-        Some(text) => Some(
-            serde_json::from_str(text)
-                .map_err(|err| ApiError::bad_request(format!("auth is not JSON: {err}")))?,
-        ),
+        // `null` is no authentication data, as `{"auth": null}` is in a `POST /open` body.
+        Some(text) => serde_json::from_str::<Option<serde_json::Value>>(text)
+            .map_err(|err| ApiError::bad_request(format!("auth is not JSON: {err}")))?,
         None => None,
     };
     let session = mounted
@@ -579,7 +586,7 @@ async fn handle_incoming<U>(
                     shared.ack(ack);
                 }
                 Ok(ClientFrame::Ping) => replies.frame(protocol::PONG_FRAME),
-                Ok(ClientFrame::Pong) => {}
+                Ok(ClientFrame::Pong | ClientFrame::Unknown) => {}
                 Ok(ClientFrame::Close) => close = true,
                 Err(err) => {
                     tracing::info!(session = shared.key, error = %err, "rejected a WebSocket frame");
@@ -631,5 +638,21 @@ async fn handle_incoming<U>(
         Ok(())
     } else {
         Err(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_frame_len;
+
+    #[test]
+    fn the_frame_limit_fits_the_base64_text_of_the_largest_payload() {
+        // 4 × ⌈n / 3⌉ is the length of the padded base64 text of n bytes.
+        assert_eq!(max_frame_len(65_536), 88_408);
+        assert_eq!(max_frame_len(0), 1024);
+        assert_eq!(max_frame_len(1), 1028);
+        assert_eq!(max_frame_len(3), 1028);
+        assert_eq!(max_frame_len(4), 1032);
+        assert_eq!(max_frame_len(usize::MAX), usize::MAX);
     }
 }
