@@ -220,8 +220,8 @@ var WebSocketTransport = class {
     for (const frame of frames) {
       if (this._stopped) return;
       if (this._openedAt) this._conn._frame(this, frame);
-      else if (frame.t === "open") this._open(frame);
-      else this._fail(frame.code || 1002, frame.reason);
+      else if (frame && frame.t === "open") this._open(frame);
+      else if (frame && frame.t === "close") this._fail(frame.code || 1002, frame.reason);
     }
   }
   _open(frame) {
@@ -592,7 +592,7 @@ var Connection = class extends Emitter {
     for (const frame of frames) this._frame(null, frame);
   }
   _frame(transport, frame) {
-    if (transport && transport !== this._current) return;
+    if (transport && transport !== this._current || !frame) return;
     if (frame.t === "m") {
       if (frame.s <= this._rx) return;
       if (frame.s !== this._rx + 1) return this._current && this._current._fail(0);

@@ -399,7 +399,7 @@ export class Connection extends Emitter {
   }
 
   _frame(transport, frame) {
-    if (transport && transport !== this._current) return;
+    if ((transport && transport !== this._current) || !frame) return;
     if (frame.t === "m") {
       if (frame.s <= this._rx) return;
       // A gap cannot happen with a correct server; resume from what we have.

@@ -32,11 +32,12 @@ export class WebSocketTransport {
     this._heard = this._active = Date.now();
     for (const frame of frames) {
       // A frame that stopped this transport (close, takeover, sequence gap) ends the batch; so
-      // does a first frame that is not `open` (the transport fails).
+      // does a `close` before the open frame (the transport fails). Other frames before it are
+      // ignored, like frames of unknown types (§2).
       if (this._stopped) return;
       if (this._openedAt) this._conn._frame(this, frame);
-      else if (frame.t === "open") this._open(frame);
-      else this._fail(frame.code || 1002, frame.reason);
+      else if (frame && frame.t === "open") this._open(frame);
+      else if (frame && frame.t === "close") this._fail(frame.code || 1002, frame.reason);
     }
   }
 

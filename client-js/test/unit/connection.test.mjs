@@ -168,7 +168,7 @@ test("a batch ends at the frame that stopped the transport", async () => {
   assert.deepEqual(messages(events), ["last"]);
   assert.deepEqual(events.at(-1), ["close", { code: 4000, reason: "kicked" }]);
 
-  // A first frame that is not `open` fails the socket; an open frame after it is not taken (and
+  // A `close` before the open frame fails the socket; an open frame after it is not taken (and
   // starts no heartbeat timer on the dead socket).
   FakeWebSocket.reset();
   ({ conn, events } = setup());
@@ -182,7 +182,7 @@ test("a batch ends at the frame that stopped the transport", async () => {
     return id;
   };
   try {
-    ws.deliverBatch({ t: "m", s: 1, d: "too early" }, openFrame({ sid: SID }));
+    ws.deliverBatch({ t: "close", reason: "broken" }, openFrame({ sid: SID }));
   } finally {
     globalThis.setInterval = setInterval;
     intervals.forEach(clearInterval);
@@ -605,5 +605,15 @@ test("a hanging first WebSocket: the race's session carries, and the socket is r
   await until(() => FakeWebSocket.last().closedWith === 1000, 2000);
   assert.equal(calls.filter((call) => /\/open\?/.test(call.url)).length, 1, "one session only");
   assert.ok(JSON.parse(storage.getItem("switchboard:" + BASE)).websocket > Date.now());
+  conn.close();
+});
+
+test("frames of unknown types are ignored, before the open frame too, and so are non-objects", async () => {
+  const { conn, events } = setup();
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  ws.deliverBatch({ t: "hint", v: 2 }, null, openFrame({ sid: SID }), { t: "later", s: 1 }, null, { t: "m", s: 1, d: "ok" });
+  assert.equal(conn.state, "open");
+  assert.deepEqual(messages(events), ["ok"]);
   conn.close();
 });
