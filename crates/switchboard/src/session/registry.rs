@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use crate::error::CloseReason;
 use crate::session::{Expiry, Session, SessionId};
 
 pub(crate) struct Registry<U> {
@@ -85,13 +84,16 @@ impl<U> Registry<U> {
                 Expiry::Remove => gone.push(*entry.key()),
             }
         }
-        let reaped = expired.len() + gone.len();
+        let mut reaped = gone.len();
         for session in expired {
-            // If the application closed it in the meantime, keep it until its close frame has
-            // had the resume window to be picked up.
-            if session.shared.close(CloseReason::Expired) {
+            // Decided again, atomically with the close: a transport may have attached (or a POST
+            // come, or the application closed the session) since the look above. A session the
+            // application closed meanwhile is kept until its close frame has had the resume
+            // window to be picked up.
+            if session.shared.expire(now) {
                 tracing::debug!(session = session.shared.key, "session expired");
                 self.remove(&session.shared.sid);
+                reaped += 1;
             }
         }
         for sid in gone {
