@@ -247,6 +247,9 @@ impl ClientBuilder {
     /// every server message with `s <= rx`. The client's next sequence number is taken from the
     /// server's acknowledgement (WebSocket: the open frame; polling: the answer to an empty
     /// `POST`), so the resumed client must not have unacknowledged messages of its own.
+    ///
+    /// The attach numbers of its transport requests (`att`, protocol §9) start from the wall
+    /// clock, so that they exceed those of the client that used the session before.
     #[must_use]
     pub fn resume(mut self, sid: &str, rx: u64) -> Self {
         self.resume = Some((sid.to_owned(), rx));
@@ -283,6 +286,7 @@ impl ClientBuilder {
             Some((sid, rx)) => (Some(sid.as_str()), *rx),
             None => (None, 0),
         };
+        let mut att = Att::new(resuming);
 
         // Open or resume the session; for polling resumes, learn the server's ack with `POST []`.
         let (conn, open): (Option<WsConn>, OpenFrame) = match (self.transport, sid_in) {
@@ -290,7 +294,7 @@ impl ClientBuilder {
                 let auth = if resuming { None } else { self.auth.as_ref() };
                 let (ws, open) = with_timeout(
                     t,
-                    WsConn::connect_with(&self.base, sid_in, rx, auth, &header_refs),
+                    WsConn::connect_att(&self.base, sid_in, rx, att.next(), auth, &header_refs),
                 )
                 .await?;
                 (Some(ws), open)
@@ -367,6 +371,7 @@ impl ClientBuilder {
             cmd_rx,
             ack_tx,
             kind: self.transport,
+            att,
         };
         let conn = match conn {
             Some(ws) => Conn::Ws(ws, Instant::now()),
@@ -396,6 +401,40 @@ fn header_refs<'a>(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .chain(origin.map(|o| ("Origin", o)))
         .collect()
+}
+
+/// The attach numbers of one client's transport requests (protocol §9, "Ordering attaches"):
+/// every `GET B/poll` and every WebSocket carries a higher one than the requests before it, so
+/// that the server can tell a request that was overtaken on the way from a newer one.
+#[derive(Debug, Clone, Copy)]
+struct Att {
+    last: u64,
+}
+
+impl Att {
+    /// A new session's numbers start at 1. A resumed session may have been used by another
+    /// client (an earlier process) whose numbers this one must exceed, so they start from the
+    /// wall clock in microseconds instead (below 2^53 until the year 2255), which that client
+    /// would have had to outrun by one request per microsecond.
+    fn new(resuming: bool) -> Att {
+        let last = if resuming {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| {
+                    u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+                })
+                .min(crate::MAX_SEQ / 2)
+        } else {
+            0
+        };
+        Att { last }
+    }
+
+    /// The number for the next transport request.
+    fn next(&mut self) -> u64 {
+        self.last = (self.last + 1).min(crate::MAX_SEQ);
+        self.last
+    }
 }
 
 /// The documented defaults (§11), used when resuming over polling (no open frame).
@@ -745,6 +784,8 @@ struct Task {
     cmd_rx: mpsc::Receiver<Command>,
     ack_tx: watch::Sender<u64>,
     kind: Transport,
+    /// The attach numbers of the transport requests.
+    att: Att,
 }
 
 async fn opt_fut(f: Option<&mut Answer>) -> Result<Vec<ServerFrame>, Error> {
@@ -974,7 +1015,8 @@ impl Task {
         if kind.is_poll() {
             let answer = with_timeout(
                 self.cfg.connect_timeout,
-                self.http.poll(&self.sid, self.rx, false),
+                self.http
+                    .poll_att(&self.sid, self.rx, false, self.att.next()),
             )
             .await?;
             self.last_ack_sent = self.rx;
@@ -995,7 +1037,14 @@ impl Task {
             let headers = header_refs(&self.cfg.headers, None);
             let (ws, open) = with_timeout(
                 self.cfg.connect_timeout,
-                WsConn::connect_with(&self.cfg.base, Some(&self.sid), self.rx, None, &headers),
+                WsConn::connect_att(
+                    &self.cfg.base,
+                    Some(&self.sid),
+                    self.rx,
+                    self.att.next(),
+                    None,
+                    &headers,
+                ),
             )
             .await?;
             check_open(&open, Some(&self.sid))?;
@@ -1120,8 +1169,11 @@ impl Task {
         let now = Instant::now();
         if p.get.is_none() && now >= p.next_get_at && !self.inbound_full() {
             let (http, sid, ack, wait) = (self.http.clone(), self.sid.clone(), self.rx, p.wait);
+            let att = self.att.next();
             self.last_ack_sent = ack;
-            p.get = Some(Box::pin(async move { http.poll(&sid, ack, wait).await }));
+            p.get = Some(Box::pin(async move {
+                http.poll_att(&sid, ack, wait, att).await
+            }));
         }
         if p.post.is_none() && p.closing.is_none() && now >= p.next_post_at {
             let after = self.server_ack();
@@ -1374,6 +1426,20 @@ fn retire(conn: Conn) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attach_numbers_increase_and_a_resume_starts_above_a_new_session() {
+        let mut new = Att::new(false);
+        assert_eq!((new.next(), new.next(), new.next()), (1, 2, 3));
+        let mut resumed = Att::new(true);
+        let first = resumed.next();
+        assert!(first > 1_000_000_000_000_000, "{first}");
+        assert!(first < crate::MAX_SEQ);
+        assert_eq!(resumed.next(), first + 1);
+        // A later resume (another process, say) starts above this one's numbers.
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(Att::new(true).next() > resumed.next());
+    }
 
     #[test]
     fn backoff_is_bounded() {

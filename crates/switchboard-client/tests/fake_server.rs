@@ -27,6 +27,14 @@ fn msg(seq: u64, text: &str) -> String {
     .to_string()
 }
 
+/// The attach number (`att`) of a request's query.
+fn att(query: &str) -> Option<u64> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("att="))
+        .and_then(|att| att.parse().ok())
+}
+
 /// Reads client frames until `pred` holds for the frames read so far, returning them.
 async fn read_until<S>(ws: &mut S, pred: impl Fn(&[ClientFrame]) -> bool) -> Vec<ClientFrame>
 where
@@ -67,6 +75,7 @@ async fn dedup_ack_and_resend_after_resume() {
                     req.uri()
                 );
                 assert!(q.contains("auth=%7B%22token%22%3A%22t%C3%B8k%22%7D"), "{q}");
+                assert_eq!(att(q), Some(1), "{q}");
                 Ok(resp)
             },
         )
@@ -119,6 +128,8 @@ async fn dedup_ack_and_resend_after_resume() {
                     q.contains(&format!("sid={SID}")) && q.contains("ack=3") && !q.contains("auth"),
                     "{q}"
                 );
+                // Every transport request carries a higher attach number than the one before.
+                assert_eq!(att(q), Some(2), "{q}");
                 Ok(resp)
             },
         )

@@ -16,10 +16,12 @@
 //!   evenly over `M` ms (back to back without `ms`);
 //! - `{"cmd":"lowstream","count":N}`: sends `"low 0"` … `"low N-1"` at low priority;
 //! - `{"cmd":"close","reason":R}`: closes the session with reason `R`.
-
-#![allow(clippy::unwrap_used)] // startup errors in `main` may panic
+//!
+//! Startup errors (a bad flag, a port that is taken) are reported on stderr as
+//! `e2e_server: <what went wrong>`, and the server exits with status 1.
 
 use std::io::Write as _;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::Router;
@@ -31,36 +33,52 @@ use switchboard::{Message, Priority, Session, Switchboard};
 const PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>switchboard e2e</title><link rel=\"icon\" href=\"data:,\">\
 <script src=\"/rt/client.js\"></script></head><body></body></html>";
 
+const USAGE: &str =
+    "usage: e2e_server [--port N] [--hold-ms N] [--ping-ms N] [--resume-ms N] [--exit-on-eof]";
+
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problem) => {
+            eprintln!("e2e_server: {problem}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses the flags, listens, and serves until the server fails (or stdin closes, with
+/// `--exit-on-eof`); `Err` says what went wrong.
+async fn run() -> Result<(), String> {
     let mut port = 0u16;
+    let mut exit_on_eof = false;
     let mut builder = Switchboard::builder().allow_any_origin();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--exit-on-eof" {
-            tokio::spawn(async {
-                let mut sink = tokio::io::sink();
-                tokio::io::copy(&mut tokio::io::stdin(), &mut sink)
-                    .await
-                    .ok();
-                std::process::exit(0);
-            });
+            exit_on_eof = true;
             continue;
+        }
+        if !matches!(
+            flag.as_str(),
+            "--port" | "--hold-ms" | "--ping-ms" | "--resume-ms"
+        ) {
+            return Err(format!("unknown flag {flag:?}\n{USAGE}"));
         }
         let value: u64 = args
             .next()
             .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("{flag} needs a number"));
+            .ok_or_else(|| format!("{flag} needs a number\n{USAGE}"))?;
         let ms = Duration::from_millis(value);
         builder = match flag.as_str() {
             "--port" => {
-                port = u16::try_from(value).unwrap();
+                port = u16::try_from(value)
+                    .map_err(|_| format!("--port {value}: a port is at most 65535"))?;
                 builder
             }
             "--hold-ms" => builder.poll_hold(ms),
             "--ping-ms" => builder.ping_interval(ms),
-            "--resume-ms" => builder.resume_window(ms),
-            other => panic!("unknown flag {other}"),
+            _ => builder.resume_window(ms),
         };
     }
     let realtime = builder.build();
@@ -69,11 +87,26 @@ async fn main() {
         .nest("/rt", realtime.router(on_session));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
-        .unwrap();
+        .map_err(|err| format!("cannot listen on 127.0.0.1:{port}: {err}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|err| format!("cannot listen on 127.0.0.1:{port}: {err}"))?;
     let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on {}", listener.local_addr().unwrap()).unwrap();
-    stdout.flush().unwrap();
-    axum::serve(listener, app).await.unwrap();
+    writeln!(stdout, "listening on {addr}")
+        .and_then(|()| stdout.flush())
+        .map_err(|err| format!("cannot write to stdout: {err}"))?;
+    if exit_on_eof {
+        tokio::spawn(async {
+            let mut sink = tokio::io::sink();
+            tokio::io::copy(&mut tokio::io::stdin(), &mut sink)
+                .await
+                .ok();
+            std::process::exit(0);
+        });
+    }
+    axum::serve(listener, app)
+        .await
+        .map_err(|err| format!("server failed: {err}"))
 }
 
 async fn on_session(session: Session) {

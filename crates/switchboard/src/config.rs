@@ -220,6 +220,10 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
     }
 
     /// How long a session survives with no transport attached. Default: 30 s.
+    ///
+    /// A client request after the window finds the session expired at once; otherwise the
+    /// application sees the session end with [`CloseReason::Expired`](crate::CloseReason) when
+    /// the server next checks, every window / 4 (at least every second, at most every 20 ms).
     pub fn resume_window(mut self, window: Duration) -> Self {
         self.config.resume_window = capped(window);
         self

@@ -204,8 +204,13 @@ impl ApiError {
         Self::new(status, code, message)
     }
 
-    /// The WebSocket close code for this error when it is delivered after an upgrade.
+    /// The WebSocket close code for this error when it is delivered after an upgrade: `4100` for
+    /// a stale request (`superseded`, as for a socket that was taken over), otherwise
+    /// `4000 + status`.
     pub(crate) fn close_code(&self) -> u16 {
+        if self.status == StatusCode::CONFLICT {
+            return 4100;
+        }
         4000 + self.status.as_u16()
     }
 }

@@ -294,7 +294,7 @@ mod tests {
         assert_eq!(hub.to("room").except(&sessions[2]).send(&message), Ok(2));
         let mut tails = Vec::new();
         for session in &sessions[..2] {
-            let generation = session.shared.attach(TransportKind::LongPoll);
+            let generation = session.shared.attach(TransportKind::LongPoll, 0).unwrap();
             let drained = session
                 .shared
                 .drain(generation, 0, usize::MAX, |_, message| {

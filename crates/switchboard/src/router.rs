@@ -27,7 +27,7 @@ use crate::config::{Builder, Config, Origins};
 use crate::error::{ApiError, CloseReason};
 use crate::hub::{Hub, RoomIndex};
 use crate::session::registry::Registry;
-use crate::session::{Session, SessionId, Shared, TransportKind};
+use crate::session::{AttachError, Session, SessionId, Shared, TransportKind};
 use crate::transport;
 
 /// Starts the application's handler for a new session, in a task of its own (see
@@ -249,33 +249,54 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
         Ok(session)
     }
 
+    /// The session `sid` names. An expired session answers as an unknown one (a client never
+    /// receives close code 4002, `docs/protocol.md` §8).
     pub(crate) fn lookup(&self, sid: &str) -> Result<Session<U>, ApiError> {
         let sid = SessionId::parse(sid)
             .ok_or_else(|| ApiError::bad_request("sid must be 32 hexadecimal digits"))?;
-        self.inner
+        let session = self
+            .inner
             .registry
             .get(&sid)
-            .ok_or_else(ApiError::unknown_session)
+            .ok_or_else(ApiError::unknown_session)?;
+        if session.shared.is_expired() {
+            return Err(self.refusal(&session, AttachError::Expired));
+        }
+        Ok(session)
     }
 
-    /// Attaches a transport of `kind` to `session`, taking over from the one attached before (if
-    /// any), and marks it attached until the returned guard is dropped.
+    /// Attaches a transport of `kind`, whose request carried attach number `att`, to `session`,
+    /// taking over from the one attached before (if any), and marks it attached until the
+    /// returned guard is dropped. A stale request (`att` lower than one attached already) is
+    /// refused with `409 superseded` and changes nothing; an expired session with
+    /// `404 unknown_session` (see [`Shared::attach`]).
     pub(crate) fn attach_transport(
         &self,
         session: &Session<U>,
         kind: TransportKind,
-    ) -> Attached<U> {
-        let generation = session.shared.attach(kind);
-        self.track_transport(session, generation)
-    }
-
-    /// Marks a transport attached until the returned guard is dropped.
-    pub(crate) fn track_transport(&self, session: &Session<U>, generation: u64) -> Attached<U> {
+        att: u64,
+    ) -> Result<Attached<U>, ApiError> {
+        let generation = session
+            .shared
+            .attach(kind, att)
+            .map_err(|err| self.refusal(session, err))?;
         self.inner.attached.fetch_add(1, Ordering::SeqCst);
-        Attached {
+        Ok(Attached {
             inner: self.inner.clone(),
             session: session.clone(),
             generation,
+        })
+    }
+
+    /// The answer to a request that found `session` unusable: an expired session is forgotten and
+    /// answers as an unknown one; a stale request is told it was superseded.
+    pub(crate) fn refusal(&self, session: &Session<U>, err: AttachError) -> ApiError {
+        match err {
+            AttachError::Expired => {
+                self.inner.registry.remove(&session.shared.sid);
+                ApiError::unknown_session()
+            }
+            AttachError::Stale => ApiError::superseded(),
         }
     }
 }

@@ -18,6 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -63,7 +64,19 @@ struct Chat {
 }
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problem) => {
+            eprintln!("chat: {problem}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets up and serves the chat until Ctrl-C; `Err` says what went wrong (a bad address, a port
+/// that is taken).
+async fn run() -> Result<(), String> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -107,15 +120,12 @@ async fn main() -> std::io::Result<()> {
     // A listen queue of 4096 rather than TcpListener::bind's 128: when many pages reconnect at
     // once (a restart, a network blip), an overflowing queue costs each extra client a 1 s SYN
     // retry (docs/deployment.md, "Listen backlog and reconnect storms").
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(4096)?;
+    let listener = listen(addr).map_err(|err| format!("cannot listen on {addr}: {err}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|err| format!("cannot listen on {addr}: {err}"))?;
     // TCP_NODELAY: small realtime frames go out at once instead of waiting on Nagle's algorithm.
-    tracing::info!("chat on http://{}", listener.local_addr()?);
+    tracing::info!("chat on http://{local}");
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
@@ -128,24 +138,32 @@ async fn main() -> std::io::Result<()> {
             realtime.shutdown().await;
         })
         .await
+        .map_err(|err| format!("server failed: {err}"))
+}
+
+/// A listener on `addr` with a listen queue of 4096.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// The listening address: `--addr HOST:PORT`, else `CHAT_ADDR`, else 127.0.0.1:3000.
-fn address() -> std::io::Result<SocketAddr> {
+fn address() -> Result<SocketAddr, String> {
     let mut args = std::env::args().skip(1);
     let mut addr = std::env::var("CHAT_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value,
-            _ => {
-                return Err(std::io::Error::other(
-                    "usage: chat [--addr HOST:PORT] (or CHAT_ADDR=HOST:PORT)",
-                ));
-            }
+            _ => return Err("usage: chat [--addr HOST:PORT] (or CHAT_ADDR=HOST:PORT)".into()),
         }
     }
     addr.parse()
-        .map_err(|err| std::io::Error::other(format!("bad address {addr:?}: {err}")))
+        .map_err(|err| format!("bad address {addr:?}: {err}"))
 }
 
 /// A session's life: it runs as long as the page is connected (across transport changes), and

@@ -120,13 +120,40 @@ impl Http {
         }
     }
 
-    /// `GET B/poll?v=1&sid=SID&ack=ACK&wait=1|0`. Returns the frames of a `200` answer.
+    /// `GET B/poll?v=1&sid=SID&ack=ACK&wait=1|0`, without an attach number (as a client older
+    /// than `att` does). Returns the frames of a `200` answer.
     pub async fn poll(&self, sid: &str, ack: u64, wait: bool) -> Result<Vec<ServerFrame>, Error> {
-        let path = format!(
+        self.poll_request(sid, ack, wait, None).await
+    }
+
+    /// `GET B/poll?v=1&sid=SID&ack=ACK&wait=1|0&att=ATT`: a poll with attach number `att`
+    /// (protocol §9, "Ordering attaches"; a client raises it for every transport request).
+    /// Returns the frames of a `200` answer; a stale poll gets `409 superseded`.
+    pub async fn poll_att(
+        &self,
+        sid: &str,
+        ack: u64,
+        wait: bool,
+        att: u64,
+    ) -> Result<Vec<ServerFrame>, Error> {
+        self.poll_request(sid, ack, wait, Some(att)).await
+    }
+
+    async fn poll_request(
+        &self,
+        sid: &str,
+        ack: u64,
+        wait: bool,
+        att: Option<u64>,
+    ) -> Result<Vec<ServerFrame>, Error> {
+        let mut path = format!(
             "/poll?v=1&sid={}&ack={ack}&wait={}",
             encode_component(sid),
             u8::from(wait)
         );
+        if let Some(att) = att {
+            path.push_str(&format!("&att={att}"));
+        }
         let resp = self.send("GET", &path, None, None).await?;
         let resp = expect_json_ok(resp)?;
         ServerFrame::parse_array(&resp.body)

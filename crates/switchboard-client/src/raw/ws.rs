@@ -58,9 +58,37 @@ impl WsConn {
         auth: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Result<(WsConn, OpenFrame), Error> {
+        WsConn::connect_request(base, sid, ack, None, auth, headers).await
+    }
+
+    /// Like [`connect_with`](WsConn::connect_with), with attach number `att` (`&att=ATT`,
+    /// protocol §9, "Ordering attaches"; a client raises it for every transport request). A
+    /// stale socket is closed `4100` instead of the open frame: [`Error::WsClosed`].
+    pub async fn connect_att(
+        base: &str,
+        sid: Option<&str>,
+        ack: u64,
+        att: u64,
+        auth: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(WsConn, OpenFrame), Error> {
+        WsConn::connect_request(base, sid, ack, Some(att), auth, headers).await
+    }
+
+    async fn connect_request(
+        base: &str,
+        sid: Option<&str>,
+        ack: u64,
+        att: Option<u64>,
+        auth: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<(WsConn, OpenFrame), Error> {
         let mut query = String::from("v=1&batch=1");
         if let Some(sid) = sid {
             query.push_str(&format!("&sid={}&ack={ack}", encode_component(sid)));
+        }
+        if let Some(att) = att {
+            query.push_str(&format!("&att={att}"));
         }
         if let Some(auth) = auth {
             query.push_str("&auth=");

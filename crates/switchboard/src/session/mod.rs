@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub(crate) use shared::{Drain, Expiry, Shared};
+pub(crate) use shared::{AttachError, Drain, Expiry, Shared};
 
 use crate::error::{CloseReason, JoinError, SendError};
 use crate::message::Message;

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use crate::error::CloseReason;
 use crate::session::{Expiry, Session, SessionId};
 
 pub(crate) struct Registry<U> {
@@ -74,24 +73,44 @@ impl<U> Registry<U> {
         }
     }
 
-    /// One pass of the reaper.
+    /// One pass of the reaper: [`scan`](Self::scan), then [`sweep`](Self::sweep).
     pub(crate) fn reap(&self, now: Instant) -> usize {
-        let mut expired = Vec::new();
-        let mut gone = Vec::new();
+        let found = self.scan(now);
+        self.sweep(found, now)
+    }
+
+    /// The first half of a reaper pass: the sessions that look due to expire at `now`, and the
+    /// ids of those to forget. (Closing a session takes other locks, such as the room index's,
+    /// so nothing is closed while the map is being walked.)
+    fn scan(&self, now: Instant) -> Reaping<U> {
+        let mut found = Reaping {
+            expired: Vec::new(),
+            gone: Vec::new(),
+        };
         for entry in self.sessions.iter() {
             match entry.value().shared.expiry(now) {
                 Expiry::Keep => {}
-                Expiry::Expire => expired.push(entry.value().clone()),
-                Expiry::Remove => gone.push(*entry.key()),
+                Expiry::Expire => found.expired.push(entry.value().clone()),
+                Expiry::Remove => found.gone.push(*entry.key()),
             }
         }
-        let reaped = expired.len() + gone.len();
+        found
+    }
+
+    /// The second half of a reaper pass: expires the sessions `scan` found due that still are,
+    /// and forgets the others it found. Returns how many sessions were forgotten.
+    fn sweep(&self, found: Reaping<U>, now: Instant) -> usize {
+        let Reaping { expired, gone } = found;
+        let mut reaped = gone.len();
         for session in expired {
-            // If the application closed it in the meantime, keep it until its close frame has
-            // had the resume window to be picked up.
-            if session.shared.close(CloseReason::Expired) {
+            // Decided again, atomically with the close: a transport may have attached (or a POST
+            // come, or the application closed the session) since the look above. A session the
+            // application closed meanwhile is kept until its close frame has had the resume
+            // window to be picked up.
+            if session.shared.expire(now) {
                 tracing::debug!(session = session.shared.key, "session expired");
                 self.remove(&session.shared.sid);
+                reaped += 1;
             }
         }
         for sid in gone {
@@ -119,6 +138,14 @@ impl<U: Send + Sync + 'static> Registry<U> {
     }
 }
 
+/// What [`Registry::scan`] found.
+struct Reaping<U> {
+    /// Sessions that looked due to expire.
+    expired: Vec<Session<U>>,
+    /// Sessions to forget.
+    gone: Vec<SessionId>,
+}
+
 /// A reserved place for a session that is being opened; released if not used.
 pub(crate) struct Reservation<U> {
     registry: Arc<Registry<U>>,
@@ -138,5 +165,61 @@ impl<U> Drop for Reservation<U> {
         if !self.used {
             self.registry.count.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::error::CloseReason;
+    use crate::session::{Shared, TransportKind};
+
+    fn registry_with_one_session() -> (Arc<Registry<()>>, Session<()>) {
+        let registry = Arc::new(Registry::new());
+        let session = Session::from_shared(Arc::new(Shared::new(
+            registry.next_key(),
+            SessionId::random().unwrap(),
+            (),
+            Arc::new(Config::default()),
+            Weak::new(),
+        )));
+        registry.reserve(10).unwrap().insert(session.clone());
+        (registry, session)
+    }
+
+    #[test]
+    fn a_transport_that_attaches_during_a_reaper_pass_keeps_its_session() {
+        let (registry, session) = registry_with_one_session();
+        let later = Instant::now() + session.shared.config.resume_window * 2;
+        let found = registry.scan(later);
+        assert_eq!(found.expired.len(), 1);
+        // Between the reaper's look and its close, a poll attaches.
+        let generation = session.shared.attach(TransportKind::LongPoll, 0).unwrap();
+        assert_eq!(registry.sweep(found, later), 0);
+        assert_eq!(session.close_reason(), None);
+        assert_eq!(registry.len(), 1);
+
+        // Once it has gone again for the window, the next pass expires and forgets it.
+        session.shared.detach(generation);
+        let later = Instant::now() + session.shared.config.resume_window * 2;
+        assert_eq!(registry.reap(later), 1);
+        assert_eq!(session.close_reason(), Some(CloseReason::Expired));
+        assert_eq!(registry.len(), 0);
+    }
+
+    #[test]
+    fn a_session_the_application_closes_during_a_reaper_pass_is_kept_for_its_close_frame() {
+        let (registry, session) = registry_with_one_session();
+        let later = Instant::now() + session.shared.config.resume_window * 2;
+        let found = registry.scan(later);
+        session.close("bye");
+        assert_eq!(registry.sweep(found, later), 0);
+        assert_eq!(
+            session.close_reason(),
+            Some(CloseReason::Closed("bye".into()))
+        );
+        assert_eq!(registry.len(), 1);
     }
 }

@@ -61,6 +61,9 @@ struct State {
     in_seq: u64,
     generation: u64,
     attached: Option<(u64, TransportKind)>,
+    /// The highest attach number (`att`) a transport has attached with (`docs/protocol.md` §9):
+    /// a transport request with a lower one is stale and does not attach.
+    att: u64,
     /// While the session lives: since when no transport has been attached (or a POST was seen).
     /// Once it has ended: when it ended. (One field for both keeps every session 16 bytes smaller.)
     since: Instant,
@@ -91,10 +94,22 @@ pub(crate) enum Drain {
 /// What the reaper should do with a session.
 pub(crate) enum Expiry {
     Keep,
-    /// No transport for the resume window: close it as expired and forget it.
+    /// No transport for the resume window: close it as expired and forget it (if it is still
+    /// due then: see [`Shared::expire`]).
     Expire,
-    /// Closed long enough ago: forget it.
+    /// Closed long enough ago, or expired: forget it.
     Remove,
+}
+
+/// Why a transport did not attach (see [`Shared::attach`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttachError {
+    /// The session has expired: the client is answered as for an unknown session, since a client
+    /// never receives close code 4002 (`docs/protocol.md` §8).
+    Expired,
+    /// The request's attach number is lower than one that has attached already: it was overtaken
+    /// by a newer request of the client and supersedes nothing (`docs/protocol.md` §9).
+    Stale,
 }
 
 impl<U> Shared<U> {
@@ -124,6 +139,7 @@ impl<U> Shared<U> {
                 in_seq: 0,
                 generation: 0,
                 attached: None,
+                att: 0,
                 since: Instant::now(),
                 close: None,
                 rooms: Vec::new(),
@@ -256,10 +272,27 @@ impl<U> Shared<U> {
         ack
     }
 
-    /// Makes a new transport the one that drains this session; the previous one (if any) sees
-    /// [`Drain::Superseded`] on its next call. Returns the new transport's generation.
-    pub(crate) fn attach(&self, kind: TransportKind) -> u64 {
+    /// Makes a new transport, whose request carried attach number `att` (0 when absent), the one
+    /// that drains this session; the previous one (if any) sees [`Drain::Superseded`] on its next
+    /// call. Returns the new transport's generation.
+    ///
+    /// Refused, with nothing changed, when the request is stale (`att` lower than the highest one
+    /// attached so far) or the session has expired, or is due to (then it expires now). Both
+    /// checks and the attach happen under one lock, so that neither a newer request nor the
+    /// reaper can come in between.
+    pub(crate) fn attach(&self, kind: TransportKind, att: u64) -> Result<u64, AttachError> {
         let mut state = self.state();
+        if matches!(state.close, Some(CloseReason::Expired)) {
+            return Err(AttachError::Expired);
+        }
+        if self.expiry_due(&state, Instant::now()) {
+            self.close_locked(state, CloseReason::Expired);
+            return Err(AttachError::Expired);
+        }
+        if att < state.att {
+            return Err(AttachError::Stale);
+        }
+        state.att = att;
         state.generation += 1;
         let generation = state.generation;
         let previous = state.attached.replace((generation, kind));
@@ -271,7 +304,7 @@ impl<U> Shared<U> {
         } else {
             tracing::debug!(session = self.key, ?kind, "transport attached");
         }
-        generation
+        Ok(generation)
     }
 
     /// Releases the transport of this generation (no-op if another has taken over since).
@@ -286,12 +319,27 @@ impl<U> Shared<U> {
         }
     }
 
-    /// Counts a request that does not attach (a POST) as a sign of life for expiry.
-    pub(crate) fn touch(&self) {
+    /// Counts a request that does not attach (a POST) as a sign of life for expiry. Refused when
+    /// the session has expired, or is due to (then it expires now), as [`attach`](Self::attach).
+    pub(crate) fn touch(&self) -> Result<(), AttachError> {
         let mut state = self.state();
-        if state.attached.is_none() && state.close.is_none() {
-            state.since = Instant::now();
+        if matches!(state.close, Some(CloseReason::Expired)) {
+            return Err(AttachError::Expired);
         }
+        let now = Instant::now();
+        if self.expiry_due(&state, now) {
+            self.close_locked(state, CloseReason::Expired);
+            return Err(AttachError::Expired);
+        }
+        if state.attached.is_none() && state.close.is_none() {
+            state.since = now;
+        }
+        Ok(())
+    }
+
+    /// Whether the session has expired (see [`AttachError::Expired`]).
+    pub(crate) fn is_expired(&self) -> bool {
+        matches!(self.state().close, Some(CloseReason::Expired))
     }
 
     /// The transport currently attached.
@@ -452,10 +500,38 @@ impl<U> Shared<U> {
 
     /// Ends the session. Returns `false` if it had already ended.
     pub(crate) fn close(&self, reason: CloseReason) -> bool {
-        let mut state = self.state();
+        let state = self.state();
         if state.close.is_some() {
             return false;
         }
+        self.close_locked(state, reason);
+        true
+    }
+
+    /// Closes the session as expired if it is due to expire at `now`: still open, nothing
+    /// attached, and no sign of life for the resume window. The check and the close happen under
+    /// one lock, so a transport that attached (or a POST that came) since the reaper looked keeps
+    /// the session. Returns whether it expired.
+    pub(crate) fn expire(&self, now: Instant) -> bool {
+        let state = self.state();
+        if !self.expiry_due(&state, now) {
+            return false;
+        }
+        self.close_locked(state, CloseReason::Expired);
+        true
+    }
+
+    /// Whether the session is open, has nothing attached and no sign of life for the resume
+    /// window at `now`.
+    fn expiry_due(&self, state: &State, now: Instant) -> bool {
+        state.close.is_none()
+            && state.attached.is_none()
+            && state.since + self.config.resume_window <= now
+    }
+
+    /// Ends the open session whose locked state is `state` (the lock is released before the rooms
+    /// are left and the waiters woken).
+    fn close_locked(&self, mut state: MutexGuard<'_, State>, reason: CloseReason) {
         let discard = matches!(
             reason,
             CloseReason::Overflow | CloseReason::ProtocolError(_) | CloseReason::Expired
@@ -479,7 +555,6 @@ impl<U> Shared<U> {
         }
         self.outbound.notify_waiters();
         self.inbound.notify_waiters();
-        true
     }
 
     /// Records that the session is in `room`. The caller has already added it to the room index;
@@ -538,6 +613,10 @@ impl<U> Shared<U> {
     pub(crate) fn expiry(&self, now: Instant) -> Expiry {
         let state = self.state();
         let window = self.config.resume_window;
+        // An expired session answers as unknown already: nothing is kept for its client.
+        if matches!(state.close, Some(CloseReason::Expired)) {
+            return Expiry::Remove;
+        }
         if state.attached.is_some() {
             return Expiry::Keep;
         }
@@ -589,7 +668,7 @@ mod tests {
     fn expiry_counts_from_the_last_detach_then_from_the_close() {
         let session = shared();
         let window = session.config.resume_window;
-        let generation = session.attach(TransportKind::WebSocket);
+        let generation = session.attach(TransportKind::WebSocket, 0).unwrap();
         let later = Instant::now() + window * 2;
         assert!(matches!(session.expiry(later), Expiry::Keep));
         session.detach(generation);
@@ -598,15 +677,137 @@ mod tests {
         assert!(matches!(session.expiry(later), Expiry::Expire));
 
         std::thread::sleep(Duration::from_millis(5));
-        let generation = session.attach(TransportKind::LongPoll);
+        let generation = session.attach(TransportKind::LongPoll, 0).unwrap();
         assert!(session.close(CloseReason::ClientClosed));
         let closed = Instant::now();
         // A detach (or a POST) after the close does not postpone forgetting the session.
         std::thread::sleep(Duration::from_millis(5));
         session.detach(generation);
-        session.touch();
+        session.touch().unwrap();
         assert!(matches!(session.expiry(closed), Expiry::Keep));
         assert!(matches!(session.expiry(closed + window), Expiry::Remove));
+    }
+
+    #[test]
+    fn the_reaper_does_not_expire_a_session_that_got_a_transport_or_a_post_since_it_looked() {
+        let session = shared();
+        let window = session.config.resume_window;
+        let later = Instant::now() + window * 2;
+        // The reaper looks: the session is due to expire.
+        assert!(matches!(session.expiry(later), Expiry::Expire));
+        // A transport attaches before the reaper closes it: the close does not happen.
+        let generation = session.attach(TransportKind::LongPoll, 0).unwrap();
+        assert!(!session.expire(later));
+        assert_eq!(session.close_reason(), None);
+        // The transport detaches, the reaper looks again, a POST comes: the same.
+        session.detach(generation);
+        let detached = Instant::now();
+        assert!(matches!(session.expiry(detached + window), Expiry::Expire));
+        std::thread::sleep(Duration::from_millis(5));
+        session.touch().unwrap();
+        assert!(!session.expire(detached + window));
+        assert_eq!(session.close_reason(), None);
+        // Nothing comes: it expires, and is forgotten at the next look.
+        assert!(session.expire(later));
+        assert_eq!(session.close_reason(), Some(CloseReason::Expired));
+        assert!(!session.expire(later));
+        assert!(matches!(session.expiry(Instant::now()), Expiry::Remove));
+    }
+
+    #[test]
+    fn nothing_attaches_to_an_expired_session() {
+        let session = shared();
+        assert!(session.expire(Instant::now() + session.config.resume_window));
+        assert_eq!(
+            session.attach(TransportKind::LongPoll, 0),
+            Err(AttachError::Expired)
+        );
+        assert_eq!(
+            session.attach(TransportKind::WebSocket, 9),
+            Err(AttachError::Expired)
+        );
+        assert_eq!(session.touch(), Err(AttachError::Expired));
+        assert_eq!(session.transport(), None);
+    }
+
+    #[test]
+    fn a_request_after_the_resume_window_expires_the_session_at_once() {
+        let config = Config {
+            resume_window: Duration::from_millis(1),
+            ..Config::default()
+        };
+        for attach in [true, false] {
+            let session = Arc::new(Shared::new(
+                1,
+                SessionId::random().unwrap(),
+                (),
+                Arc::new(config.clone()),
+                Weak::new(),
+            ));
+            std::thread::sleep(Duration::from_millis(20));
+            // The reaper has not run; the request finds the window over all the same.
+            let refused = if attach {
+                session.attach(TransportKind::ShortPoll, 0).err()
+            } else {
+                session.touch().err()
+            };
+            assert_eq!(refused, Some(AttachError::Expired));
+            assert_eq!(session.close_reason(), Some(CloseReason::Expired));
+        }
+    }
+
+    #[test]
+    fn a_stale_attach_number_takes_nothing_over_and_an_equal_one_does() {
+        let session = shared();
+        let first = session.attach(TransportKind::WebSocket, 5).unwrap();
+        assert_eq!(
+            session.attach(TransportKind::LongPoll, 4),
+            Err(AttachError::Stale)
+        );
+        assert_eq!(
+            session.attach(TransportKind::LongPoll, 0),
+            Err(AttachError::Stale)
+        );
+        assert_eq!(session.transport(), Some(TransportKind::WebSocket));
+        assert!(matches!(
+            session.drain(first, 0, usize::MAX, |_, _| {}),
+            Drain::Idle { .. }
+        ));
+        let second = session.attach(TransportKind::LongPoll, 5).unwrap();
+        assert_eq!(session.transport(), Some(TransportKind::LongPoll));
+        assert!(matches!(
+            session.drain(first, 0, usize::MAX, |_, _| {}),
+            Drain::Superseded
+        ));
+        // Once a higher number attached, the lower one is stale even after its holder left.
+        session.detach(second);
+        assert_eq!(
+            session.attach(TransportKind::WebSocket, 4),
+            Err(AttachError::Stale)
+        );
+        assert!(session.attach(TransportKind::WebSocket, 6).is_ok());
+    }
+
+    #[test]
+    fn without_attach_numbers_every_transport_takes_over() {
+        let session = shared();
+        let mut previous = None;
+        for kind in [
+            TransportKind::WebSocket,
+            TransportKind::LongPoll,
+            TransportKind::ShortPoll,
+            TransportKind::WebSocket,
+        ] {
+            let generation = session.attach(kind, 0).unwrap();
+            assert_eq!(session.transport(), Some(kind));
+            if let Some(previous) = previous {
+                assert!(matches!(
+                    session.drain(previous, 0, usize::MAX, |_, _| {}),
+                    Drain::Superseded
+                ));
+            }
+            previous = Some(generation);
+        }
     }
 
     #[test]

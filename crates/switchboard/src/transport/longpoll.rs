@@ -33,19 +33,35 @@ pub(crate) fn receive<U: Clone + Send + Sync + 'static>(
     uri: Uri,
 ) -> impl Future<Output = Response> + Send {
     match accept(&mounted, &uri) {
-        Ok((session, ack, wait)) => Either::Left(poll(mounted, session, ack, wait)),
+        Ok((session, request)) => Either::Left(poll(mounted, session, request)),
         Err(err) => Either::Right(ready(refused(err))),
     }
 }
 
-/// The session a poll is for, the acknowledgement it carries, and whether it may wait.
+/// What a poll asks for (besides its session).
+#[derive(Clone, Copy)]
+struct PollRequest {
+    /// The client's acknowledgement.
+    ack: u64,
+    /// Whether the poll may wait (long poll) or is answered at once (short poll).
+    wait: bool,
+    /// The request's attach number (`docs/protocol.md` §9).
+    att: u64,
+}
+
+/// The session a poll is for and what the poll asks for.
 fn accept<U: Clone + Send + Sync + 'static>(
     mounted: &Mounted<U>,
     uri: &Uri,
-) -> Result<(Session<U>, u64, bool), ApiError> {
+) -> Result<(Session<U>, PollRequest), ApiError> {
     let params = Params::from_uri(uri)?;
     let session = mounted.lookup(params.sid()?)?;
-    Ok((session, params.ack.unwrap_or(0), params.wait != Some(0)))
+    let request = PollRequest {
+        ack: params.ack.unwrap_or(0),
+        wait: params.wait != Some(0),
+        att: params.att(),
+    };
+    Ok((session, request))
 }
 
 fn refused(err: ApiError) -> Response {
@@ -54,7 +70,8 @@ fn refused(err: ApiError) -> Response {
 }
 
 /// Acknowledges, attaches, and answers once there is something to send (or at once for a short
-/// poll, or with `[]` when the hold time ends).
+/// poll, or with `[]` when the hold time ends). A stale poll (see [`Mounted::attach_transport`])
+/// is answered `409` at once.
 ///
 /// An `async` block rather than an `async fn`, so that the arguments are kept once (an `async fn`
 /// keeps them as arguments and again as locals).
@@ -62,19 +79,22 @@ fn refused(err: ApiError) -> Response {
 fn poll<U: Clone + Send + Sync + 'static>(
     mounted: Mounted<U>,
     session: Session<U>,
-    ack: u64,
-    wait: bool,
+    request: PollRequest,
 ) -> impl Future<Output = Response> + Send {
     async move {
         let shared = &session.shared;
+        let PollRequest { ack, wait, att } = request;
         let ack = shared.ack(ack);
         let kind = if wait {
             TransportKind::LongPoll
         } else {
             TransportKind::ShortPoll
         };
-        let generation = shared.attach(kind);
-        let _attached = mounted.track_transport(&session, generation);
+        let attached = match mounted.attach_transport(&session, kind, att) {
+            Ok(attached) => attached,
+            Err(err) => return refused(err),
+        };
+        let generation = attached.generation();
         let hold_until = Instant::now() + shared.config.poll_hold;
         loop {
             let notified = shared.outbound.notified();

@@ -35,6 +35,10 @@ pub(crate) struct Params {
     /// WebSocket only: exactly `1` asks the server to send JSON arrays of frames; any other
     /// value means one frame per message (§5.1).
     pub(crate) batch: Option<String>,
+    /// `GET /ws` and `GET /poll`: the attach number, which orders a client's transport requests
+    /// (§9, "Ordering attaches"); absent means 0.
+    #[serde(default, deserialize_with = "decimal")]
+    pub(crate) att: Option<u64>,
 }
 
 /// Only the version of a request, whatever the other parameters hold.
@@ -64,7 +68,15 @@ impl Params {
         if params.ack.is_some_and(|ack| ack > protocol::MAX_SEQ) {
             return Err(ApiError::bad_request("ack must be at most 2^53-1"));
         }
+        if params.att.is_some_and(|att| att > protocol::MAX_SEQ) {
+            return Err(ApiError::bad_request("att must be at most 2^53-1"));
+        }
         Ok(params)
+    }
+
+    /// The attach number (§9): `att`, or 0 when absent.
+    pub(crate) fn att(&self) -> u64 {
+        self.att.unwrap_or(0)
     }
 
     pub(crate) fn sid(&self) -> Result<&str, ApiError> {

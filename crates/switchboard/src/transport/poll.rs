@@ -14,7 +14,7 @@ use crate::auth::Handshake;
 use crate::error::{ApiError, CloseReason};
 use crate::protocol::{self, ClientFrame, FrameError, OpenInfo};
 use crate::router::Mounted;
-use crate::session::TransportKind;
+use crate::session::{AttachError, TransportKind};
 use crate::transport::{Params, json_response};
 
 fn body_error(rejection: BytesRejection) -> ApiError {
@@ -111,7 +111,9 @@ async fn receive_frames<U: Clone + Send + Sync + 'static>(
     let shared = &session.shared;
     let body = body.map_err(body_error)?;
     let _slot = shared.begin_post().ok_or_else(ApiError::busy)?;
-    shared.touch();
+    shared
+        .touch()
+        .map_err(|err| mounted.refusal(&session, err))?;
     let frames =
         protocol::decode_batch(&body, shared.config.max_message).map_err(|err| match err {
             FrameError::Malformed(_) => ApiError::malformed_frame(err.to_string()),
@@ -148,8 +150,14 @@ async fn receive_frames<U: Clone + Send + Sync + 'static>(
     if pong {
         answer.push(protocol::PONG_FRAME.to_string());
     }
-    if let Some(reason) = shared.close_reason() {
-        answer.push(protocol::close_frame(reason.code(), reason.reason()));
+    match shared.close_reason() {
+        // It expired while the POST waited for the application: the client is answered as for an
+        // unknown session, never with close code 4002 (`docs/protocol.md` §8).
+        Some(CloseReason::Expired) => {
+            return Err(mounted.refusal(&session, AttachError::Expired));
+        }
+        Some(reason) => answer.push(protocol::close_frame(reason.code(), reason.reason())),
+        None => {}
     }
     Ok(json_response(format!("[{}]", answer.join(","))))
 }

@@ -71,7 +71,8 @@ pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
 }
 
 /// What the socket's task runs once the upgrade has succeeded: `attaching` (see [`attach`]), then
-/// [`run`]; or, if the socket gets no session, [`refuse`].
+/// [`run`]; or, if the socket gets no session or its request is stale, [`refuse`] (a stale
+/// socket is closed `4100` without an open frame, `docs/protocol.md` §9).
 ///
 /// The task holds this future, and what axum's upgrade task captured to make it, for as long as
 /// the connection lasts, so both are kept small. The closure given to axum holds the boxed
@@ -83,16 +84,22 @@ fn serve<U: Clone + Send + Sync + 'static>(
     mounted: Mounted<U>,
     attaching: impl Future<Output = Result<Attached<U>, ApiError>> + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
-    attaching.then(move |attached| match attached {
-        Ok(attached) => {
+    attaching.then(move |attached| {
+        let transport = attached.and_then(|attached| {
             let span = tracing::info_span!("websocket", session = attached.session.shared.key);
-            let transport = span
-                .in_scope(|| mounted.attach_transport(&attached.session, TransportKind::WebSocket));
-            Either::Left(run(socket, transport, attached.opening()).instrument(span))
-        }
-        Err(err) => {
-            tracing::info!(error = err.code, "WebSocket session refused");
-            Either::Right(refuse(socket, err))
+            let transport = span.in_scope(|| {
+                mounted.attach_transport(&attached.session, TransportKind::WebSocket, attached.att)
+            })?;
+            Ok((transport, attached.opening(), span))
+        });
+        match transport {
+            Ok((transport, opening, span)) => {
+                Either::Left(run(socket, transport, opening).instrument(span))
+            }
+            Err(err) => {
+                tracing::info!(error = err.code, "WebSocket session refused");
+                Either::Right(refuse(socket, err))
+            }
         }
     })
 }
@@ -119,6 +126,8 @@ struct Attached<U> {
     client_ack: u64,
     /// Whether the client asked for JSON arrays of frames (`batch=1`).
     batch: bool,
+    /// The request's attach number (`docs/protocol.md` §9).
+    att: u64,
 }
 
 impl<U> Attached<U> {
@@ -149,6 +158,7 @@ async fn attach<U: Clone + Send + Sync + 'static>(
     let params = Params::from_uri(&uri)?;
     // Exactly `1`; any other value means one frame per message (§5.1).
     let batch = params.batch.as_deref() == Some("1");
+    let att = params.att();
     if let Some(sid) = &params.sid {
         let session = mounted.lookup(sid)?;
         let client_ack = session.shared.ack(params.ack.unwrap_or(0));
@@ -157,6 +167,7 @@ async fn attach<U: Clone + Send + Sync + 'static>(
             resumed: true,
             client_ack,
             batch,
+            att,
         });
     }
     let auth = match &params.auth {
@@ -178,6 +189,7 @@ async fn attach<U: Clone + Send + Sync + 'static>(
         resumed: false,
         client_ack: 0,
         batch,
+        att,
     })
 }
 
