@@ -1,4 +1,4 @@
-// (d) Hostile intermediaries (issue 9): proxies built for the test that kill, cut or idle out the
+// (f) Hostile intermediaries (issue 9): proxies built for the test that kill, cut or idle out the
 // client's connections the way real middleboxes do. Each scenario checks what a user of the client
 // sees (echo round trips, `state` and `transport` and their events, WebSocket close codes, what the
 // proxy saw) and that nothing is lost, doubled or reordered in either direction. Each prints one
