@@ -179,7 +179,14 @@ export const PROXY_MODES = [
   "hang-upgrade",
   "kill-ws-after-1s",
   "cut-long-requests",
+  "cut-slow-504",
+  "kill-ws-idle-2s",
 ];
+
+/** What `cut-slow-504` answers instead of a response that has not started: nginx's error page. */
+const GATEWAY_TIMEOUT_PAGE =
+  "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n" +
+  "<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
 
 const HOP_BY_HOP = [
   "connection",
@@ -206,11 +213,24 @@ function withoutHopByHop(headers) {
  * - `kill-ws-after-1s`: upgrades pass, and each upgraded connection is destroyed 1 s after the
  *   server's answer;
  * - `cut-long-requests`: a request whose response has not completed after 3 s gets its connection
- *   destroyed; upgrades are refused as with `refuse-upgrade`.
+ *   destroyed; upgrades are refused as with `refuse-upgrade`;
+ * - `cut-slow-504`: like a reverse proxy with a 5 s read timeout: a plain HTTP request whose
+ *   response has not started after 5 s is answered `504 Gateway Timeout` with an HTML body (nginx's
+ *   error page, not JSON) and its upstream request is destroyed; the client connection stays open
+ *   (keep-alive). Upgrades are refused as with `refuse-upgrade`. With the server's default 20 s
+ *   hold, every idle long poll is cut this way;
+ * - `kill-ws-idle-2s`: like a load balancer's idle timeout: upgrades pass, and an upgraded
+ *   connection that has carried no bytes in either direction for 2 s is destroyed.
  *
- * Returns `{port, url, stats, mode, setMode(mode), close()}`. `stats` counts `requests` (plain
- * HTTP), `upgrades` (attempted), `upgradesPassed` (answered by the server), `upgradesRefused`,
- * `upgradesHung`, `wsKilled`, `cut`, and `paths` ("METHOD /path" → count).
+ * The mode is read when a request or upgrade arrives: `setMode` changes what happens to the next
+ * ones, not to connections already upgraded (use `killWebSockets` for those).
+ *
+ * Returns `{port, url, stats, mode, setMode(mode), killWebSockets(), close()}`; `killWebSockets()`
+ * destroys every upgraded connection open now (like a network drop) and returns how many. `stats`
+ * counts `requests` (plain HTTP), `upgrades` (attempted), `upgradesPassed` (answered by the server),
+ * `upgradesRefused`, `upgradesHung`, `wsKilled` (upgraded connections destroyed by the proxy, in any
+ * mode or by `killWebSockets`), `cut` (`cut-long-requests`), `gatewayTimeouts` (`cut-slow-504`),
+ * and `paths` ("METHOD /path" → count).
  */
 export async function startProxy(targetPort, mode = "pass") {
   if (!PROXY_MODES.includes(mode)) throw new Error(`unknown proxy mode ${mode}`);
@@ -222,8 +242,11 @@ export async function startProxy(targetPort, mode = "pass") {
     upgradesHung: 0,
     wsKilled: 0,
     cut: 0,
+    gatewayTimeouts: 0,
     paths: {},
   };
+  /** The teardown of every upgraded connection open now. */
+  const tunnels = new Set();
   const sockets = new Set();
   const track = (socket) => {
     sockets.add(socket);
@@ -258,6 +281,8 @@ export async function startProxy(targetPort, mode = "pass") {
       agent,
     });
     let finished = false;
+    // Set once this proxy answered on its own (504): the upstream's fate no longer matters.
+    let answered = false;
     let cut;
     if (proxy.mode === "cut-long-requests") {
       cut = later(3000, () => {
@@ -266,13 +291,27 @@ export async function startProxy(targetPort, mode = "pass") {
         upstream.destroy();
         req.socket.destroy();
       });
+    } else if (proxy.mode === "cut-slow-504") {
+      cut = later(5000, () => {
+        if (finished || res.headersSent) return;
+        stats.gatewayTimeouts++;
+        answered = true;
+        upstream.destroy();
+        res.writeHead(504, {
+          "content-type": "text/html",
+          "content-length": Buffer.byteLength(GATEWAY_TIMEOUT_PAGE),
+        });
+        res.end(GATEWAY_TIMEOUT_PAGE);
+      });
     }
     upstream.on("response", (answer) => {
+      if (answered) return answer.resume();
       res.writeHead(answer.statusCode, withoutHopByHop(answer.headers));
       answer.pipe(res);
       answer.on("error", () => res.destroy());
     });
     upstream.on("error", () => {
+      if (answered) return;
       if (!res.headersSent) {
         res.writeHead(502, { "content-type": "text/plain" });
         res.end("bad gateway");
@@ -297,7 +336,7 @@ export async function startProxy(targetPort, mode = "pass") {
   server.on("upgrade", (req, socket, head) => {
     stats.upgrades++;
     const mode = proxy.mode;
-    if (mode === "refuse-upgrade" || mode === "cut-long-requests") {
+    if (mode === "refuse-upgrade" || mode === "cut-long-requests" || mode === "cut-slow-504") {
       stats.upgradesRefused++;
       socket.end(
         "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n" +
@@ -310,13 +349,21 @@ export async function startProxy(targetPort, mode = "pass") {
       stats.upgradesHung++;
       return;
     }
-    // pass / kill-ws-after-1s: a raw TCP tunnel to the server.
+    // pass / kill-ws-after-1s / kill-ws-idle-2s: a raw TCP tunnel to the server.
     const upstream = net.connect(targetPort, "127.0.0.1");
     track(upstream);
     const teardown = () => {
+      tunnels.delete(kill);
       socket.destroy();
       upstream.destroy();
     };
+    const kill = () => {
+      if (socket.destroyed && upstream.destroyed) return false;
+      stats.wsKilled++;
+      teardown();
+      return true;
+    };
+    tunnels.add(kill);
     socket.on("close", teardown);
     upstream.on("close", teardown);
     upstream.on("connect", () => {
@@ -332,10 +379,16 @@ export async function startProxy(targetPort, mode = "pass") {
     upstream.once("data", () => {
       stats.upgradesPassed++;
       if (mode === "kill-ws-after-1s") {
-        const timer = later(1000, () => {
-          stats.wsKilled++;
-          teardown();
-        });
+        const timer = later(1000, kill);
+        socket.on("close", () => cancel(timer));
+      } else if (mode === "kill-ws-idle-2s") {
+        // Every byte, either way, restarts the 2 s idle clock (the server's answer included).
+        const timer = later(2000, kill);
+        const activity = () => {
+          if (!socket.destroyed) timer.refresh();
+        };
+        socket.on("data", activity);
+        upstream.on("data", activity);
         socket.on("close", () => cancel(timer));
       }
     });
@@ -354,6 +407,11 @@ export async function startProxy(targetPort, mode = "pass") {
     setMode(next) {
       if (!PROXY_MODES.includes(next)) throw new Error(`unknown proxy mode ${next}`);
       proxy.mode = next;
+    },
+    killWebSockets() {
+      let killed = 0;
+      for (const kill of [...tunnels]) if (kill()) killed++;
+      return killed;
     },
     async close() {
       for (const timer of timers) clearTimeout(timer);
@@ -525,11 +583,17 @@ export function normalise(data) {
  * - `window.events`: every connection event (`open`, `close`, `transport`, `state`, `reset`) as
  *   `{type, t, arg, transport}` with `t` = `performance.now()`;
  * - `window.received`: every message, once per (session, seq), in order of arrival, as
- *   `{session, seq, event, value, via, t, transport}` (`value` normalised: binary → `{bin}`);
+ *   `{session, seq, event, value, via, t, transport, wsOpen}` (`value` normalised: binary →
+ *   `{bin}`);
  *   `via` lists the listeners it reached (`message` and/or the named-event listener);
  * - `window.duplicates`: messages a listener got twice (same session and seq);
  * - `window.counts[tag]`: `{echo, stream}` received so far per series;
- * - `window.tConnect`: `performance.now()` just before `connect`.
+ * - `window.tConnect`: `performance.now()` just before `connect`;
+ * - `window.sockets`: every WebSocket the page created; each received message's `wsOpen` is how
+ *   many of them were open (readyState OPEN) when it arrived, so 0 means polling carried it;
+ * - `window.samples`: every 20 ms, `{t, transport, state, live, open, evented}` (`t` relative to
+ *   `connect`; `live`: sockets connecting or open; `evented`: the last `transport` event's
+ *   argument), recorded only when something in it changed.
  *
  * `session` starts at 0 and increases on each `reset`. With `first` (a tag), `payload(first, 0)`
  * is sent right after `connect`, so `firstMessageMs(page)` is the round trip from `connect`.
@@ -567,14 +631,17 @@ export async function installRecorder(page, { url = "/rt", options = {}, first, 
       const seen = new Map();
       window.payload = payload;
 
-      // Wire log: every WebSocket's open and close (code, reason), for diagnostics.
+      // Wire log: every WebSocket's open and close (code, reason), for diagnostics; every socket
+      // in `window.sockets`, to tell from their readyState whether one is connecting or open.
       window.wire = [];
+      window.sockets = [];
       const NativeWebSocket = window.WebSocket;
       if (!NativeWebSocket.wrapped) {
         window.WebSocket = class extends NativeWebSocket {
           static wrapped = true;
           constructor(...args) {
             super(...args);
+            window.sockets.push(this);
             const id = (window.wsCount = (window.wsCount ?? 0) + 1);
             const note = (what) => window.wire.push({ ws: id, what, t: now() - window.tConnect });
             note("new");
@@ -585,9 +652,33 @@ export async function installRecorder(page, { url = "/rt", options = {}, first, 
         };
       }
 
+      const openSockets = () => window.sockets.filter((ws) => ws.readyState === 1).length;
+      const liveSockets = () => window.sockets.filter((ws) => ws.readyState <= 1).length;
+
       window.tConnect = now();
       const conn = window.Switchboard.connect(url, options);
       window.conn = conn;
+
+      // Sampler: every 20 ms, what the application would see, recorded when it changes.
+      window.samples = [];
+      window.lastTransportEvent = null;
+      let lastSample = "";
+      clearInterval(window.sampler);
+      window.sampler = setInterval(() => {
+        const sample = {
+          transport: conn.transport,
+          state: conn.state,
+          live: liveSockets(),
+          open: openSockets(),
+          evented: window.lastTransportEvent,
+        };
+        const key = JSON.stringify(sample);
+        if (key !== lastSample) {
+          lastSample = key;
+          window.samples.push({ t: now() - window.tConnect, ...sample });
+          if (window.samples.length > 5000) window.samples.shift();
+        }
+      }, 20);
 
       const record = (via) => (data, info) => {
         const seq = info && typeof info.seq === "number" ? info.seq : null;
@@ -610,6 +701,8 @@ export async function installRecorder(page, { url = "/rt", options = {}, first, 
           via: [via],
           t: now(),
           transport: conn.transport,
+          // WebSockets open (readyState OPEN) when it arrived: with none, polling carried it.
+          wsOpen: openSockets(),
         };
         if (seq !== null) seen.set(key, entry);
         window.received.push(entry);
@@ -622,6 +715,7 @@ export async function installRecorder(page, { url = "/rt", options = {}, first, 
       for (const type of ["open", "close", "transport", "state", "reset"]) {
         conn.on(type, (arg) => {
           if (type === "reset") window.session++;
+          if (type === "transport") window.lastTransportEvent = arg;
           // The sid is a bearer secret: record only whether it looks right.
           const recorded =
             type === "open" && arg && typeof arg === "object"
@@ -702,11 +796,13 @@ export async function waitFor(page, predicate, timeoutMs, what = predicate) {
   const closed = `(window.conn && window.conn.state === "closed")`;
   let failure;
   try {
-    await page.waitForFunction(`${holds} || ${closed}`, undefined, {
+    // Which of the two was seen, in the same evaluation: a predicate that held only for a moment
+    // (a state in passing) still counts.
+    const seen = await page.waitForFunction(`${holds} ? "holds" : ${closed} ? "closed" : false`, undefined, {
       timeout: timeoutMs,
       polling: 50,
     });
-    if (await page.evaluate(holds)) return;
+    if ((await seen.jsonValue()) === "holds") return;
     failure = `the connection closed while waiting for ${what}`;
   } catch (err) {
     failure = `timed out after ${timeoutMs} ms waiting for ${what} (${err.message.split("\n")[0]})`;
