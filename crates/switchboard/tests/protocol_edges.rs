@@ -274,7 +274,7 @@ async fn query_numbers_are_decimal_digits_and_unknown_parameters_are_ignored() {
         "ack=0",
         "ack=000",
         "ack=9007199254740991",
-        "future=1&att=2",
+        "future=1&later=2",
         "batch=yes",
         "auth=notjson",
     ] {
