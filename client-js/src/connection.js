@@ -68,7 +68,7 @@ export class Connection extends Emitter {
     // Until the open frame tells (with the hold time and body limit), the documented default.
     this._maxMessage = 65536;
     // `_att` numbers this client's transport attempts, so that the server never lets an older one
-    // take over from a newer one (§9.3).
+    // take over from a newer one (§9.1).
     this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._cuts = this._postFailures = 0;
     this._timers = {};
     /** The transport in use or being tried, or `null`. */
@@ -273,7 +273,7 @@ export class Connection extends Emitter {
       const back = this._superseded;
       this._superseded = null;
       if (back) return this._connect(back);
-      // The polls go on; number them above the probe, which may still reach the server (§9.3).
+      // The polls go on; number them above the probe, which may still reach the server (§9.1).
       if (this._current && this._current.att) this._current.att = ++this._att;
       return this._scheduleProbe();
     }

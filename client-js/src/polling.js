@@ -12,7 +12,7 @@ export class PollingTransport {
     this.name = name;
     this._conn = conn;
     this._aborts = new Set();
-    // Every poll of this loop carries its attach number (§9.3); the connection may raise it.
+    // Every poll of this loop carries its attach number (§9.1); the connection may raise it.
     this.att = ++conn._att;
     // Start once the connection has taken the session's open frame (same turn, just after).
     queueMicrotask(() => this._loop());

@@ -10,7 +10,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 
-import { REPO_ROOT, cleanup, launchBrowser, report, scaled } from "./harness.mjs";
+import { REPO_ROOT, cleanup, launchBrowser, report, scaled, startProxy } from "./harness.mjs";
 import { startNginx } from "./nginx.mjs";
 
 const CHAT_BIN = path.join(
@@ -210,4 +210,58 @@ test("through nginx without WebSocket upgrade headers, the chat falls back and s
     [...document.querySelectorAll("#lines li")].some((li) => li.textContent.includes("nginx 뒤에서도 잘 됩니다 ✅")),
   );
   report({ scenario: "chat-behind-nginx-without-upgrade", transport: "longpoll", ownEchoMs: Date.now() - started });
+});
+
+test("through a proxy that kills sockets after 1 s, chat lines arrive within a second and the badge tells the truth", async (t) => {
+  // Issue 9: a line took 21-22 s to reach the other person while the sender's badge read
+  // "reconnecting · websocket" (sends waited for the first long poll of the resume).
+  const defer = cleanup(t);
+  const chat = await startChat();
+  defer(() => chat.stop());
+  const proxy = await startProxy(Number(new URL(chat.url).port), "kill-ws-after-1s");
+  defer(() => proxy.close());
+  const browser = await launchBrowser();
+  defer(() => browser.close());
+  const ada = await join(browser, chat.url, { nick: "Ada", transport: "websocket" });
+  const page = await browser.context.newPage();
+  page.setDefaultTimeout(scaled(20000));
+  await page.goto(`${proxy.url}/`);
+  // Every badge text the sender's page shows, with when it showed it.
+  await page.evaluate(() => {
+    window.badges = [];
+    const badge = document.querySelector("#badge");
+    const note = () => window.badges.push({ text: badge.textContent.replace(/\s+/g, " ").trim(), t: performance.now() });
+    new MutationObserver(note).observe(badge, { subtree: true, childList: true, characterData: true });
+  });
+  await page.fill("#nick", "민준 🔌");
+  await page.click("#login button");
+  await page.waitForFunction(() => document.querySelector("#badge").textContent.replace(/\s+/g, " ").trim() === "open · longpoll");
+  // One line every 3 s on a quiet server; each must reach Ada within a second or so.
+  const delays = [];
+  for (let i = 0; i < 4; i++) {
+    const text = `줄 ${i}: 소켓이 죽어도 바로 갑니다 ⚡`;
+    const sentAt = Date.now();
+    await send(page, text);
+    await ada.waitForFunction(
+      (text) => [...document.querySelectorAll("#lines li")].some((li) => li.textContent.includes(text)),
+      text,
+      { timeout: scaled(30000) },
+    );
+    delays.push(Date.now() - sentAt);
+    await new Promise((wake) => setTimeout(wake, 3000));
+  }
+  const badges = await page.evaluate(() => {
+    // Collapse repeats (the badge's two spans change one after the other).
+    const seen = [];
+    for (const b of window.badges) if (seen.at(-1)?.text !== b.text) seen.push(b);
+    return seen.map((b, i) => ({ text: b.text, ms: Math.round((seen[i + 1]?.t ?? performance.now()) - b.t) }));
+  });
+  report({ scenario: "chat-behind-socket-killer", lineDelaysMs: delays, badges, wsKilled: proxy.stats.wsKilled });
+  assert.ok(proxy.stats.wsKilled >= 1, "the proxy killed the sender's WebSocket");
+  assert.ok(Math.max(...delays) <= scaled(2000), `chat lines took ${delays.join(", ")} ms to reach the other person`);
+  // "reconnecting · websocket" may show while a WebSocket is really being tried (a moment), never
+  // for the time a long poll is held.
+  const stale = badges.filter((b) => b.text === "reconnecting · websocket" && b.ms > scaled(1000));
+  assert.deepEqual(stale, [], `the badge read "reconnecting · websocket" for long: ${JSON.stringify(badges)}`);
+  assert.deepEqual(page.errors ?? [], []);
 });
