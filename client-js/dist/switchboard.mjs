@@ -132,12 +132,14 @@ var PollingTransport = class {
    * `_down(transport, { code, reason, status, body, lifetime })` when a poll fails.
    * @param {"longpoll" | "poll"} name
    */
-  constructor(conn, name) {
+  constructor(conn, name, delay) {
     this.name = name;
     this._conn = conn;
     this._aborts = /* @__PURE__ */ new Set();
-    this.att = ++conn._att;
-    queueMicrotask(() => this._loop());
+    this.att = conn._probe && conn._pollAtt ? conn._pollAtt : ++conn._att;
+    conn._pollAtt = this.att;
+    if (delay) this._wake = setTimeout(() => this._loop(), delay);
+    else queueMicrotask(() => this._loop());
   }
   async _loop() {
     const conn = this._conn;
@@ -202,7 +204,7 @@ var WebSocketTransport = class {
     const options = conn._options;
     this.att = ++conn._att;
     let url = conn._base.replace(/^http/, "ws") + `/ws?v=1&batch=1&att=${this.att}`;
-    if (conn._sid) url += `&sid=${conn._sid}&ack=${conn._rx}`;
+    if (conn._sid) url += `&sid=${conn._sid}&ack=${this._ack = conn._rx}`;
     else if (options.auth !== void 0) url += "&auth=" + encodeURIComponent(JSON.stringify(options.auth));
     const ws = this._ws = new options.WebSocket(url);
     this._timer = setTimeout(() => this._fail(0), options.connectTimeout);
@@ -229,19 +231,19 @@ var WebSocketTransport = class {
     clearTimeout(this._timer);
     const limit = frame.ping + 1e4;
     const keepalive = this._conn._keepalive;
-    const every = Math.min(limit / 4, 5e3, keepalive / 2 || Infinity);
+    const every = Math.min(limit / 4, 5e3, keepalive / 4 || Infinity);
     this._timer = setInterval(() => {
       const now = Date.now();
       if (now - this._heard > limit) this._fail(0);
-      else if (now - this._active >= keepalive / 2) this.send(['{"t":"ping"}']);
+      else if (now - this._active >= keepalive) this.send(['{"t":"ping"}']);
     }, every);
     this._conn._attached(this, frame);
   }
-  /** Writes frames, if the socket is open. */
+  /** Writes frames, if the socket is open; returns whether it was. */
   send(frames) {
     if (this._openedAt && this._ws.readyState === 1) {
       for (const frame of frames) this._ws.send(frame);
-      this._active = Date.now();
+      return this._active = Date.now();
     }
   }
   _fail(code, reason) {
@@ -286,10 +288,11 @@ var DEFAULTS = {
 };
 var KEEPALIVE_MIN = 1e3;
 var IDLE_DEATH = 750;
+var CUT_WINDOW = 6e4;
 var RESERVED = ["open", "message", "close", "transport", "state", "reset"];
 var RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "protocol_error" };
 var FATAL = [4400, 4401, 4403];
-var CLOSE = '[{"t":"close"}]';
+var CLOSE = '{"t":"close"}';
 function localStorageIfAny() {
   try {
     return globalThis.localStorage;
@@ -313,7 +316,8 @@ var Connection = class extends Emitter {
     this._keepalive = this._memory.value("keepalive");
     this._fresh();
     this._maxMessage = 65536;
-    this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._cuts = this._postFailures = 0;
+    this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._postFailures = 0;
+    this._cuts = this._cutRun = this._cutAt = 0;
     this._timers = {};
     this.transport = null;
     this.state = "connecting";
@@ -352,10 +356,11 @@ var Connection = class extends Emitter {
   /** Ends the session. */
   close() {
     if (this.state === "closed") return;
+    this._clear("flush");
+    this._flush();
     const current = this._current;
-    if (current && this._sid) {
-      if (current.name === "websocket") current.send(['{"t":"close"}']);
-      else this._goodbye(this._sid);
+    if (this._sid && !(current && current.name === "websocket" && current.send([CLOSE]))) {
+      this._goodbye(this._sid, this._out.map((message) => message.text));
     }
     this._end(1e3, "closed by client");
   }
@@ -402,8 +407,9 @@ var Connection = class extends Emitter {
       const ok = status === 200 && body2 && body2.t === "open";
       if (this._racer === opening) {
         this._racer = null;
-        if (!ok || this._sid || !this._current || this._current.name !== "websocket") opening.stopped = true;
+        if (!ok || this._sid || this._current && this._current.name !== "websocket") opening.stopped = true;
         else {
+          this._clear("retry");
           this._loser = this._current;
           this._current = opening;
         }
@@ -423,9 +429,18 @@ var Connection = class extends Emitter {
     });
     return opening;
   }
-  /** Ends session `sid` over HTTP, without waiting for the answer. */
-  _goodbye(sid) {
-    this._request("POST", `poll?v=1&sid=${sid}`, CLOSE, this._options.requestTimeout);
+  /**
+   * Ends session `sid` over HTTP, after `messages` (frame texts the server may not have yet) if they
+   * fit in one body. Retried while another POST of ours is still being processed (`429`).
+   */
+  async _goodbye(sid, messages = []) {
+    const size = messages.reduce((sum, text) => sum + text.length * 4, 0);
+    const body = "[" + [...size < (this._maxBody || 65536) / 2 ? messages : [], CLOSE].join(",") + "]";
+    for (let tries = 0; tries < 10; tries++) {
+      const { status } = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout);
+      if (status !== 429) return;
+      await new Promise((wake) => setTimeout(wake, 100));
+    }
   }
   /** A transport delivered an open frame (WebSocket, or `POST /open` for polling). */
   _attached(transport, open) {
@@ -435,7 +450,7 @@ var Connection = class extends Emitter {
       this._current = transport;
       if (old) old.stop();
     } else if (transport !== this._current) {
-      if (open.sid !== this._sid) transport.send(['{"t":"close"}']);
+      if (open.sid !== this._sid) transport.send([CLOSE]);
       transport.stop();
       if (transport === this._loser) {
         this._loser = null;
@@ -456,10 +471,15 @@ var Connection = class extends Emitter {
     this._maxMessage = open.max_message;
     this._maxBody = open.max_body;
     this._onAck(open.ack);
-    this._acked = this._rx;
+    this._acked = transport._ack ?? this._rx;
     this._sent = this._posted = this._serverAck;
+    if (this._learned && transport.name === "websocket") {
+      this._learned = false;
+      this._memory.store("keepalive", this._keepalive);
+    }
     this._use(transport);
     if (fresh) this._fire("open", { sid: open.sid, resumed: false });
+    this._scheduleAck();
     this._flush();
   }
   /** `transport` works: make it the one in use. */
@@ -479,7 +499,7 @@ var Connection = class extends Emitter {
     const options = this._options;
     if (transport === this._loser) {
       this._loser = null;
-      if (this.state === "open") this._memory.remember("websocket");
+      if (this.state === "open" && !opened && !(code >= 4400)) this._memory.remember("websocket");
       return this._scheduleProbe();
     }
     if (transport === this._probe) {
@@ -487,9 +507,10 @@ var Connection = class extends Emitter {
       this._probeAttempt++;
       const back = this._superseded;
       this._superseded = null;
-      if (back) return this._connect(back);
-      if (this._current && this._current.att) this._current.att = ++this._att;
-      return this._scheduleProbe();
+      if (back) this._connect(back);
+      else if (this._current && this._current.att) this._pollAtt = this._current.att = ++this._att;
+      this._scheduleProbe();
+      return this._scheduleLongpoll();
     }
     if (transport !== this._current || this.state === "closed") return;
     this._current = null;
@@ -502,27 +523,32 @@ var Connection = class extends Emitter {
     if (code === 4e3 || code === 4001 || FATAL.includes(code)) return this._end(code, reason);
     const name = transport.name;
     let next = name;
-    let now = false;
     if (name === "websocket" && code !== 4100 && code < 4400) {
-      if (opened && this._learn(idle)) {
-        now = true;
+      if (opened && this._learn(code, idle)) {
       } else if (!opened || lifetime < options.earlyCloseWindow) {
+        if (!opened && this._learned) this._learned = this._keepalive = void 0;
         next = this._pick(name) || name;
         if (opened) this._probeAttempt++;
       } else {
         this._probeAttempt = 0;
       }
     } else if (name === "longpoll" && this._cut(status, body, lifetime)) {
-      if (++this._cuts < 2 || !this._pick(name)) return this._repoll(name);
-      this._memory.remember(name);
-      return this._repoll(this._pick(name));
+      const now = Date.now();
+      if (now - this._cutAt > CUT_WINDOW) this._cuts = 0;
+      this._cutAt = now;
+      const fallback = ++this._cuts >= 2 && this._pick(name);
+      if (fallback) {
+        this._memory.remember(name);
+        return this._repoll(fallback);
+      }
+      return this._repoll(name, this._cutRun++ ? backoff(this._cutRun - 2, options.backoff) : 0);
     } else if (name !== "websocket") {
       this._suspects = [];
     }
     if (next !== name) (this._suspects ||= []).push(name);
     this._setTransport(next);
     this._setState(this._sid ? "reconnecting" : "connecting");
-    if (next !== name || now) return this._connect(next);
+    if (next !== name) return this._connect(next);
     this._timers.retry = setTimeout(() => this._connect(name), backoff(this._attempt++, options.backoff));
   }
   /**
@@ -534,8 +560,8 @@ var Connection = class extends Emitter {
     return (!status || gateway) && lifetime > Math.min(1e3, this._hold / 4) && lifetime < this._hold * 0.9;
   }
   /** Goes on polling the session as `name` ("longpoll" or "poll"), without reconnecting. */
-  _repoll(name) {
-    this._current = new PollingTransport(this, name);
+  _repoll(name, delay) {
+    this._current = new PollingTransport(this, name, delay);
     this._setTransport(name);
     this._scheduleLongpoll();
   }
@@ -550,9 +576,11 @@ var Connection = class extends Emitter {
     this._timers.longpoll = setTimeout(() => {
       this._timers.longpoll = null;
       const current = this._current;
+      if (this._probe) return this._scheduleLongpoll();
       if (current && current.name === "poll" && this.state === "open") {
         current.stop();
         this._cuts = 1;
+        this._cutAt = Date.now();
         this._repoll("longpoll");
       }
     }, delay);
@@ -563,15 +591,17 @@ var Connection = class extends Emitter {
     this._memory.forget("longpoll");
   }
   /**
-   * A socket died after `idle` ms without traffic. If keep-alives more often than that would have
-   * kept it alive, send them from now on (and remember it); returns whether it did.
+   * A socket was cut (`code` 1006: no close frame) after `idle` ms without traffic, as
+   * idle-timeout killers do. If keep-alives more often than the server's pings would have kept it,
+   * send them from now on; returns whether it learned. Only the first such death teaches (once
+   * keep-alives run, no socket is that quiet again), and the lesson is kept for later page loads
+   * once the next socket opens (see `_attached`; if it cannot, the network went away instead).
    */
-  _learn(idle) {
+  _learn(code, idle) {
     const every = Math.max(KEEPALIVE_MIN, Math.floor(idle / 2));
-    if (!(idle >= IDLE_DEATH) || every >= (this._keepalive || this._ping || Infinity)) return false;
+    if (this._keepalive || code !== 1006 || !(idle >= IDLE_DEATH) || every >= (this._ping || Infinity)) return false;
     this._keepalive = every;
-    this._memory.store("keepalive", every);
-    return true;
+    return this._learned = true;
   }
   /** While on a fallback, try WebSocket again now and then; it takes over when it works. */
   _scheduleProbe(delay) {
@@ -588,6 +618,7 @@ var Connection = class extends Emitter {
   /** Frames from a poll answer (transport set) or a POST answer (transport `null`). */
   _frames(transport, frames) {
     if (transport && transport !== this._current) return;
+    if (transport) this._cutRun = 0;
     if (transport && this.state !== "open") this._use(transport);
     for (const frame of frames) this._frame(null, frame);
   }
@@ -666,9 +697,10 @@ var Connection = class extends Emitter {
         if (!polling()) break;
         if (answer.status === 200 && Array.isArray(answer.body)) {
           this._postFailures = 0;
-          if (batch.length) this._posted = Math.max(this._posted, batch[batch.length - 1].seq);
-          if (this.state !== "open" && this._current.att) this._use(this._current);
+          const closing = answer.body.some((frame) => frame && frame.t === "close");
+          if (this.state !== "open" && this._current.att && !closing) this._use(this._current);
           this._frames(null, answer.body);
+          this._posted = this._serverAck;
           continue;
         }
         if (answer.status === 404) return this._reset("unknown_session");
@@ -678,6 +710,7 @@ var Connection = class extends Emitter {
       }
     } finally {
       this._posting = false;
+      if (this._sid !== sid) this._flush();
     }
   }
   /**
@@ -709,12 +742,13 @@ var Connection = class extends Emitter {
   /** The server no longer has our session: start a new one and tell the application. */
   _reset(reason) {
     const unsent = this._out.length;
+    const first = this._pick();
     this._stopAll();
     this._fresh();
+    this._setTransport(first);
     this._setState("reconnecting");
     this._fire("reset", { reason, unsent });
     if (this.state === "closed") return;
-    const first = this._pick();
     if (reason === "shutdown") {
       this._timers.retry = setTimeout(() => this._connect(first), backoff(this._attempt++, this._options.backoff));
     } else {

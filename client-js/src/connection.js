@@ -28,6 +28,9 @@ const KEEPALIVE_MIN = 1000;
 /** A socket that had carried nothing for this long when it died may have been killed for it (ms). */
 const IDLE_DEATH = 750;
 
+/** Two cuts of long polls within this time (ms) move the session to short polling. */
+const CUT_WINDOW = 60000;
+
 /** Connection events that a server event name cannot shadow. */
 const RESERVED = ["open", "message", "close", "transport", "state", "reset"];
 
@@ -37,7 +40,7 @@ const RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "prot
 /** Refusals that no retry can fix: bad request, authentication, origin. */
 const FATAL = [4400, 4401, 4403];
 
-const CLOSE = '[{"t":"close"}]';
+const CLOSE = '{"t":"close"}';
 
 /** The page's localStorage; undefined where there is none or it may not be used. */
 function localStorageIfAny() {
@@ -69,7 +72,8 @@ export class Connection extends Emitter {
     this._maxMessage = 65536;
     // `_att` numbers this client's transport attempts, so that the server never lets an older one
     // take over from a newer one (§9.1).
-    this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._cuts = this._postFailures = 0;
+    this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._postFailures = 0;
+    this._cuts = this._cutRun = this._cutAt = 0;
     this._timers = {};
     /** The transport in use or being tried, or `null`. */
     this.transport = null;
@@ -116,10 +120,13 @@ export class Connection extends Emitter {
   /** Ends the session. */
   close() {
     if (this.state === "closed") return;
+    // Low-priority messages still waiting go first; then the close, over the open socket, or else
+    // over HTTP after what the server may not have yet (so that it is not left to expire).
+    this._clear("flush");
+    this._flush();
     const current = this._current;
-    if (current && this._sid) {
-      if (current.name === "websocket") current.send(['{"t":"close"}']);
-      else this._goodbye(this._sid);
+    if (this._sid && !(current && current.name === "websocket" && current.send([CLOSE]))) {
+      this._goodbye(this._sid, this._out.map((message) => message.text));
     }
     this._end(1000, "closed by client");
   }
@@ -174,9 +181,11 @@ export class Connection extends Emitter {
       const ok = status === 200 && body && body.t === "open";
       if (this._racer === opening) {
         this._racer = null;
-        // The race is won only while the socket still has not opened; a failure leaves it to the socket.
-        if (!ok || this._sid || !this._current || this._current.name !== "websocket") opening.stopped = true;
+        // The race is won while no socket has opened (one may be on its way, or waiting to retry);
+        // a failure leaves it to the socket.
+        if (!ok || this._sid || (this._current && this._current.name !== "websocket")) opening.stopped = true;
         else {
+          this._clear("retry");
           this._loser = this._current;
           this._current = opening;
         }
@@ -198,9 +207,18 @@ export class Connection extends Emitter {
     return opening;
   }
 
-  /** Ends session `sid` over HTTP, without waiting for the answer. */
-  _goodbye(sid) {
-    this._request("POST", `poll?v=1&sid=${sid}`, CLOSE, this._options.requestTimeout);
+  /**
+   * Ends session `sid` over HTTP, after `messages` (frame texts the server may not have yet) if they
+   * fit in one body. Retried while another POST of ours is still being processed (`429`).
+   */
+  async _goodbye(sid, messages = []) {
+    const size = messages.reduce((sum, text) => sum + text.length * 4, 0);
+    const body = "[" + [...(size < (this._maxBody || 65536) / 2 ? messages : []), CLOSE].join(",") + "]";
+    for (let tries = 0; tries < 10; tries++) {
+      const { status } = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout);
+      if (status !== 429) return;
+      await new Promise((wake) => setTimeout(wake, 100));
+    }
   }
 
   /** A transport delivered an open frame (WebSocket, or `POST /open` for polling). */
@@ -214,7 +232,7 @@ export class Connection extends Emitter {
     } else if (transport !== this._current) {
       // A socket that lost the race opened after all: end its session (nobody uses it). The
       // network lets WebSockets through, so upgrade the session in use soon.
-      if (open.sid !== this._sid) transport.send(['{"t":"close"}']);
+      if (open.sid !== this._sid) transport.send([CLOSE]);
       transport.stop();
       if (transport === this._loser) {
         this._loser = null;
@@ -235,10 +253,18 @@ export class Connection extends Emitter {
     this._maxMessage = open.max_message;
     this._maxBody = open.max_body;
     this._onAck(open.ack);
-    this._acked = this._rx;
+    // What the server knows we have: the ack the transport carried (messages may have come in
+    // over the old one since), acknowledged again below if it is behind.
+    this._acked = transport._ack ?? this._rx;
     this._sent = this._posted = this._serverAck;
+    if (this._learned && transport.name === "websocket") {
+      // A socket opened after the keep-alive was learned: the network is there, keep the lesson.
+      this._learned = false;
+      this._memory.store("keepalive", this._keepalive);
+    }
     this._use(transport);
     if (fresh) this._fire("open", { sid: open.sid, resumed: false });
+    this._scheduleAck();
     this._flush();
   }
 
@@ -261,9 +287,10 @@ export class Connection extends Emitter {
   _down(transport, { code, reason, opened, lifetime, status, idle, body }) {
     const options = this._options;
     if (transport === this._loser) {
-      // The socket that lost the race failed too: it was blocked, not slow.
+      // The socket that lost the race failed too: blocked, not slow, unless the server refused it
+      // (4400 and up: the upgrade got through).
       this._loser = null;
-      if (this.state === "open") this._memory.remember("websocket");
+      if (this.state === "open" && !opened && !(code >= 4400)) this._memory.remember("websocket");
       return this._scheduleProbe();
     }
     if (transport === this._probe) {
@@ -272,10 +299,11 @@ export class Connection extends Emitter {
       // If the probe had already taken the session from our poll, go back to polling.
       const back = this._superseded;
       this._superseded = null;
-      if (back) return this._connect(back);
+      if (back) this._connect(back);
       // The polls go on; number them above the probe, which may still reach the server (§9.1).
-      if (this._current && this._current.att) this._current.att = ++this._att;
-      return this._scheduleProbe();
+      else if (this._current && this._current.att) this._pollAtt = this._current.att = ++this._att;
+      this._scheduleProbe();
+      return this._scheduleLongpoll();
     }
     if (transport !== this._current || this.state === "closed") return;
     this._current = null;
@@ -289,16 +317,18 @@ export class Connection extends Emitter {
     if (code === 4000 || code === 4001 || FATAL.includes(code)) return this._end(code, reason);
     const name = transport.name;
     let next = name;
-    let now = false;
     // A socket superseded (4100) by a request of ours that was still on its way is no sign of a
     // blocking network: it comes back on the same transport (so does a poll answered 409).
     // Codes from 4400 up are the server refusing after the upgrade worked: no proxy in the way.
     if (name === "websocket" && code !== 4100 && code < 4400) {
-      if (opened && this._learn(idle)) {
-        // Killed for being idle: a keep-alive now keeps the next socket, so come back at once.
-        now = true;
+      if (opened && this._learn(code, idle)) {
+        // Killed for being idle, it seems: with keep-alives the next socket lives, so come back on
+        // WebSocket (after the usual short backoff: clients cut off together come back spread out).
       } else if (!opened || lifetime < options.earlyCloseWindow) {
         // Refused, hung, or killed right after opening: a proxy in the way. Fall back at once.
+        // (A socket that cannot even open right after a keep-alive was learned says the network
+        // or the server went away: that death taught nothing.)
+        if (!opened && this._learned) this._learned = this._keepalive = undefined;
         next = this._pick(name) || name;
         if (opened) this._probeAttempt++;
       } else {
@@ -307,10 +337,18 @@ export class Connection extends Emitter {
     } else if (name === "longpoll" && this._cut(status, body, lifetime)) {
       // Cut by something between us (a reset, a time-out, a gateway's 502/503/504 without the
       // server's error body) while the poll was idle: no failure, nothing to resume. Poll again
-      // at once; after two cuts in a row, short polls are the transport that gets through.
-      if (++this._cuts < 2 || !this._pick(name)) return this._repoll(name);
-      this._memory.remember(name);
-      return this._repoll(this._pick(name));
+      // at once; after two cuts within a minute, short polls are the transport that gets through.
+      const now = Date.now();
+      if (now - this._cutAt > CUT_WINDOW) this._cuts = 0;
+      this._cutAt = now;
+      const fallback = ++this._cuts >= 2 && this._pick(name);
+      if (fallback) {
+        this._memory.remember(name);
+        return this._repoll(fallback);
+      }
+      // Cut after cut with no answer between them (a gateway in front of a server that is down)
+      // waits a little longer each time.
+      return this._repoll(name, this._cutRun++ ? backoff(this._cutRun - 2, options.backoff) : 0);
     } else if (name !== "websocket") {
       // Polling failed too: the server (or the whole network) is down, which says nothing about
       // the transports that failed before.
@@ -320,7 +358,7 @@ export class Connection extends Emitter {
     // Tell what is being tried before saying that it is not open yet.
     this._setTransport(next);
     this._setState(this._sid ? "reconnecting" : "connecting");
-    if (next !== name || now) return this._connect(next);
+    if (next !== name) return this._connect(next);
     this._timers.retry = setTimeout(() => this._connect(name), backoff(this._attempt++, options.backoff));
   }
 
@@ -334,8 +372,8 @@ export class Connection extends Emitter {
   }
 
   /** Goes on polling the session as `name` ("longpoll" or "poll"), without reconnecting. */
-  _repoll(name) {
-    this._current = new PollingTransport(this, name);
+  _repoll(name, delay) {
+    this._current = new PollingTransport(this, name, delay);
     this._setTransport(name);
     this._scheduleLongpoll();
   }
@@ -351,9 +389,11 @@ export class Connection extends Emitter {
     this._timers.longpoll = setTimeout(() => {
       this._timers.longpoll = null;
       const current = this._current;
+      if (this._probe) return this._scheduleLongpoll();
       if (current && current.name === "poll" && this.state === "open") {
         current.stop();
         this._cuts = 1;
+        this._cutAt = Date.now();
         this._repoll("longpoll");
       }
     }, delay);
@@ -366,15 +406,17 @@ export class Connection extends Emitter {
   }
 
   /**
-   * A socket died after `idle` ms without traffic. If keep-alives more often than that would have
-   * kept it alive, send them from now on (and remember it); returns whether it did.
+   * A socket was cut (`code` 1006: no close frame) after `idle` ms without traffic, as
+   * idle-timeout killers do. If keep-alives more often than the server's pings would have kept it,
+   * send them from now on; returns whether it learned. Only the first such death teaches (once
+   * keep-alives run, no socket is that quiet again), and the lesson is kept for later page loads
+   * once the next socket opens (see `_attached`; if it cannot, the network went away instead).
    */
-  _learn(idle) {
+  _learn(code, idle) {
     const every = Math.max(KEEPALIVE_MIN, Math.floor(idle / 2));
-    if (!(idle >= IDLE_DEATH) || every >= (this._keepalive || this._ping || Infinity)) return false;
+    if (this._keepalive || code !== 1006 || !(idle >= IDLE_DEATH) || every >= (this._ping || Infinity)) return false;
     this._keepalive = every;
-    this._memory.store("keepalive", every);
-    return true;
+    return (this._learned = true);
   }
 
   /** While on a fallback, try WebSocket again now and then; it takes over when it works. */
@@ -394,6 +436,7 @@ export class Connection extends Emitter {
   /** Frames from a poll answer (transport set) or a POST answer (transport `null`). */
   _frames(transport, frames) {
     if (transport && transport !== this._current) return;
+    if (transport) this._cutRun = 0;
     if (transport && this.state !== "open") this._use(transport);
     for (const frame of frames) this._frame(null, frame);
   }
@@ -481,10 +524,13 @@ export class Connection extends Emitter {
         if (!polling()) break;
         if (answer.status === 200 && Array.isArray(answer.body)) {
           this._postFailures = 0;
-          if (batch.length) this._posted = Math.max(this._posted, batch[batch.length - 1].seq);
           // The server has the session and answers over HTTP: the polling transport carries.
-          if (this.state !== "open" && this._current.att) this._use(this._current);
+          const closing = answer.body.some((frame) => frame && frame.t === "close");
+          if (this.state !== "open" && this._current.att && !closing) this._use(this._current);
           this._frames(null, answer.body);
+          // Its ack says what arrived; what did not (the application was slow to take messages,
+          // or a gap) goes again.
+          this._posted = this._serverAck;
           continue;
         }
         if (answer.status === 404) return this._reset("unknown_session");
@@ -495,6 +541,8 @@ export class Connection extends Emitter {
       }
     } finally {
       this._posting = false;
+      // A new session may have started meanwhile, and its sends waited for this loop to end.
+      if (this._sid !== sid) this._flush();
     }
   }
 
@@ -529,12 +577,13 @@ export class Connection extends Emitter {
   /** The server no longer has our session: start a new one and tell the application. */
   _reset(reason) {
     const unsent = this._out.length;
+    const first = this._pick();
     this._stopAll();
     this._fresh();
+    this._setTransport(first);
     this._setState("reconnecting");
     this._fire("reset", { reason, unsent });
     if (this.state === "closed") return;
-    const first = this._pick();
     if (reason === "shutdown") {
       this._timers.retry = setTimeout(() => this._connect(first), backoff(this._attempt++, this._options.backoff));
     } else {

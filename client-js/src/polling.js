@@ -8,14 +8,18 @@ export class PollingTransport {
    * `_down(transport, { code, reason, status, body, lifetime })` when a poll fails.
    * @param {"longpoll" | "poll"} name
    */
-  constructor(conn, name) {
+  constructor(conn, name, delay) {
     this.name = name;
     this._conn = conn;
     this._aborts = new Set();
-    // Every poll of this loop carries its attach number (§9.1); the connection may raise it.
-    this.att = ++conn._att;
+    // Every poll of this loop carries its attach number (§9.1); the connection may raise it. A
+    // loop started while an upgrade probe is on its way keeps the loop's number before it, which
+    // is lower than the probe's: if the probe attaches, these polls are refused, not the probe.
+    this.att = conn._probe && conn._pollAtt ? conn._pollAtt : ++conn._att;
+    conn._pollAtt = this.att;
     // Start once the connection has taken the session's open frame (same turn, just after).
-    queueMicrotask(() => this._loop());
+    if (delay) this._wake = setTimeout(() => this._loop(), delay);
+    else queueMicrotask(() => this._loop());
   }
 
   async _loop() {

@@ -13,7 +13,7 @@ export class WebSocketTransport {
     const options = conn._options;
     this.att = ++conn._att;
     let url = conn._base.replace(/^http/, "ws") + `/ws?v=1&batch=1&att=${this.att}`;
-    if (conn._sid) url += `&sid=${conn._sid}&ack=${conn._rx}`;
+    if (conn._sid) url += `&sid=${conn._sid}&ack=${(this._ack = conn._rx)}`;
     else if (options.auth !== undefined) url += "&auth=" + encodeURIComponent(JSON.stringify(options.auth));
     const ws = (this._ws = new options.WebSocket(url));
     this._timer = setTimeout(() => this._fail(0), options.connectTimeout);
@@ -46,23 +46,23 @@ export class WebSocketTransport {
     clearTimeout(this._timer);
     // A socket that hears nothing (not even a ping) for ping + 10 s is dead. With a keep-alive
     // learned from idle-timeout killers, a ping goes out whenever the socket has carried nothing
-    // for half of it, so it is never silent for longer than the keep-alive.
+    // for that long (checked four times as often), so it is never quiet for much longer.
     const limit = frame.ping + 10000;
     const keepalive = this._conn._keepalive;
-    const every = Math.min(limit / 4, 5000, keepalive / 2 || Infinity);
+    const every = Math.min(limit / 4, 5000, keepalive / 4 || Infinity);
     this._timer = setInterval(() => {
       const now = Date.now();
       if (now - this._heard > limit) this._fail(0);
-      else if (now - this._active >= keepalive / 2) this.send(['{"t":"ping"}']);
+      else if (now - this._active >= keepalive) this.send(['{"t":"ping"}']);
     }, every);
     this._conn._attached(this, frame);
   }
 
-  /** Writes frames, if the socket is open. */
+  /** Writes frames, if the socket is open; returns whether it was. */
   send(frames) {
     if (this._openedAt && this._ws.readyState === 1) {
       for (const frame of frames) this._ws.send(frame);
-      this._active = Date.now();
+      return (this._active = Date.now());
     }
   }
 

@@ -503,23 +503,29 @@ test("a 504 with the server's JSON error body, or one that comes at once, is a f
   conn.close();
 });
 
-test("a socket killed after a silence comes back on WebSocket at once, with a keep-alive it remembers", async () => {
+test("a socket cut after a silence comes back on WebSocket, with a keep-alive it remembers once it works", async () => {
   const storage = memoryStorage();
   const { conn, calls, events } = setup({ storage, earlyCloseWindow: 10000 });
   await until(() => FakeWebSocket.last());
   FakeWebSocket.last().accept({ sid: SID });
   await tick(900);
   FakeWebSocket.last().drop(1006);
-  assert.equal(FakeWebSocket.instances.length, 2, "no fallback, no backoff");
+  assert.equal(conn.transport, "websocket", "no fallback");
+  await until(() => FakeWebSocket.instances.length === 2, 500);
   const second = FakeWebSocket.last();
+  assert.equal(storage.getItem("switchboard:" + BASE), null, "not kept before a socket opened with it");
   second.accept({ sid: SID, resumed: true });
   assert.equal(conn.state, "open");
-  // Keep-alive every 1000 ms (the floor): a ping whenever nothing went either way for 500 ms.
-  await until(() => second.sent.some((frame) => frame.t === "ping"), 1500);
   assert.equal(JSON.parse(storage.getItem("switchboard:" + BASE)).keepalive.value, 1000);
+  // Keep-alive every 1000 ms (the floor): a ping whenever nothing went either way for that long,
+  // and not more often.
+  await until(() => second.sent.some((frame) => frame.t === "ping"), 2000);
+  await tick(1100);
+  const pings = second.sent.filter((frame) => frame.t === "ping").length;
+  assert.ok(pings >= 1 && pings <= 2, `${pings} pings in about 1.5 s`);
   assert.equal(calls.length, 0, "no polling");
   assert.equal(events.filter(([name, arg]) => name === "state" && arg === "reconnecting").length, 1);
-  // With that keep-alive running, a socket that dies anyway was not killed for silence: fall back.
+  // With that keep-alive running, a socket that dies anyway was not cut for silence: fall back.
   second.drop(1006);
   assert.equal(conn.transport, "longpoll");
   conn.close();
@@ -529,8 +535,28 @@ test("a socket killed after a silence comes back on WebSocket at once, with a ke
   const again = setup({ storage });
   await until(() => FakeWebSocket.last());
   FakeWebSocket.last().accept({ sid: SID });
-  await until(() => FakeWebSocket.last().sent.some((frame) => frame.t === "ping"), 1500);
+  await until(() => FakeWebSocket.last().sent.some((frame) => frame.t === "ping"), 2000);
   again.conn.close();
+});
+
+test("no keep-alive is learned from our own dead-socket check, a server close, or a socket that cannot reopen", async () => {
+  const storage = memoryStorage();
+  const { conn } = setup({ storage, earlyCloseWindow: 0 });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  await tick(800);
+  FakeWebSocket.last().drop(4101, "heartbeat_timeout");
+  await until(() => FakeWebSocket.instances.length === 2, 500);
+  FakeWebSocket.last().accept({ sid: SID, resumed: true });
+  assert.equal(conn._keepalive, undefined, "4101 is the server's time-out, not an idle killer");
+  // A cut after a silence, and then the network is gone: the retry cannot open.
+  await tick(800);
+  FakeWebSocket.last().drop(1006);
+  await until(() => FakeWebSocket.instances.length === 3, 500);
+  FakeWebSocket.last().drop(1006);
+  assert.equal(conn._keepalive, undefined, "an outage taught nothing");
+  assert.equal(storage.getItem("switchboard:" + BASE), null);
+  conn.close();
 });
 
 test("every transport request carries an increasing attach number; a failed probe renumbers the polls", async () => {
@@ -615,5 +641,160 @@ test("frames of unknown types are ignored, before the open frame too, and so are
   ws.deliverBatch({ t: "hint", v: 2 }, null, openFrame({ sid: SID }), { t: "later", s: 1 }, null, { t: "m", s: 1, d: "ok" });
   assert.equal(conn.state, "open");
   assert.deepEqual(messages(events), ["ok"]);
+  conn.close();
+});
+
+// --- Issue 9, review: the paths around the fixes --------------------------------------------------
+
+test("cuts count within a minute: a cut long after the last one polls again, it does not switch", async () => {
+  const realNow = Date.now;
+  let skew = 0;
+  Date.now = () => realNow() + skew;
+  try {
+    // A long hold, and a clock the test moves: cuts after 2 s and after 61 s, with an answer between.
+    const { conn, calls } = setup({ transports: ["longpoll", "poll"] });
+    await answer(calls, /\/open\?/, 200, openFrame({ sid: SID, hold: 100000 }));
+    await until(() => calls.some((call) => /wait=1/.test(call.url) && !call.answered));
+    skew += 2000;
+    await answer(calls, /wait=1/, 504, null);
+    await answer(calls, /wait=1/, 200, [{ t: "m", s: 1, d: "between" }]);
+    await until(() => calls.filter((call) => /wait=1/.test(call.url)).length === 3);
+    skew += 61000;
+    await answer(calls, /wait=1/, 504, null);
+    await until(() => calls.filter((call) => /wait=1/.test(call.url)).length === 4);
+    assert.equal(conn.transport, "longpoll");
+    assert.ok(!calls.some((call) => /wait=0/.test(call.url)));
+    conn.close();
+  } finally {
+    Date.now = realNow;
+  }
+});
+
+test("cut after cut with nothing to fall back to backs off instead of polling in a loop", async () => {
+  const { conn, calls } = setup({ transports: ["longpoll"], backoff: { min: 300, max: 300, jitter: 0 } });
+  await answer(calls, /\/open\?/, 200, openFrame({ sid: SID, hold: 400 }));
+  const polls = () => calls.filter((call) => /wait=1/.test(call.url));
+  for (let cut = 1; cut <= 2; cut++) {
+    await until(() => polls().length === cut);
+    await tick(150);
+    await answer(calls, /wait=1/, 504, null);
+  }
+  const cutAt = Date.now();
+  await until(() => polls().length === 3, 1000);
+  assert.ok(Date.now() - cutAt >= 250, "the third poll waited");
+  assert.equal(conn.state, "open");
+  conn.close();
+});
+
+test("a probe that took the session and then failed: polling resumes and probing goes on", async () => {
+  const { conn, calls } = setup({ probeDelay: 20, connectTimeout: 100 });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(1006);
+  await answer(calls, /\/open\?/, 200, OPEN);
+  await until(() => FakeWebSocket.instances.length === 2, 2000);
+  // The probe attached on the server: our held poll is answered 409; then the probe never opens.
+  await answer(calls, /wait=1/, 409, { error: "superseded", message: "" });
+  await until(() => calls.filter((call) => /wait=1/.test(call.url)).length === 2, 1000);
+  assert.equal(conn.transport, "longpoll");
+  await until(() => FakeWebSocket.instances.length === 3, 2000);
+  conn.close();
+});
+
+test("close() ends the session over HTTP when no socket is open, after the messages not yet acknowledged", async () => {
+  // Reconnecting: the socket is on its way, not open.
+  let { conn, calls } = setup({ earlyCloseWindow: 0 });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  FakeWebSocket.last().drop(1006);
+  await until(() => FakeWebSocket.instances.length === 2, 500);
+  conn.close();
+  let goodbye = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, []);
+  assert.deepEqual(goodbye.body, [{ t: "close" }]);
+
+  // Polling, a send in flight: the goodbye carries the message and is retried while busy (429).
+  FakeWebSocket.reset();
+  ({ conn, calls } = setup({ transports: ["longpoll"] }));
+  await answer(calls, /\/open\?/, 200, OPEN);
+  conn.send("마지막 말 👋");
+  await until(() => calls.some((call) => call.method === "POST" && /poll/.test(call.url)));
+  conn.close();
+  await until(() => calls.filter((call) => call.method === "POST" && /poll/.test(call.url)).length === 2);
+  goodbye = calls.filter((call) => call.method === "POST" && /poll/.test(call.url))[1];
+  assert.deepEqual(goodbye.body, [{ t: "m", s: 1, d: "마지막 말 👋" }, { t: "close" }]);
+  goodbye.answered = true;
+  goodbye.answer(429, { error: "too_many_requests", message: "" });
+  // The message's own POST is answered; the goodbye goes again.
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 1 }]);
+  const again = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, []);
+  assert.deepEqual(again.body, goodbye.body);
+});
+
+test("a POST answered with a lower ack (the application was slow) sends the rest again", async () => {
+  const { conn, calls } = setup({ transports: ["longpoll"] });
+  await answer(calls, /\/open\?/, 200, OPEN);
+  conn.send("a");
+  conn.send("b");
+  conn.send("c");
+  const first = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 1 }]);
+  assert.deepEqual(first.body.map((frame) => frame.s), [1, 2, 3]);
+  const rest = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 3 }]);
+  assert.deepEqual(rest.body.map((frame) => frame.s), [2, 3]);
+  conn.close();
+});
+
+test("a reset while a POST of the old session is on its way: the new session's sends still go", async () => {
+  const { conn, calls } = setup({ transports: ["longpoll"] });
+  await answer(calls, /\/open\?/, 200, OPEN);
+  conn.send("old");
+  await until(() => calls.some((call) => call.method === "POST" && /poll/.test(call.url)));
+  await answer(calls, /wait=1/, 404, { error: "unknown_session", message: "" });
+  const other = "d".repeat(32);
+  await answer(calls, /\/open\?/, 200, openFrame({ sid: other }));
+  conn.send("new");
+  // The old session's POST comes back (too late to matter).
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 404, { error: "unknown_session", message: "" });
+  const post = await answer(calls, new RegExp(`poll\\?v=1&sid=${other}$`), 200, [{ t: "ack", a: 1 }]);
+  assert.deepEqual(post.body, [{ t: "m", s: 1, d: "new" }]);
+  conn.close();
+});
+
+test("the race: a refused socket is not remembered as blocked, and a session opened while the socket waits to retry is kept", async () => {
+  const storage = memoryStorage();
+  let { conn, calls, events } = setup({ raceAfter: 20, storage });
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  await answer(calls, /\/open\?/, 200, OPEN);
+  await tick();
+  ws.drop(4503, "session_limit");
+  assert.equal(storage.getItem("switchboard:" + BASE), null, "the upgrade got through");
+  conn.close();
+
+  FakeWebSocket.reset();
+  ({ conn, calls, events } = setup({ raceAfter: 20, backoff: { min: 100000, max: 100000 } }));
+  await until(() => calls.some((call) => /\/open\?/.test(call.url)), 500);
+  FakeWebSocket.last().drop(4503, "session_limit");
+  await answer(calls, /\/open\?/, 200, OPEN);
+  await tick();
+  assert.equal(conn.transport, "longpoll");
+  assert.equal(conn.state, "open");
+  assert.equal(events.filter(([name]) => name === "open").length, 1);
+  assert.ok(!calls.some((call) => call.method === "POST" && /\/poll\?/.test(call.url)), "no goodbye to the session in use");
+  conn.close();
+});
+
+test("after an upgrade the socket acknowledges what polling delivered since the probe left", async () => {
+  const { conn, calls } = setup({ probeDelay: 20 });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(1006);
+  await answer(calls, /\/open\?/, 200, OPEN);
+  await until(() => FakeWebSocket.instances.length === 2, 2000);
+  const probe = FakeWebSocket.last();
+  assert.match(probe.url, /ack=0$/);
+  // Polling still delivers while the probe connects.
+  await answer(calls, /wait=1/, 200, [{ t: "m", s: 1, d: 1 }, { t: "m", s: 2, d: 2 }]);
+  await until(() => conn._rx === 2);
+  probe.accept({ sid: SID, resumed: true });
+  await until(() => probe.sent.some((frame) => frame.t === "ack"), 500);
+  assert.deepEqual(probe.sent.find((frame) => frame.t === "ack"), { t: "ack", a: 2 });
   conn.close();
 });
