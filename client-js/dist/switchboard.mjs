@@ -356,9 +356,9 @@ var Connection = class extends Emitter {
   /** Ends the session. */
   close() {
     if (this.state === "closed") return;
-    this._clear("flush");
-    this._flush();
     const current = this._current;
+    this._clear("flush");
+    if (current && current.name === "websocket") this._flush();
     if (this._sid && !(current && current.name === "websocket" && current.send([CLOSE]))) {
       this._goodbye(this._sid, this._out.map((message) => message.text));
     }

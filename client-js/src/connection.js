@@ -120,11 +120,11 @@ export class Connection extends Emitter {
   /** Ends the session. */
   close() {
     if (this.state === "closed") return;
-    // Low-priority messages still waiting go first; then the close, over the open socket, or else
-    // over HTTP after what the server may not have yet (so that it is not left to expire).
-    this._clear("flush");
-    this._flush();
+    // The close goes over the open socket, after low-priority messages still waiting; or else over
+    // HTTP, after what the server may not have yet (so that the session is not left to expire).
     const current = this._current;
+    this._clear("flush");
+    if (current && current.name === "websocket") this._flush();
     if (this._sid && !(current && current.name === "websocket" && current.send([CLOSE]))) {
       this._goodbye(this._sid, this._out.map((message) => message.text));
     }

@@ -798,3 +798,13 @@ test("after an upgrade the socket acknowledges what polling delivered since the 
   assert.deepEqual(probe.sent.find((frame) => frame.t === "ack"), { t: "ack", a: 2 });
   conn.close();
 });
+
+test("close() on an open socket sends a waiting low-priority message before the close", async () => {
+  const { conn } = setup();
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  ws.accept({ sid: SID });
+  conn.emit("typing", { on: false }, { lowPriority: true });
+  conn.close();
+  assert.deepEqual(ws.sent, [{ t: "m", s: 1, e: "typing", d: { on: false } }, { t: "close" }]);
+});
