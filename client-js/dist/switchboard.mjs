@@ -317,7 +317,7 @@ var Connection = class extends Emitter {
     this._fresh();
     this._maxMessage = 65536;
     this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._postFailures = 0;
-    this._cuts = this._cutRun = this._cutAt = 0;
+    this._cuts = this._cutRun = this._cutAt = this._takeovers = 0;
     this._timers = {};
     this.transport = null;
     this.state = "connecting";
@@ -460,6 +460,7 @@ var Connection = class extends Emitter {
       return;
     }
     this._superseded = null;
+    this._takeovers = 0;
     this._clear("retry");
     this._clear("race");
     if (this._racer) this._racer.stop();
@@ -517,6 +518,9 @@ var Connection = class extends Emitter {
     if (code === 4409 && this._probe) {
       this._superseded = transport.name;
       return;
+    }
+    if (code === 4100 || code === 4409) {
+      if (++this._takeovers >= 3) return this._reset("superseded");
     }
     if (code === 4404) return this._reset("unknown_session");
     if (RESET[code]) return this._reset(RESET[code]);
@@ -618,7 +622,7 @@ var Connection = class extends Emitter {
   /** Frames from a poll answer (transport set) or a POST answer (transport `null`). */
   _frames(transport, frames) {
     if (transport && transport !== this._current) return;
-    if (transport) this._cutRun = 0;
+    if (transport) this._cutRun = this._takeovers = 0;
     if (transport && this.state !== "open") this._use(transport);
     for (const frame of frames) this._frame(null, frame);
   }

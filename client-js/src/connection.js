@@ -73,7 +73,7 @@ export class Connection extends Emitter {
     // `_att` numbers this client's transport attempts, so that the server never lets an older one
     // take over from a newer one (§9.1).
     this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._postFailures = 0;
-    this._cuts = this._cutRun = this._cutAt = 0;
+    this._cuts = this._cutRun = this._cutAt = this._takeovers = 0;
     this._timers = {};
     /** The transport in use or being tried, or `null`. */
     this.transport = null;
@@ -242,6 +242,7 @@ export class Connection extends Emitter {
       return;
     }
     this._superseded = null;
+    this._takeovers = 0;
     this._clear("retry");
     this._clear("race");
     if (this._racer) this._racer.stop();
@@ -311,6 +312,12 @@ export class Connection extends Emitter {
       // Our own upgrade probe took over; it reports next (attached, or failed).
       this._superseded = transport.name;
       return;
+    }
+    if (code === 4100 || code === 4409) {
+      // Taken over by a newer transport that is not ours (our own are ordered by `att`, §9.1):
+      // someone else holds the session. Once is a race we may win back; three times running, the
+      // session is theirs, and we start a new one.
+      if (++this._takeovers >= 3) return this._reset("superseded");
     }
     if (code === 4404) return this._reset("unknown_session");
     if (RESET[code]) return this._reset(RESET[code]);
@@ -436,7 +443,7 @@ export class Connection extends Emitter {
   /** Frames from a poll answer (transport set) or a POST answer (transport `null`). */
   _frames(transport, frames) {
     if (transport && transport !== this._current) return;
-    if (transport) this._cutRun = 0;
+    if (transport) this._cutRun = this._takeovers = 0;
     if (transport && this.state !== "open") this._use(transport);
     for (const frame of frames) this._frame(null, frame);
   }

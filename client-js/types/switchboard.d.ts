@@ -67,7 +67,10 @@ export interface CloseInfo {
 
 /** Details of a reset: the server no longer had the session; a new one was opened. */
 export interface ResetInfo {
-  /** Why the old session ended: `unknown_session`, `expired`, `overflow`, `shutdown` or `protocol_error`. */
+  /**
+   * Why the old session ended: `unknown_session`, `expired`, `overflow`, `shutdown` or
+   * `protocol_error`; or `superseded`: a transport that was not ours took it over three times running.
+   */
   reason: string;
   /** Messages that had not been acknowledged by the old session and were discarded. */
   unsent: number;

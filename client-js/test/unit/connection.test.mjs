@@ -808,3 +808,13 @@ test("close() on an open socket sends a waiting low-priority message before the 
   conn.close();
   assert.deepEqual(ws.sent, [{ t: "m", s: 1, e: "typing", d: { on: false } }, { t: "close" }]);
 });
+
+test("taken over three times running by a transport that is not ours: reset, and a new session", async () => {
+  const { conn, calls, events } = setup({ transports: ["longpoll"] });
+  await answer(calls, /\/open\?/, 200, OPEN);
+  for (let i = 0; i < 3; i++) await answer(calls, /wait=1/, 409, { error: "superseded", message: "" });
+  await tick();
+  assert.deepEqual(events.find(([name]) => name === "reset")?.[1], { reason: "superseded", unsent: 0 });
+  await until(() => calls.filter((call) => /\/open\?/.test(call.url)).length === 2);
+  conn.close();
+});

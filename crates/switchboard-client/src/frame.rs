@@ -161,8 +161,9 @@ impl OpenFrame {
     }
 }
 
-/// A frame sent by the server.
+/// A frame sent by the server. Non-exhaustive: the protocol grows by new frame types (§2).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ServerFrame {
     /// `open` (§3.3).
     Open(OpenFrame),
@@ -284,8 +285,9 @@ impl ServerFrame {
     }
 }
 
-/// A frame sent by the client.
+/// A frame sent by the client. Non-exhaustive: the protocol grows by new frame types (§2).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum ClientFrame {
     /// `m` (§3.1).
     Msg {

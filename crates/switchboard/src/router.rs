@@ -268,7 +268,8 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
     /// Attaches a transport of `kind`, whose request carried attach number `att`, to `session`,
     /// taking over from the one attached before (if any), and marks it attached until the
     /// returned guard is dropped. A stale request (`att` lower than one attached already) is
-    /// refused with `409 superseded` and changes nothing; an expired session with
+    /// refused with `409 superseded` and supersedes nothing (its `ack` has been applied: acknowledgements
+    /// are cumulative); an expired session with
     /// `404 unknown_session` (see [`Shared::attach`]).
     pub(crate) fn attach_transport(
         &self,

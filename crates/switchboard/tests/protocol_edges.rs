@@ -626,7 +626,8 @@ async fn non_json_auth_is_a_bad_request_and_null_is_no_auth() {
 }
 
 #[tokio::test]
-async fn a_websocket_closed_without_a_close_frame_leaves_the_session_alive() {
+async fn a_websocket_closed_with_1000_but_without_a_close_protocol_frame_leaves_the_session_alive()
+{
     let mut server = start_default().await;
     let mut socket = server.ws("").await;
     let sid = next_json(&mut socket).await["sid"]

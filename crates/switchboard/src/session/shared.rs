@@ -512,9 +512,13 @@ impl<U> Shared<U> {
     /// attached, and no sign of life for the resume window. The check and the close happen under
     /// one lock, so a transport that attached (or a POST that came) since the reaper looked keeps
     /// the session. Returns whether it expired.
+    ///
+    /// A POST in progress keeps the session too (it may be waiting for the application to take
+    /// its messages, for up to the poll hold time): its answer must carry the acknowledgement of
+    /// what was delivered, not a `404`. The window starts again when the POST ends.
     pub(crate) fn expire(&self, now: Instant) -> bool {
         let state = self.state();
-        if !self.expiry_due(&state, now) {
+        if state.post_busy || !self.expiry_due(&state, now) {
             return false;
         }
         self.close_locked(state, CloseReason::Expired);
@@ -643,7 +647,12 @@ pub(crate) struct PostSlot<U>(Arc<Shared<U>>);
 
 impl<U> Drop for PostSlot<U> {
     fn drop(&mut self) {
-        self.0.state().post_busy = false;
+        let mut state = self.0.state();
+        state.post_busy = false;
+        // The POST was a sign of life until its end (see `Shared::expire`).
+        if state.attached.is_none() && state.close.is_none() {
+            state.since = Instant::now();
+        }
     }
 }
 
@@ -808,6 +817,25 @@ mod tests {
             }
             previous = Some(generation);
         }
+    }
+
+    #[test]
+    fn a_post_in_progress_keeps_the_session_and_its_end_restarts_the_window() {
+        let session = shared();
+        let window = session.config.resume_window;
+        let slot = session.begin_post();
+        assert!(slot.is_some());
+        session.touch().unwrap();
+        // The POST waits (back-pressure) past the window: the reaper leaves the session alone,
+        // so the POST's answer can still acknowledge what was delivered.
+        assert!(!session.expire(Instant::now() + window * 2));
+        assert_eq!(session.close_reason(), None);
+        std::thread::sleep(Duration::from_millis(5));
+        let before_end = Instant::now();
+        drop(slot);
+        // The window counts from the POST's end, not its start.
+        assert!(!session.expire(before_end + window));
+        assert!(session.expire(Instant::now() + window));
     }
 
     #[test]

@@ -68,6 +68,9 @@ impl Params {
         if params.ack.is_some_and(|ack| ack > protocol::MAX_SEQ) {
             return Err(ApiError::bad_request("ack must be at most 2^53-1"));
         }
+        if params.wait.is_some_and(|wait| wait > protocol::MAX_SEQ) {
+            return Err(ApiError::bad_request("wait must be at most 2^53-1"));
+        }
         if params.att.is_some_and(|att| att > protocol::MAX_SEQ) {
             return Err(ApiError::bad_request("att must be at most 2^53-1"));
         }
