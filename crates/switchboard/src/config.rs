@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{AuthHook, Handshake, Refusal};
-use crate::router::Switchboard;
 
 /// Thresholds after which held-back low-priority messages are released.
 ///
@@ -56,7 +55,7 @@ pub(crate) enum Origins {
     Any,
 }
 
-/// The resolved settings of one [`Switchboard`].
+/// The resolved settings of one [`Switchboard`](crate::Switchboard).
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) origins: Origins,
@@ -102,7 +101,7 @@ impl Default for Config {
     }
 }
 
-/// Builds a [`Switchboard`]. Every setting has a documented default; call only what you change.
+/// Builds a [`Switchboard`](crate::Switchboard). Every setting has a documented default; call only what you change.
 ///
 /// ```
 /// use std::time::Duration;
@@ -115,8 +114,8 @@ impl Default for Config {
 /// # let _ = realtime;
 /// ```
 pub struct Builder<U> {
-    config: Config,
-    auth: AuthHook<U>,
+    pub(crate) config: Config,
+    pub(crate) auth: AuthHook<U>,
 }
 
 impl<U> std::fmt::Debug for Builder<U> {
@@ -297,16 +296,10 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
         self
     }
 
-    /// How long [`Switchboard::shutdown`] waits for attached transports to say goodbye.
+    /// How long [`Switchboard::shutdown`](crate::Switchboard::shutdown) waits for attached transports to say goodbye.
     /// Default: 5 s.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = capped(grace);
         self
-    }
-
-    /// Builds the [`Switchboard`].
-    pub fn build(mut self) -> Switchboard<U> {
-        self.config.max_body = self.config.max_body.max(self.config.max_message * 2);
-        Switchboard::from_parts(self.config, self.auth)
     }
 }

@@ -101,6 +101,7 @@ mod config;
 mod error;
 mod hub;
 mod message;
+mod mount;
 pub mod protocol;
 mod router;
 mod session;

@@ -4,8 +4,8 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, Ready, ready};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,23 +16,17 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::future::Either;
-use tokio::sync::Notify;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::Instrument as _;
 
-use crate::auth::{AuthHook, Handshake};
+use crate::auth::AuthHook;
 use crate::config::{Builder, Config, Origins};
 use crate::error::{ApiError, CloseReason};
-use crate::hub::{Hub, RoomIndex};
-use crate::session::registry::Registry;
-use crate::session::{AttachError, Session, SessionId, Shared, TransportKind};
+use crate::hub::Hub;
+use crate::mount::{Inner, Mounted};
+use crate::session::Session;
 use crate::transport;
-
-/// Starts the application's handler for a new session, in a task of its own (see
-/// [`spawn_handler`]).
-type Handler<U> = Arc<dyn Fn(Session<U>) + Send + Sync>;
 
 /// The realtime server: configuration, sessions, rooms. Build it with [`Switchboard::builder`],
 /// mount [`Switchboard::router`] in your axum app, and use [`Switchboard::hub`] to fan out.
@@ -58,30 +52,11 @@ impl<U> fmt::Debug for Switchboard<U> {
     }
 }
 
-pub(crate) struct Inner<U> {
-    pub(crate) config: Arc<Config>,
-    pub(crate) registry: Arc<Registry<U>>,
-    pub(crate) rooms: Arc<RoomIndex<U>>,
-    auth: AuthHook<U>,
-    shutting_down: AtomicBool,
-    /// Transports attached right now, across all sessions (for graceful shutdown).
-    pub(crate) attached: AtomicUsize,
-    pub(crate) attached_changed: Notify,
-    reaper: Once,
-}
-
-/// The per-router state: the shared core plus the application's session handler.
-pub(crate) struct Mounted<U> {
-    pub(crate) inner: Arc<Inner<U>>,
-    handler: Handler<U>,
-}
-
-impl<U> Clone for Mounted<U> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            handler: self.handler.clone(),
-        }
+impl<U: Clone + Send + Sync + 'static> Builder<U> {
+    /// Builds the [`Switchboard`].
+    pub fn build(mut self) -> Switchboard<U> {
+        self.config.max_body = self.config.max_body.max(self.config.max_message * 2);
+        Switchboard::from_parts(self.config, self.auth)
     }
 }
 
@@ -95,16 +70,7 @@ impl Switchboard<()> {
 impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
     pub(crate) fn from_parts(config: Config, auth: AuthHook<U>) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                config: Arc::new(config),
-                registry: Arc::new(Registry::new()),
-                rooms: Arc::new(RoomIndex::new()),
-                auth,
-                shutting_down: AtomicBool::new(false),
-                attached: AtomicUsize::new(0),
-                attached_changed: Notify::new(),
-                reaper: Once::new(),
-            }),
+            inner: Arc::new(Inner::new(config, auth)),
         }
     }
 
@@ -134,13 +100,7 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
         F: Fn(Session<U>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let mounted = Mounted {
-            inner: self.inner.clone(),
-            handler: {
-                let on_session = Arc::new(on_session);
-                Arc::new(move |session| spawn_handler(on_session.clone(), session))
-            },
-        };
+        let mounted = Mounted::new(self.inner.clone(), on_session);
         // The body limit only matters to the two handlers that read a body, so only they carry
         // it: a layer on the whole router would add a boxed future to every request, parked long
         // polls included.
@@ -195,113 +155,6 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
     }
 }
 
-impl<U: Clone + Send + Sync + 'static> Mounted<U> {
-    /// Opens a new session: checks the limits, runs the authentication hook, registers the
-    /// session and starts the application's handler for it.
-    pub(crate) async fn open_session(&self, handshake: Handshake) -> Result<Session<U>, ApiError> {
-        let inner = &self.inner;
-        if inner.shutting_down.load(Ordering::SeqCst) {
-            return Err(ApiError::shutting_down());
-        }
-        let reservation = inner
-            .registry
-            .reserve(inner.config.max_sessions)
-            .ok_or_else(ApiError::session_limit)?;
-        let user = (inner.auth)(handshake).await.map_err(|refusal| {
-            tracing::info!(
-                status = refusal.status.as_u16(),
-                "session refused by authentication hook"
-            );
-            ApiError::refused(refusal.status, refusal.message)
-        })?;
-        let sid = SessionId::random().ok_or_else(|| {
-            tracing::error!("the operating system's random generator failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "cannot create a session id right now",
-            )
-        })?;
-        let key = inner.registry.next_key();
-        let shared = Arc::new(Shared::new(
-            key,
-            sid,
-            user,
-            inner.config.clone(),
-            Arc::downgrade(&inner.rooms),
-        ));
-        let session = Session::from_shared(shared);
-        reservation.insert(session.clone());
-        // `shutdown` sets its flag before it snapshots the sessions, and we registered before
-        // looking at the flag: either its snapshot holds this session or we see the flag here.
-        if inner.shutting_down.load(Ordering::SeqCst) {
-            session.shared.close(CloseReason::Shutdown);
-            inner.registry.remove(&session.shared.sid);
-            return Err(ApiError::shutting_down());
-        }
-        self.inner.reaper.call_once(|| {
-            let period = (inner.config.resume_window / 4)
-                .clamp(Duration::from_millis(20), Duration::from_secs(1));
-            inner.registry.start_reaper(period);
-        });
-        (self.handler)(session.clone());
-        tracing::debug!(session = key, "session opened");
-        Ok(session)
-    }
-
-    /// The session `sid` names. An expired session answers as an unknown one (a client never
-    /// receives close code 4002, `docs/protocol.md` §8).
-    pub(crate) fn lookup(&self, sid: &str) -> Result<Session<U>, ApiError> {
-        let sid = SessionId::parse(sid)
-            .ok_or_else(|| ApiError::bad_request("sid must be 32 hexadecimal digits"))?;
-        let session = self
-            .inner
-            .registry
-            .get(&sid)
-            .ok_or_else(ApiError::unknown_session)?;
-        if session.shared.is_expired() {
-            return Err(self.refusal(&session, AttachError::Expired));
-        }
-        Ok(session)
-    }
-
-    /// Attaches a transport of `kind`, whose request carried attach number `att`, to `session`,
-    /// taking over from the one attached before (if any), and marks it attached until the
-    /// returned guard is dropped. A stale request (`att` lower than one attached already) is
-    /// refused with `409 superseded` and supersedes nothing (its `ack` has been applied: acknowledgements
-    /// are cumulative); an expired session with
-    /// `404 unknown_session` (see [`Shared::attach`]).
-    pub(crate) fn attach_transport(
-        &self,
-        session: &Session<U>,
-        kind: TransportKind,
-        att: u64,
-    ) -> Result<Attached<U>, ApiError> {
-        let generation = session
-            .shared
-            .attach(kind, att)
-            .map_err(|err| self.refusal(session, err))?;
-        self.inner.attached.fetch_add(1, Ordering::SeqCst);
-        Ok(Attached {
-            inner: self.inner.clone(),
-            session: session.clone(),
-            generation,
-        })
-    }
-
-    /// The answer to a request that found `session` unusable: an expired session is forgotten and
-    /// answers as an unknown one; a stale request is told it was superseded.
-    pub(crate) fn refusal(&self, session: &Session<U>, err: AttachError) -> ApiError {
-        match err {
-            AttachError::Expired => {
-                self.inner.registry.remove(&session.shared.sid);
-                ApiError::unknown_session()
-            }
-            AttachError::Stale => ApiError::superseded(),
-        }
-    }
-}
-
 /// The router handed to the application: the API paths all go to `api` (the inner router, wrapped
 /// once in the origin check and CORS), and `/client.js` is served as is.
 ///
@@ -322,66 +175,6 @@ where
         .route_service("/open", api.clone())
         .route_service("/poll", api)
         .route("/client.js", get(client_js))
-}
-
-/// Runs `on_session` for a new session in a task of its own, in a `session` span; the session is
-/// closed when it returns or panics.
-///
-/// The application's future is held in the task itself rather than boxed behind the type-erased
-/// [`Handler`]: one allocation per session instead of two, and a few pointers fewer. It is still
-/// made inside the task, as the application may expect.
-fn spawn_handler<U, F, Fut>(on_session: Arc<F>, session: Session<U>)
-where
-    U: Send + Sync + 'static,
-    F: Fn(Session<U>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let span = tracing::info_span!("session", key = session.shared.key);
-    tokio::spawn(
-        async move {
-            // Closes the session when the handler returns, and also if it panics.
-            let _close = CloseOnDrop(session.clone());
-            on_session(session).await;
-        }
-        .instrument(span),
-    );
-}
-
-/// Ends a session when its handler task finishes, whether it returned or panicked.
-struct CloseOnDrop<U>(Session<U>);
-
-impl<U> Drop for CloseOnDrop<U> {
-    fn drop(&mut self) {
-        self.0.shared.close(CloseReason::Closed("closed".into()));
-    }
-}
-
-/// Detaches a transport from its session when dropped, however the transport ends (including a
-/// client that disconnects in the middle of a long poll).
-pub(crate) struct Attached<U> {
-    inner: Arc<Inner<U>>,
-    session: Session<U>,
-    generation: u64,
-}
-
-impl<U> Attached<U> {
-    /// The session the transport is attached to.
-    pub(crate) fn session(&self) -> &Session<U> {
-        &self.session
-    }
-
-    /// The transport's generation (see [`Shared::attach`]).
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation
-    }
-}
-
-impl<U> Drop for Attached<U> {
-    fn drop(&mut self) {
-        self.session.shared.detach(self.generation);
-        self.inner.attached.fetch_sub(1, Ordering::SeqCst);
-        self.inner.attached_changed.notify_waiters();
-    }
 }
 
 /// Refuses requests whose `Origin` is not allowed (`docs/protocol.md` §13).

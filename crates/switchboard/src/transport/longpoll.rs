@@ -16,8 +16,8 @@ use futures_util::future::Either;
 use tokio::time::{Instant, sleep_until};
 
 use crate::error::ApiError;
+use crate::mount::Mounted;
 use crate::protocol::{self, FrameArray};
-use crate::router::Mounted;
 use crate::session::{Drain, Session, TransportKind};
 use crate::transport::{Params, json_response};
 

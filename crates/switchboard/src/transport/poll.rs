@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::auth::Handshake;
 use crate::error::{ApiError, CloseReason};
+use crate::mount::Mounted;
 use crate::protocol::{self, ClientFrame, FrameError, OpenInfo};
-use crate::router::Mounted;
 use crate::session::{AttachError, TransportKind};
 use crate::transport::{Params, json_response};
 

@@ -22,8 +22,8 @@ use tracing::Instrument as _;
 
 use crate::auth::Handshake;
 use crate::error::{ApiError, CloseReason};
+use crate::mount::{self, Mounted};
 use crate::protocol::{self, ClientFrame, EncodedMessage, FrameArray, OpenInfo};
-use crate::router::{self, Mounted};
 use crate::session::{Drain, Session, Shared, TransportKind};
 use crate::transport::Params;
 
@@ -348,7 +348,7 @@ fn next_step<U>(shared: &Shared<U>, generation: u64, sent: u64, batch: bool) -> 
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 fn run<U: Clone + Send + Sync + 'static>(
     mut socket: WebSocket,
-    transport: router::Attached<U>,
+    transport: mount::Attached<U>,
     opening: Opening,
 ) -> impl Future<Output = ()> + Send {
     async move {
@@ -425,7 +425,7 @@ enum Wake {
 /// the client has been silent too long). `false` when the socket is finished.
 async fn on_wake<U>(
     socket: &mut WebSocket,
-    transport: &router::Attached<U>,
+    transport: &mount::Attached<U>,
     batch: bool,
     wake: Wake,
     last_heard: &mut Instant,
@@ -492,7 +492,7 @@ async fn write_open<U>(
 /// socket busy), or gives up on a client silent for too long. `false` when the socket is finished.
 async fn take_step<U>(
     socket: &mut WebSocket,
-    transport: &router::Attached<U>,
+    transport: &mount::Attached<U>,
     batch: bool,
     step: Step,
     last_heard: &mut Instant,
