@@ -12,7 +12,9 @@ import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const banner = "/* Switchboard client " + JSON.parse(readFileSync(join(here, "package.json"))).version + " | MIT OR Apache-2.0 */";
-const common = { entryPoints: [join(here, "src/index.js")], bundle: true, write: false, target: "es2022", banner: { js: banner } };
+// `absWorkingDir`: the ES module names its source files relative to it, so the output is the same
+// from whatever directory the build runs.
+const common = { absWorkingDir: here, entryPoints: [join(here, "src/index.js")], bundle: true, write: false, target: "es2022", banner: { js: banner } };
 
 const outputs = {
   "dist/switchboard.mjs": { ...common, format: "esm" },
