@@ -862,14 +862,11 @@ export async function received(page) {
 }
 
 /**
- * Runs one exchange: asks the server for a stream of `stream` texts `"tag/s i"` (spread over
- * `streamMs` if given) and sends `echoes` payloads of series `tag`, then waits for everything to
- * come back. Check the result with `checkSeries`.
+ * Starts an exchange without waiting for it: asks the server for the stream of `stream` texts
+ * `"tag/s i"` (spread over `streamMs` if given) and sends `echoes` payloads of series `tag` (spread
+ * over `spreadMs` if given).
  */
-export async function exchange(
-  page,
-  { tag, echoes, stream, streamMs, spreadMs, timeoutMs = scaled(60000) },
-) {
+export async function startExchange(page, { tag, echoes, stream, streamMs, spreadMs }) {
   await page.evaluate(
     ({ tag, echoes, stream, streamMs, everyMs }) => {
       const command = { cmd: "stream", count: stream, prefix: `${tag}/s` };
@@ -879,6 +876,18 @@ export async function exchange(
     },
     { tag, echoes, stream, streamMs, everyMs: spreadMs ? Math.max(1, spreadMs / echoes) : 0 },
   );
+}
+
+/**
+ * Runs one exchange: asks the server for a stream of `stream` texts `"tag/s i"` (spread over
+ * `streamMs` if given) and sends `echoes` payloads of series `tag`, then waits for everything to
+ * come back. Check the result with `checkSeries`.
+ */
+export async function exchange(
+  page,
+  { tag, echoes, stream, streamMs, spreadMs, timeoutMs = scaled(60000) },
+) {
+  await startExchange(page, { tag, echoes, stream, streamMs, spreadMs });
   await waitFor(
     page,
     `(window.counts[${JSON.stringify(tag)}]?.echo ?? 0) >= ${echoes} && ` +

@@ -25,6 +25,7 @@ import {
   connectPage,
   report,
   scaled,
+  startExchange,
   startProxy,
   startServer,
   waitFor,
@@ -168,15 +169,7 @@ async function settle(page, predicate, ms, what) {
 
 /** Like `exchange`, without throwing: `{tag, echoes, stream}` for `integrity`, and the failure if any. */
 async function exchangeSettled(page, { tag, echoes, stream, streamMs, spreadMs, timeoutMs = scaled(30000) }) {
-  await page.evaluate(
-    ({ tag, echoes, stream, streamMs, everyMs }) => {
-      const command = { cmd: "stream", count: stream, prefix: `${tag}/s` };
-      if (streamMs !== undefined) command.ms = streamMs;
-      window.conn.send(command);
-      window.sendSeries(tag, echoes, everyMs);
-    },
-    { tag, echoes, stream, streamMs, everyMs: spreadMs ? Math.max(1, spreadMs / echoes) : 0 },
-  );
+  await startExchange(page, { tag, echoes, stream, streamMs, spreadMs });
   const failure = await settle(
     page,
     `(window.counts[${JSON.stringify(tag)}]?.echo ?? 0) >= ${echoes} && ` +
