@@ -10,6 +10,14 @@ cargo fmt --all --check
 echo "== cargo clippy (all targets, warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== redis-server (the cluster tests start their own on free ports)"
+if ! command -v redis-server >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+
 echo "== cargo test"
 cargo test --workspace --locked
 

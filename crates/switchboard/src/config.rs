@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{AuthHook, Handshake, Refusal};
+use crate::backend::Backend;
 
 /// Thresholds after which held-back low-priority messages are released.
 ///
@@ -116,6 +117,7 @@ impl Default for Config {
 pub struct Builder<U> {
     pub(crate) config: Config,
     pub(crate) auth: AuthHook<U>,
+    pub(crate) backend: Option<Arc<dyn Backend>>,
 }
 
 impl<U> std::fmt::Debug for Builder<U> {
@@ -131,6 +133,7 @@ impl Builder<()> {
         Self {
             config: Config::default(),
             auth: Arc::new(|_handshake| Box::pin(async { Ok(()) })),
+            backend: None,
         }
     }
 }
@@ -165,7 +168,21 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
         Builder {
             config: self.config,
             auth: Arc::new(move |handshake| Box::pin(hook(handshake))),
+            backend: self.backend,
         }
+    }
+
+    /// Makes this server one node of a cluster: sessions, rooms and broadcasts are shared with
+    /// the other nodes through `backend` (for example `switchboard_redis::RedisBackend`), so a
+    /// load balancer may send any request of a session to any node. Default: no backend, a
+    /// single node that needs nothing external.
+    ///
+    /// See `docs/scale-out.md` for what changes: broadcasts are delivered when the backend hands
+    /// them back (so every member of a room sees one order cluster-wide), and a request for a
+    /// session another node owns is forwarded there.
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.backend = Some(Arc::new(backend));
+        self
     }
 
     /// Allows these origins (`scheme://host[:port]`, exactly as browsers send them in `Origin`) in

@@ -62,6 +62,7 @@ impl fmt::Display for CloseReason {
 
 /// Why a message could not be sent to a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// The session has ended; the reason says why.
     Closed(CloseReason),
@@ -77,6 +78,9 @@ pub enum SendError {
     Overflow,
     /// The value could not be encoded as JSON.
     Encode(String),
+    /// On a node of a cluster: the backend could not take the broadcast (its queue is full, or
+    /// the shared engine is unreachable). Nobody received it.
+    Backend(String),
 }
 
 impl fmt::Display for SendError {
@@ -88,6 +92,7 @@ impl fmt::Display for SendError {
             }
             SendError::Overflow => write!(f, "session buffer overflowed; session closed"),
             SendError::Encode(why) => write!(f, "cannot encode message: {why}"),
+            SendError::Backend(why) => write!(f, "broadcast not published: {why}"),
         }
     }
 }

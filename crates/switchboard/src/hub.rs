@@ -22,21 +22,30 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::Serialize;
 
+use crate::backend::{Backend, Topic};
 use crate::error::{JoinError, SendError};
 use crate::message::Message;
+use crate::node::Node;
 use crate::protocol::EncodedMessage;
 use crate::session::registry::Registry;
 use crate::session::{Priority, Session};
 
 /// Room membership: room name → member sessions by key.
+///
+/// On a node of a cluster, the index also keeps the node's subscriptions: it subscribes to a
+/// room's publications when the room gets its first member here and unsubscribes when the last
+/// one leaves, both under the room's lock, so that the backend sees them in the order the room
+/// filled and emptied.
 pub(crate) struct RoomIndex<U> {
     rooms: DashMap<Arc<str>, HashMap<u64, Session<U>>>,
+    backend: Option<Arc<dyn Backend>>,
 }
 
 impl<U> RoomIndex<U> {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(backend: Option<Arc<dyn Backend>>) -> Self {
         Self {
             rooms: DashMap::new(),
+            backend,
         }
     }
 
@@ -49,7 +58,12 @@ impl<U> RoomIndex<U> {
         // the session's list and removes it, or we see the close and undo the insert.
         self.rooms
             .entry(name.clone())
-            .or_default()
+            .or_insert_with(|| {
+                if let Some(backend) = &self.backend {
+                    backend.subscribe(room);
+                }
+                HashMap::new()
+            })
             .insert(session.shared.key, session.clone());
         match session.shared.add_room(&name) {
             Ok(_) => Ok(()),
@@ -66,7 +80,15 @@ impl<U> RoomIndex<U> {
         if let Some(mut members) = self.rooms.get_mut(room) {
             members.remove(&key);
         }
-        self.rooms.remove_if(room, |_, members| members.is_empty());
+        // The predicate runs under the room's lock, and the room is removed under it too: a
+        // join that creates the room again subscribes after this unsubscribes.
+        self.rooms.remove_if(room, |_, members| {
+            let empty = members.is_empty();
+            if empty && let Some(backend) = &self.backend {
+                backend.unsubscribe(room);
+            }
+            empty
+        });
     }
 
     /// Calls `f` on every member of `room` (with its key), under the index's read lock: `f` must
@@ -93,6 +115,8 @@ pub struct Hub<U = ()> {
     pub(crate) registry: Arc<Registry<U>>,
     pub(crate) rooms: Arc<RoomIndex<U>>,
     pub(crate) max_message: usize,
+    /// On a node of a cluster: broadcasts are published through it.
+    pub(crate) node: Option<Arc<Node>>,
 }
 
 impl<U> Clone for Hub<U> {
@@ -101,6 +125,7 @@ impl<U> Clone for Hub<U> {
             registry: self.registry.clone(),
             rooms: self.rooms.clone(),
             max_message: self.max_message,
+            node: self.node.clone(),
         }
     }
 }
@@ -157,6 +182,21 @@ impl<U> Hub<U> {
             .collect()
     }
 
+    /// On a node of a cluster: resolves once every broadcast sent and every room joined or left
+    /// on this node before the call has reached the backend (so that, for example, a broadcast
+    /// sent by another node after this returns reaches the rooms joined here). On a single node
+    /// it resolves at once.
+    pub async fn flush(&self) -> Result<(), SendError> {
+        match &self.node {
+            Some(node) => node
+                .backend
+                .flush()
+                .await
+                .map_err(|err| SendError::Backend(err.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// Every session the server holds (ended ones included until they are forgotten).
     pub fn sessions(&self) -> Vec<Session<U>> {
         self.registry.all()
@@ -168,7 +208,8 @@ impl<U> Hub<U> {
     }
 }
 
-enum Target<'a> {
+#[derive(Clone, Copy)]
+pub(crate) enum Target<'a> {
     Room(&'a str),
     All,
 }
@@ -212,7 +253,13 @@ impl<U> Broadcast<'_, U> {
     /// Sends `message` to every target session; returns how many sessions buffered it. Sessions
     /// whose buffer overflows are closed with reason `overflow`; ended sessions are skipped.
     ///
-    /// Fails, sending nothing, if the payload exceeds the message size limit.
+    /// On a node of a cluster the message is published once, and every node with target
+    /// sessions (this one too) buffers it when the backend hands it back, so that every member
+    /// of a room sees that room's messages in one order, cluster-wide. The number returned is
+    /// then the number of target sessions on this node when it was sent.
+    ///
+    /// Fails, sending nothing, if the payload exceeds the message size limit, or (on a node of a
+    /// cluster) if the backend cannot take the publication ([`SendError::Backend`]).
     pub fn send(self, message: &Message) -> Result<usize, SendError> {
         let encoded = EncodedMessage::new(message);
         let max = self.hub.max_message;
@@ -222,32 +269,29 @@ impl<U> Broadcast<'_, U> {
                 max,
             });
         }
-        let mut delivered = 0;
-        let mut overflowed = Vec::new();
-        let mut push = |key: u64, session: &Session<U>| {
-            if Some(key) == self.except {
-                return;
-            }
-            match session.shared.push(&encoded, self.priority) {
-                Ok(_) => delivered += 1,
-                Err(SendError::Overflow) => overflowed.push(session.clone()),
-                Err(_) => {}
-            }
+        let Some(node) = &self.hub.node else {
+            return Ok(deliver(
+                &self.hub.registry,
+                &self.hub.rooms,
+                self.target,
+                &encoded,
+                self.except,
+                self.priority,
+            ));
         };
-        // Pushing happens under the room index's (or registry's) read lock, without copying the
-        // member list; closing an overflowed session edits the room index, so it waits until the
-        // lock is released.
-        match self.target {
-            Target::Room(room) => self.hub.rooms.for_each_member(room, &mut push),
-            Target::All => self
-                .hub
-                .registry
-                .for_each(|session| push(session.shared.key, session)),
-        }
-        for session in overflowed {
-            session.shared.close_overflowed();
-        }
-        Ok(delivered)
+        let topic = match self.target {
+            Target::Room(room) => Topic::Room(room),
+            Target::All => Topic::All,
+        };
+        node.publish(topic, &encoded, self.except, self.priority)
+            .map_err(|err| SendError::Backend(err.to_string()))?;
+        let except = |key: &u64| Some(*key) != self.except;
+        Ok(match self.target {
+            Target::Room(room) => self.hub.rooms.rooms.get(room).map_or(0, |members| {
+                members.keys().filter(|key| except(key)).count()
+            }),
+            Target::All => self.hub.registry.len(),
+        })
     }
 
     /// Sends a named event whose payload is `data` as JSON; returns how many sessions buffered it.
@@ -257,6 +301,42 @@ impl<U> Broadcast<'_, U> {
             .with_event(event);
         self.send(&message)
     }
+}
+
+/// Buffers `message` in every target session held here (all but `except`); returns how many
+/// buffered it. Sessions whose buffer overflows are closed with reason `overflow`; ended sessions
+/// are skipped.
+pub(crate) fn deliver<U>(
+    registry: &Registry<U>,
+    rooms: &RoomIndex<U>,
+    target: Target<'_>,
+    message: &EncodedMessage,
+    except: Option<u64>,
+    priority: Priority,
+) -> usize {
+    let mut delivered = 0;
+    let mut overflowed = Vec::new();
+    let mut push = |key: u64, session: &Session<U>| {
+        if Some(key) == except {
+            return;
+        }
+        match session.shared.push(message, priority) {
+            Ok(_) => delivered += 1,
+            Err(SendError::Overflow) => overflowed.push(session.clone()),
+            Err(_) => {}
+        }
+    };
+    // Pushing happens under the room index's (or registry's) read lock, without copying the
+    // member list; closing an overflowed session edits the room index, so it waits until the
+    // lock is released.
+    match target {
+        Target::Room(room) => rooms.for_each_member(room, &mut push),
+        Target::All => registry.for_each(|session| push(session.shared.key, session)),
+    }
+    for session in overflowed {
+        session.shared.close_overflowed();
+    }
+    delivered
 }
 
 #[cfg(test)]
@@ -271,9 +351,10 @@ mod tests {
     #[test]
     fn a_broadcast_is_encoded_once_and_shared_by_every_buffer() {
         let hub: Hub<()> = Hub {
-            registry: Arc::new(Registry::new()),
-            rooms: Arc::new(RoomIndex::new()),
+            registry: Arc::new(Registry::new(None)),
+            rooms: Arc::new(RoomIndex::new(None)),
             max_message: 1 << 16,
+            node: None,
         };
         let config = Arc::new(Config::default());
         let sessions: Vec<Session<()>> = (0..3)

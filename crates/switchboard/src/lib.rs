@@ -97,11 +97,14 @@
 #![deny(missing_docs)]
 
 mod auth;
+pub mod backend;
+mod cluster;
 mod config;
 mod error;
 mod hub;
 mod message;
 mod mount;
+mod node;
 pub mod protocol;
 mod router;
 mod session;

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Once, OnceLock};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -14,15 +14,17 @@ use tokio::sync::Notify;
 use tracing::Instrument as _;
 
 use crate::auth::{AuthHook, Handshake};
+use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::{ApiError, CloseReason};
 use crate::hub::RoomIndex;
+use crate::node::Node;
 use crate::session::registry::Registry;
 use crate::session::{AttachError, Session, SessionId, Shared, TransportKind};
 
 /// Starts the application's handler for a new session, in a task of its own (see
 /// [`spawn_handler`]).
-type Handler<U> = Arc<dyn Fn(Session<U>) + Send + Sync>;
+pub(crate) type Handler<U> = Arc<dyn Fn(Session<U>) + Send + Sync>;
 
 /// The core of one server, shared by its routers, its hub handles and its transports.
 pub(crate) struct Inner<U> {
@@ -36,6 +38,10 @@ pub(crate) struct Inner<U> {
     pub(crate) attached_changed: Notify,
     /// Starts the reaper with the first session.
     reaper: Once,
+    /// This node's link to its cluster, if it has a backend.
+    pub(crate) node: Option<Arc<Node>>,
+    /// The handler of the first router made, which runs requests other nodes forward here.
+    pub(crate) handler: OnceLock<Handler<U>>,
 }
 
 /// The per-router state: the shared core plus the application's session handler.
@@ -54,17 +60,23 @@ impl<U> Clone for Mounted<U> {
 }
 
 impl<U> Inner<U> {
-    /// A server with nothing in it yet.
-    pub(crate) fn new(config: Config, auth: AuthHook<U>) -> Self {
+    /// A server with nothing in it yet; a node of a cluster if it has a `backend`.
+    pub(crate) fn new(
+        config: Config,
+        auth: AuthHook<U>,
+        backend: Option<Arc<dyn Backend>>,
+    ) -> Self {
         Self {
             config: Arc::new(config),
-            registry: Arc::new(Registry::new()),
-            rooms: Arc::new(RoomIndex::new()),
+            registry: Arc::new(Registry::new(backend.clone())),
+            rooms: Arc::new(RoomIndex::new(backend.clone())),
             auth,
             shutting_down: AtomicBool::new(false),
             attached: AtomicUsize::new(0),
             attached_changed: Notify::new(),
             reaper: Once::new(),
+            node: backend.map(|backend| Arc::new(Node::new(backend))),
+            handler: OnceLock::new(),
         }
     }
 }
@@ -77,10 +89,16 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_session = Arc::new(on_session);
-        Self {
-            inner,
-            handler: Arc::new(move |session| spawn_handler(on_session.clone(), session)),
-        }
+        let handler: Handler<U> =
+            Arc::new(move |session| spawn_handler(on_session.clone(), session));
+        inner.handler.get_or_init(|| handler.clone());
+        Self { inner, handler }
+    }
+
+    /// The state of the first router made on `inner`, if one has been (see [`Inner::handler`]).
+    pub(crate) fn first(inner: Arc<Inner<U>>) -> Option<Self> {
+        let handler = inner.handler.get()?.clone();
+        Some(Self { inner, handler })
     }
 
     /// Opens a new session: checks the limits, runs the authentication hook, registers the
@@ -110,6 +128,7 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
             )
         })?;
         let key = inner.registry.next_key();
+        let sid_ref = crate::backend::SessionRef(*sid.as_bytes());
         let shared = Arc::new(Shared::new(
             key,
             sid,
@@ -126,10 +145,20 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
             inner.registry.remove(&session.shared.sid);
             return Err(ApiError::shutting_down());
         }
+        if let Some(node) = &inner.node {
+            // Before the client learns the session id: its next request may land on another
+            // node, which must find this one as the owner.
+            if let Err(err) = node.backend.claim(sid_ref).await {
+                tracing::warn!(session = key, error = %err, "session opened without an ownership record");
+            }
+        }
         self.inner.reaper.call_once(|| {
             let period = (inner.config.resume_window / 4)
                 .clamp(Duration::from_millis(20), Duration::from_secs(1));
             inner.registry.start_reaper(period);
+            if let Some(node) = &inner.node {
+                crate::node::start_refresher(&inner.registry, node.clone());
+            }
         });
         (self.handler)(session.clone());
         tracing::debug!(session = key, "session opened");

@@ -68,8 +68,21 @@ impl EncodedMessage {
         }))
     }
 
+    /// A message encoded elsewhere (another node of the cluster), from its tail and payload size.
+    pub(crate) fn from_tail(tail: &str, payload_len: usize) -> Self {
+        Self(Arc::new(Encoded {
+            tail: tail.into(),
+            payload_len,
+        }))
+    }
+
     /// The frame's tail: the event name and payload fields and the closing brace.
     fn tail(&self) -> &str {
+        &self.0.tail
+    }
+
+    /// The frame's tail (see [`from_tail`](Self::from_tail)).
+    pub(crate) fn tail_text(&self) -> &str {
         &self.0.tail
     }
 

@@ -21,6 +21,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::auth::AuthHook;
+use crate::backend::Backend;
+use crate::cluster;
 use crate::config::{Builder, Config, Origins};
 use crate::error::{ApiError, CloseReason};
 use crate::hub::Hub;
@@ -56,7 +58,7 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
     /// Builds the [`Switchboard`].
     pub fn build(mut self) -> Switchboard<U> {
         self.config.max_body = self.config.max_body.max(self.config.max_message * 2);
-        Switchboard::from_parts(self.config, self.auth)
+        Switchboard::from_parts(self.config, self.auth, self.backend)
     }
 }
 
@@ -68,10 +70,17 @@ impl Switchboard<()> {
 }
 
 impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
-    pub(crate) fn from_parts(config: Config, auth: AuthHook<U>) -> Self {
-        Self {
-            inner: Arc::new(Inner::new(config, auth)),
+    pub(crate) fn from_parts(
+        config: Config,
+        auth: AuthHook<U>,
+        backend: Option<Arc<dyn Backend>>,
+    ) -> Self {
+        let inner = Arc::new(Inner::new(config, auth, backend));
+        if let Some(node) = &inner.node {
+            node.backend
+                .start(cluster::deliveries(Arc::downgrade(&inner)));
         }
+        Self { inner }
     }
 
     /// The hub: rooms, broadcast and presence over this server's sessions.
@@ -80,6 +89,7 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
             registry: self.inner.registry.clone(),
             rooms: self.inner.rooms.clone(),
             max_message: self.inner.config.max_message,
+            node: self.inner.node.clone(),
         }
     }
 
@@ -105,17 +115,21 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
         // it: a layer on the whole router would add a boxed future to every request, parked long
         // polls included.
         let limit = axum::extract::DefaultBodyLimit::max(self.inner.config.max_body);
+        // On a node of a cluster, polls go through the cluster layer, which forwards those of
+        // sessions that other nodes own; a single node routes them straight to the transport.
+        let poll = match &self.inner.node {
+            None => {
+                get(transport::longpoll::receive::<U>).post(transport::poll::send::<U>.layer(limit))
+            }
+            Some(_) => get(cluster::receive::<U>).post(cluster::send::<U>.layer(limit)),
+        };
         let api = Router::new()
             .route("/ws", get(transport::websocket::upgrade::<U>))
             .route(
                 "/open",
                 axum::routing::post(transport::poll::open::<U>.layer(limit)),
             )
-            .route(
-                "/poll",
-                get(transport::longpoll::receive::<U>)
-                    .post(transport::poll::send::<U>.layer(limit)),
-            )
+            .route("/poll", poll)
             .with_state(mounted);
         let api = CheckOriginLayer {
             config: self.inner.config.clone(),
@@ -152,6 +166,14 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
                 break;
             }
         }
+        if let Some(node) = &self.inner.node {
+            node.backend.stop().await;
+        }
+    }
+
+    /// This node's id in its cluster, or `None` without a backend.
+    pub fn node_id(&self) -> Option<&str> {
+        self.inner.node.as_ref().map(|node| node.id())
     }
 }
 

@@ -62,6 +62,11 @@ impl SessionId {
         uuid::Uuid::try_parse(text).ok().map(Self)
     }
 
+    /// The id's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
     /// The 32-lowercase-hex-digit form sent to the client.
     pub(crate) fn to_hex(self) -> String {
         self.0.simple().to_string()

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::backend::{Backend, SessionRef};
 use crate::session::{Expiry, Session, SessionId};
 
 pub(crate) struct Registry<U> {
@@ -14,14 +15,22 @@ pub(crate) struct Registry<U> {
     next_key: AtomicU64,
     /// Sessions counted against the limit (reserved before the authentication hook runs).
     count: AtomicUsize,
+    /// The cluster backend, told when a session is forgotten.
+    backend: Option<Arc<dyn Backend>>,
 }
 
 impl<U> Registry<U> {
-    pub(crate) fn new() -> Self {
+    /// An empty registry. On a node of a cluster, session keys start at the node's number
+    /// times 2^32, so that they are unique cluster-wide.
+    pub(crate) fn new(backend: Option<Arc<dyn Backend>>) -> Self {
+        let first = backend
+            .as_ref()
+            .map_or(1, |backend| (u64::from(backend.node_number()) << 32) + 1);
         Self {
             sessions: DashMap::new(),
-            next_key: AtomicU64::new(1),
+            next_key: AtomicU64::new(first),
             count: AtomicUsize::new(0),
+            backend,
         }
     }
 
@@ -50,7 +59,19 @@ impl<U> Registry<U> {
     pub(crate) fn remove(&self, sid: &SessionId) {
         if self.sessions.remove(sid).is_some() {
             self.count.fetch_sub(1, Ordering::AcqRel);
+            if let Some(backend) = &self.backend {
+                backend.release(SessionRef(*sid.as_bytes()));
+            }
         }
+    }
+
+    /// The ids of every live session (for the cluster's ownership records).
+    pub(crate) fn live_refs(&self) -> Vec<SessionRef> {
+        self.sessions
+            .iter()
+            .filter(|entry| entry.value().shared.close_reason().is_none())
+            .map(|entry| SessionRef(*entry.key().as_bytes()))
+            .collect()
     }
 
     /// Number of sessions held, ended-but-not-yet-forgotten ones included.
@@ -177,7 +198,7 @@ mod tests {
     use crate::session::{Shared, TransportKind};
 
     fn registry_with_one_session() -> (Arc<Registry<()>>, Session<()>) {
-        let registry = Arc::new(Registry::new());
+        let registry = Arc::new(Registry::new(None));
         let session = Session::from_shared(Arc::new(Shared::new(
             registry.next_key(),
             SessionId::random().unwrap(),

@@ -1,0 +1,655 @@
+//! Switchboard on many nodes, through Redis.
+//!
+//! [`RedisBackend`] is a [`Backend`] for
+//! [`Builder::backend`](switchboard::Builder::backend): every node of a cluster connects to the
+//! same Redis, and a load balancer may then send any request of a session to any node, with no
+//! sticky sessions. `docs/scale-out.md` describes the design, its failure modes and how to run a
+//! cluster; in short:
+//!
+//! - A session lives on the node that opened it (its *owner*), in memory. Redis holds only who
+//!   owns which session (`P:owner:{h}`, where `h` is a SHA-256 of the session id: ids never reach
+//!   Redis), which nodes are alive (`P:alive:{node}`), and a counter that numbers nodes.
+//! - A poll or POST that lands on another node is forwarded to the owner over the owner's channel
+//!   (`P:node:{node}`), and its answer comes back over the asker's.
+//! - A broadcast is published once, on `P:room:{room}` or `P:all`; every node with members in
+//!   the room is subscribed, the sender too, and delivers it when Redis hands it over, so that
+//!   every member sees a room's messages in one order.
+//!
+//! One RESP3 connection per node carries commands and subscriptions (redis-rs's reconnecting
+//! `ConnectionManager`), so that a node's subscriptions and publications reach Redis in the
+//! order it made them. After a lost connection it reconnects by itself, subscribes again, and
+//! the node rewrites its records.
+//!
+//! ```no_run
+//! use switchboard::Switchboard;
+//! use switchboard_redis::RedisBackend;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let backend = RedisBackend::builder("redis://127.0.0.1:6379")
+//!     .prefix("chat")
+//!     .connect()
+//!     .await?;
+//! let realtime = Switchboard::builder().backend(backend).build();
+//! # let _ = realtime;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands as _, ProtocolVersion, PushInfo, PushKind, Value};
+use sha2::{Digest as _, Sha256};
+use switchboard::backend::{Backend, BackendError, BoxFuture, Delivery, SessionRef, Topic};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long an ownership record lives unless its node rewrites it (every 10 s).
+const OWNER_TTL: Duration = Duration::from_secs(30);
+
+/// How long a node's liveness record lives unless it rewrites it (every [`ALIVE_PERIOD`]).
+const ALIVE_TTL: Duration = Duration::from_secs(3);
+
+/// How often a node rewrites its liveness record.
+const ALIVE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Most publications, subscription changes and releases queued on one node.
+const QUEUE: usize = 65_536;
+
+/// Most commands sent to Redis in one pipeline.
+const BATCH: usize = 512;
+
+/// How long a command may wait for Redis's answer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Node numbers (the high bits of session keys) are below this.
+const NODE_NUMBERS: u64 = 1 << 20;
+
+/// Rewrites ownership records: `KEYS` the records, `ARGV[1]` this node, `ARGV[2]` the time to
+/// live in ms. A record that names another node (the session moved) is left alone.
+const REFRESH: &str = r"
+for _, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if owner == false or owner == ARGV[1] then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+  end
+end
+return #KEYS
+";
+
+/// Deletes ownership records that still name this node (`ARGV[1]`).
+const RELEASE: &str = r"
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+  end
+end
+return #KEYS
+";
+
+/// Connects a node to Redis; see [`RedisBackend::builder`].
+#[derive(Clone, Debug)]
+pub struct RedisBackendBuilder {
+    url: String,
+    prefix: String,
+}
+
+impl RedisBackendBuilder {
+    /// The prefix of every key and channel, so that several applications can share one Redis.
+    /// Default: `switchboard`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Connects, numbers this node, subscribes to its channels and starts its liveness record.
+    ///
+    /// Fails if Redis cannot be reached or refuses (wrong password, no RESP3: Redis 6 or later
+    /// is needed).
+    pub async fn connect(self) -> Result<RedisBackend, BackendError> {
+        RedisBackend::start_with(self).await
+    }
+}
+
+/// A cluster backend on Redis (standalone, or a primary with replicas). Redis Cluster is not
+/// supported: a publication's receiver count, which tells a dead node at once, is not reliable
+/// there.
+///
+/// The URL is redis-rs's: `redis://[:password@]host:port[/db]`, with a user as
+/// `redis://user:password@host:port`.
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("node", &self.shared.id)
+            .field("prefix", &self.shared.names.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Key and channel names of one prefix.
+#[derive(Debug)]
+struct Names {
+    prefix: String,
+    /// `P:room:`, before a room's name.
+    room: String,
+    /// `P:node:`, before a node's id.
+    node: String,
+    /// `P:all`.
+    all: String,
+}
+
+impl Names {
+    fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            room: format!("{prefix}:room:"),
+            node: format!("{prefix}:node:"),
+            all: format!("{prefix}:all"),
+        }
+    }
+
+    fn node_channel(&self, node: &str) -> String {
+        format!("{}{node}", self.node)
+    }
+
+    fn room_channel(&self, room: &str) -> Vec<u8> {
+        let mut channel = self.room.as_bytes().to_vec();
+        channel.extend_from_slice(room.as_bytes());
+        channel
+    }
+
+    fn alive(&self, node: &str) -> String {
+        format!("{}:alive:{node}", self.prefix)
+    }
+
+    fn owner(&self, session: SessionRef) -> String {
+        let digest = Sha256::digest(session.secret_bytes());
+        let mut key = format!("{}:owner:", self.prefix);
+        for byte in &digest[..16] {
+            key.push_str(&format!("{byte:02x}"));
+        }
+        key
+    }
+
+    fn counter(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+}
+
+/// What the push handler (which runs in redis-rs's connection task) shares with the backend.
+struct Pushes {
+    names: Arc<Names>,
+    node_channel: Vec<u8>,
+    deliver: OnceLock<Arc<dyn Fn(Delivery) + Send + Sync>>,
+    /// The connection was lost since the last look: subscriptions and records must be redone.
+    lost: AtomicBool,
+}
+
+impl Pushes {
+    fn handle(&self, push: PushInfo) {
+        match push.kind {
+            PushKind::Message => {
+                let mut data = push.data.into_iter();
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (data.next(), data.next())
+                else {
+                    return;
+                };
+                let Some(deliver) = self.deliver.get() else {
+                    return;
+                };
+                let payload = Bytes::from(payload);
+                if channel == self.node_channel {
+                    deliver(Delivery::Node(payload));
+                } else if channel == self.names.all.as_bytes() {
+                    deliver(Delivery::All(payload));
+                } else if let Some(room) = channel.strip_prefix(self.names.room.as_bytes())
+                    && let Ok(room) = std::str::from_utf8(room)
+                {
+                    deliver(Delivery::Room(Arc::from(room), payload));
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("connection to Redis lost");
+                self.lost.store(true, Ordering::SeqCst);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Work done in order by the backend's queue task.
+enum Job {
+    Publish(Vec<u8>, Bytes),
+    Subscribe(String),
+    Unsubscribe(String),
+    Release(String),
+    Flush(oneshot::Sender<Result<(), BackendError>>),
+}
+
+struct Shared {
+    id: String,
+    number: u32,
+    names: Arc<Names>,
+    conn: ConnectionManager,
+    queue: mpsc::Sender<Job>,
+    pushes: Arc<Pushes>,
+    /// The last command to Redis succeeded (publications fail at once while it does not).
+    healthy: AtomicBool,
+    /// Rooms this node is subscribed to, as the core asked (subscribed again after a lost
+    /// connection).
+    rooms: Mutex<HashSet<String>>,
+    stopped: AtomicBool,
+}
+
+impl RedisBackend {
+    /// Starts configuring a connection to the Redis at `url` (see [`RedisBackendBuilder`]).
+    pub fn builder(url: impl Into<String>) -> RedisBackendBuilder {
+        RedisBackendBuilder {
+            url: url.into(),
+            prefix: "switchboard".into(),
+        }
+    }
+
+    /// Connects to the Redis at `url` with the default prefix.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, BackendError> {
+        Self::builder(url).connect().await
+    }
+
+    async fn start_with(builder: RedisBackendBuilder) -> Result<Self, BackendError> {
+        let info = redis::IntoConnectionInfo::into_connection_info(builder.url.as_str())
+            .map_err(redis_error)?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(settings);
+        let client = redis::Client::open(info).map_err(redis_error)?;
+        let names = Arc::new(Names::new(&builder.prefix));
+        let id = random_id().ok_or_else(|| BackendError::new("no random numbers for a node id"))?;
+        let node_channel = names.node_channel(&id);
+        let pushes = Arc::new(Pushes {
+            names: names.clone(),
+            node_channel: node_channel.clone().into_bytes(),
+            deliver: OnceLock::new(),
+            lost: AtomicBool::new(false),
+        });
+        let handler = pushes.clone();
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(move |push: PushInfo| {
+                handler.handle(push);
+                Ok::<(), ()>(())
+            })
+            .set_automatic_resubscription()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_max_delay(Duration::from_millis(500));
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(redis_error)?;
+        let count: u64 = conn.incr(names.counter(), 1).await.map_err(redis_error)?;
+        let number = (count % (NODE_NUMBERS - 1) + 1) as u32;
+        conn.subscribe(&node_channel).await.map_err(redis_error)?;
+        conn.subscribe(&names.all).await.map_err(redis_error)?;
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        let shared = Arc::new(Shared {
+            id,
+            number,
+            names,
+            conn,
+            queue,
+            pushes,
+            healthy: AtomicBool::new(true),
+            rooms: Mutex::new(HashSet::new()),
+            stopped: AtomicBool::new(false),
+        });
+        shared.write_alive().await.map_err(redis_error)?;
+        tokio::spawn(run_queue(shared.clone(), jobs));
+        tokio::spawn(keep_alive(Arc::downgrade(&shared)));
+        tracing::info!(node = %shared.id, number, prefix = %shared.names.prefix, "cluster node connected to Redis");
+        Ok(Self { shared })
+    }
+}
+
+fn random_id() -> Option<String> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+fn redis_error(err: redis::RedisError) -> BackendError {
+    BackendError::new(format!("redis: {err}"))
+}
+
+impl Shared {
+    async fn write_alive(&self) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.names.alive(&self.id))
+            .arg(1)
+            .arg("PX")
+            .arg(ALIVE_TTL.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+    }
+
+    fn result<T>(&self, result: redis::RedisResult<T>) -> Result<T, BackendError> {
+        self.healthy.store(result.is_ok(), Ordering::SeqCst);
+        result.map_err(redis_error)
+    }
+
+    /// After a lost connection: subscribes again to this node's channels and rooms (redis-rs
+    /// does it too; this also covers subscriptions that failed while Redis was away) and tells
+    /// the core, which rewrites its records.
+    async fn recover(&self) {
+        let mut channels: Vec<Vec<u8>> = vec![
+            self.pushes.node_channel.clone(),
+            self.names.all.as_bytes().to_vec(),
+        ];
+        if let Ok(rooms) = self.rooms.lock() {
+            channels.extend(rooms.iter().map(|room| self.names.room_channel(room)));
+        }
+        let mut conn = self.conn.clone();
+        for channel in channels {
+            if let Err(err) = conn.subscribe(channel).await {
+                tracing::warn!(error = %err, "subscription not renewed; trying again");
+                self.pushes.lost.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+        tracing::info!(node = %self.id, "connection to Redis back, subscriptions renewed");
+        if let Some(deliver) = self.pushes.deliver.get() {
+            deliver(Delivery::Reconnected);
+        }
+    }
+}
+
+/// Rewrites this node's liveness record every [`ALIVE_PERIOD`], and recovers after a lost
+/// connection; stops with the backend.
+async fn keep_alive(shared: std::sync::Weak<Shared>) {
+    let mut tick = tokio::time::interval(ALIVE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        if shared.stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        let written = shared.write_alive().await;
+        let ok = written.is_ok();
+        shared.result(written).ok();
+        if ok && shared.pushes.lost.swap(false, Ordering::SeqCst) {
+            shared.recover().await;
+        }
+    }
+}
+
+/// Does the queued work in order: consecutive publications and releases go out as one pipeline;
+/// a subscription change waits for what came before it.
+async fn run_queue(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
+    let release = redis::Script::new(RELEASE);
+    let mut batch = Vec::with_capacity(BATCH);
+    while jobs.recv_many(&mut batch, BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut releases = Vec::new();
+        let mut pending = 0;
+        let mut conn = shared.conn.clone();
+        for job in batch.drain(..) {
+            match job {
+                Job::Publish(channel, payload) => {
+                    pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
+                    pending += 1;
+                }
+                Job::Release(key) => releases.push(key),
+                other => {
+                    flush_pipe(
+                        &shared,
+                        &mut conn,
+                        &mut pipe,
+                        &mut pending,
+                        &release,
+                        &mut releases,
+                    )
+                    .await;
+                    match other {
+                        Job::Subscribe(room) => {
+                            let result = conn.subscribe(shared.names.room_channel(&room)).await;
+                            if let Err(err) = shared.result(result) {
+                                tracing::warn!(%err, "room subscription failed; renewed when Redis is back");
+                                shared.pushes.lost.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        Job::Unsubscribe(room) => {
+                            let result = conn.unsubscribe(shared.names.room_channel(&room)).await;
+                            shared.result(result).ok();
+                        }
+                        Job::Flush(done) => {
+                            let result = if shared.healthy.load(Ordering::SeqCst) {
+                                Ok(())
+                            } else {
+                                Err(BackendError::new("redis is unreachable"))
+                            };
+                            done.send(result).ok();
+                        }
+                        Job::Publish(..) | Job::Release(_) => {}
+                    }
+                }
+            }
+        }
+        flush_pipe(
+            &shared,
+            &mut conn,
+            &mut pipe,
+            &mut pending,
+            &release,
+            &mut releases,
+        )
+        .await;
+    }
+}
+
+async fn flush_pipe(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    pipe: &mut redis::Pipeline,
+    pending: &mut usize,
+    release: &redis::Script,
+    releases: &mut Vec<String>,
+) {
+    if *pending > 0 {
+        let result: redis::RedisResult<()> = pipe.query_async(conn).await;
+        if let Err(err) = shared.result(result) {
+            tracing::warn!(%err, publications = *pending, "publications lost: Redis did not take them");
+        }
+        pipe.clear();
+        *pending = 0;
+    }
+    if !releases.is_empty() {
+        let mut invocation = release.prepare_invoke();
+        for key in releases.drain(..) {
+            invocation.key(key);
+        }
+        let result: redis::RedisResult<u64> = invocation.arg(&shared.id).invoke_async(conn).await;
+        shared.result(result).ok();
+    }
+}
+
+impl Backend for RedisBackend {
+    fn node_id(&self) -> &str {
+        &self.shared.id
+    }
+
+    fn node_number(&self) -> u32 {
+        self.shared.number
+    }
+
+    fn start(&self, deliver: Arc<dyn Fn(Delivery) + Send + Sync>) {
+        self.shared.pushes.deliver.set(deliver).ok();
+    }
+
+    fn publish(&self, topic: Topic<'_>, payload: Bytes) -> Result<(), BackendError> {
+        if !self.shared.healthy.load(Ordering::SeqCst) {
+            return Err(BackendError::new("redis is unreachable"));
+        }
+        let channel = match topic {
+            Topic::Room(room) => self.shared.names.room_channel(room),
+            Topic::All => self.shared.names.all.as_bytes().to_vec(),
+        };
+        self.shared
+            .queue
+            .try_send(Job::Publish(channel, payload))
+            .map_err(|_| BackendError::new("the publication queue is full"))
+    }
+
+    fn subscribe(&self, room: &str) {
+        if let Ok(mut rooms) = self.shared.rooms.lock() {
+            rooms.insert(room.to_owned());
+        }
+        if self
+            .shared
+            .queue
+            .try_send(Job::Subscribe(room.to_owned()))
+            .is_err()
+        {
+            // Renewed with the others after the next lost connection; until then the room's
+            // broadcasts do not reach this node.
+            tracing::warn!("room subscription not queued: the queue is full");
+            self.shared.pushes.lost.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn unsubscribe(&self, room: &str) {
+        if let Ok(mut rooms) = self.shared.rooms.lock() {
+            rooms.remove(room);
+        }
+        self.shared
+            .queue
+            .try_send(Job::Unsubscribe(room.to_owned()))
+            .ok();
+    }
+
+    fn send_to_node<'a>(
+        &'a self,
+        node: &'a str,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.shared.conn.clone();
+            let receivers: redis::RedisResult<u64> = conn
+                .publish(self.shared.names.node_channel(node), &payload[..])
+                .await;
+            self.shared.result(receivers).map(|receivers| receivers > 0)
+        })
+    }
+
+    fn claim(&self, session: SessionRef) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.shared.conn.clone();
+            let result: redis::RedisResult<()> = redis::cmd("SET")
+                .arg(self.shared.names.owner(session))
+                .arg(&self.shared.id)
+                .arg("PX")
+                .arg(OWNER_TTL.as_millis() as u64)
+                .query_async(&mut conn)
+                .await;
+            self.shared.result(result)
+        })
+    }
+
+    fn owner(&self, session: SessionRef) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.shared.conn.clone();
+            let owner: redis::RedisResult<Option<String>> =
+                conn.get(self.shared.names.owner(session)).await;
+            self.shared.result(owner)
+        })
+    }
+
+    fn release(&self, session: SessionRef) {
+        // If the queue is full, the record expires by itself.
+        self.shared
+            .queue
+            .try_send(Job::Release(self.shared.names.owner(session)))
+            .ok();
+    }
+
+    fn refresh(&self, sessions: Vec<SessionRef>) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let script = redis::Script::new(REFRESH);
+            let mut conn = self.shared.conn.clone();
+            for chunk in sessions.chunks(1000) {
+                let mut invocation = script.prepare_invoke();
+                for session in chunk {
+                    invocation.key(self.shared.names.owner(*session));
+                }
+                let result: redis::RedisResult<u64> = invocation
+                    .arg(&self.shared.id)
+                    .arg(OWNER_TTL.as_millis() as u64)
+                    .invoke_async(&mut conn)
+                    .await;
+                self.shared.result(result)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn node_alive<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.shared.conn.clone();
+            let alive: redis::RedisResult<bool> = conn.exists(self.shared.names.alive(node)).await;
+            self.shared.result(alive)
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            let (done, flushed) = oneshot::channel();
+            self.shared
+                .queue
+                .send(Job::Flush(done))
+                .await
+                .map_err(|_| BackendError::new("the backend has stopped"))?;
+            flushed
+                .await
+                .map_err(|_| BackendError::new("the backend has stopped"))?
+        })
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.shared.stopped.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            self.flush().await.ok();
+            let mut conn = self.shared.conn.clone();
+            conn.unsubscribe(&self.shared.pushes.node_channel)
+                .await
+                .ok();
+            conn.unsubscribe(&self.shared.names.all).await.ok();
+            let rooms: Vec<String> = self
+                .shared
+                .rooms
+                .lock()
+                .map(|rooms| rooms.iter().cloned().collect())
+                .unwrap_or_default();
+            for room in rooms {
+                conn.unsubscribe(self.shared.names.room_channel(&room))
+                    .await
+                    .ok();
+            }
+            let _: redis::RedisResult<()> =
+                conn.del(self.shared.names.alive(&self.shared.id)).await;
+            tracing::info!(node = %self.shared.id, "cluster node left");
+        })
+    }
+}

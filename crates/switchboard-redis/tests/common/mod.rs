@@ -1,0 +1,284 @@
+//! A real cluster on 127.0.0.1 for the tests: a `redis-server` of its own on a free port, nodes
+//! on their own ports, and a proxy that sends every connection to the next node.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use switchboard::{Builder, Session, Switchboard};
+use switchboard_redis::RedisBackend;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// A `redis-server` process of the test's own, stopped when dropped.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    /// Starts Redis on a free port, with no persistence.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let mut redis = Self {
+            child: None,
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..500 {
+            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                stream.write_all(b"PING\r\n").await.ok();
+                let mut answer = [0u8; 7];
+                if stream.read_exact(&mut answer).await.is_ok() && &answer == b"+PONG\r\n" {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    /// Kills Redis (SIGKILL): everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Starts Redis again on the same port, empty.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One node of the cluster: a server with a Redis backend on a port of its own. Every session
+/// it opens is handed to the test through the channel given to [`Node::start`].
+pub struct Node {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub realtime: Switchboard,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    /// Starts a node on Redis at `url`, mounted at `/rt`, with the settings `configure` makes.
+    pub async fn start(
+        url: &str,
+        sessions: mpsc::Sender<Session>,
+        configure: impl FnOnce(Builder<()>) -> Builder<()>,
+    ) -> Self {
+        let backend = RedisBackend::builder(url)
+            .prefix("test")
+            .connect()
+            .await
+            .unwrap();
+        let realtime = configure(Switchboard::builder()).backend(backend).build();
+        let app = axum::Router::new().nest(
+            "/rt",
+            realtime.router(move |session: Session| {
+                let sessions = sessions.clone();
+                async move {
+                    let keep = session.clone();
+                    if sessions.send(session).await.is_ok() {
+                        keep.closed().await;
+                    }
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.ok();
+        });
+        Self {
+            addr,
+            base: format!("http://{addr}/rt"),
+            realtime,
+            server,
+        }
+    }
+
+    /// Stops the node as a crash would: its listener and connections are dropped at once.
+    pub fn kill(&self) {
+        self.server.abort();
+    }
+}
+
+/// A TCP proxy that sends every new connection to the next node in turn. With a client that
+/// opens a connection per request (no keep-alive), every request and every WebSocket goes to
+/// the next node: a load balancer with no stickiness at all.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub base: String,
+    upstreams: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Connections sent to each upstream, by address.
+    hits: Arc<Mutex<Vec<(SocketAddr, usize)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstreams: Vec<SocketAddr>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstreams = Arc::new(Mutex::new(upstreams));
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let next = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let upstreams = upstreams.clone();
+            let hits = hits.clone();
+            async move {
+                while let Ok((mut downstream, _)) = listener.accept().await {
+                    let target = {
+                        let list = upstreams.lock().unwrap();
+                        if list.is_empty() {
+                            continue;
+                        }
+                        list[next.fetch_add(1, Ordering::Relaxed) % list.len()]
+                    };
+                    {
+                        let mut hits = hits.lock().unwrap();
+                        match hits.iter_mut().find(|(addr, _)| *addr == target) {
+                            Some((_, count)) => *count += 1,
+                            None => hits.push((target, 1)),
+                        }
+                    }
+                    tokio::spawn(async move {
+                        if let Ok(mut upstream) = TcpStream::connect(target).await {
+                            tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
+                                .await
+                                .ok();
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            addr,
+            base: format!("http://{addr}/rt"),
+            upstreams,
+            hits,
+            task,
+        }
+    }
+
+    /// Replaces the nodes new connections go to.
+    pub fn set_upstreams(&self, upstreams: Vec<SocketAddr>) {
+        *self.upstreams.lock().unwrap() = upstreams;
+    }
+
+    /// How many connections went to each node so far.
+    pub fn hits(&self) -> Vec<(SocketAddr, usize)> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HTTP client that opens a new connection for every request, so that the proxy sends each
+/// one to the next node.
+pub fn no_keep_alive() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+/// A cluster of `n` nodes on one Redis, behind a round-robin proxy.
+pub struct Cluster {
+    pub redis: Redis,
+    pub nodes: Vec<Node>,
+    pub proxy: Proxy,
+    pub sessions: mpsc::Receiver<Session>,
+    sender: mpsc::Sender<Session>,
+}
+
+impl Cluster {
+    pub async fn start(n: usize, configure: fn(Builder<()>) -> Builder<()>) -> Self {
+        let redis = Redis::start().await;
+        let (sender, sessions) = mpsc::channel(1024);
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            nodes.push(Node::start(&redis.url, sender.clone(), configure).await);
+        }
+        let proxy = Proxy::start(nodes.iter().map(|node| node.addr).collect()).await;
+        Self {
+            redis,
+            nodes,
+            proxy,
+            sessions,
+            sender,
+        }
+    }
+
+    /// The next session opened on any node.
+    pub async fn next_session(&mut self) -> Session {
+        tokio::time::timeout(Duration::from_secs(10), self.sessions.recv())
+            .await
+            .expect("no session opened within 10 s")
+            .expect("nodes gone")
+    }
+}
+
+/// Test payloads: Korean, emoji, mixed scripts.
+pub fn text(i: usize) -> String {
+    format!("{i} 안녕하세요 🎉 #{}", "가".repeat(i % 13))
+}
+
+/// A binary payload that differs for every `i`, with bytes that are not UTF-8.
+pub fn payload_bytes(i: usize) -> Vec<u8> {
+    let mut bytes = (i as u32).to_be_bytes().to_vec();
+    bytes.extend((0..(i % 300)).map(|b| (b * 31 % 256) as u8));
+    bytes.extend_from_slice(&[0xff, 0xfe, 0xc0]);
+    bytes
+}
+
+/// Waits until `condition` holds, polling every 10 ms, for at most `limit`.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
