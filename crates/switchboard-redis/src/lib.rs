@@ -45,7 +45,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, ProtocolVersion, PushInfo, PushKind, Value};
 use sha2::{Digest as _, Sha256};
-use switchboard::backend::{Backend, BackendError, BoxFuture, Delivery, SessionRef, Topic};
+use switchboard::backend::{Backend, BackendError, BoxFuture, Delivery, Owner, SessionRef, Topic};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long an ownership record lives unless its node rewrites it (every 10 s).
@@ -69,27 +69,45 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Node numbers (the high bits of session keys) are below this.
 const NODE_NUMBERS: u64 = 1 << 20;
 
-/// Rewrites ownership records: `KEYS` the records, `ARGV[1]` this node, `ARGV[2]` the time to
-/// live in ms. A record that names another node (the session moved) is left alone.
+/// Rewrites ownership records: `KEYS` the records, `ARGV[1]` the time to live in ms,
+/// `ARGV[i + 1]` the value of `KEYS[i]` (`node:key`). A record that names another node (the
+/// session moved) is left alone.
 const REFRESH: &str = r"
-for _, key in ipairs(KEYS) do
+for i, key in ipairs(KEYS) do
   local owner = redis.call('GET', key)
-  if owner == false or owner == ARGV[1] then
-    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+  if owner == false or owner == ARGV[i + 1] then
+    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
   end
 end
 return #KEYS
 ";
 
-/// Deletes ownership records that still name this node (`ARGV[1]`).
+/// Deletes the ownership records `KEYS` that still hold `ARGV` (this node's values).
 const RELEASE: &str = r"
-for _, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i] then
     redis.call('DEL', key)
   end
 end
 return #KEYS
 ";
+
+/// Moves a session: `KEYS[1]` its ownership record, `KEYS[2]` its handover record; `ARGV[1]`
+/// the record's value here, `ARGV[2]` the new owner's, `ARGV[3]` its time to live, `ARGV[4]` the
+/// state, `ARGV[5]` the state's time to live. Done only if the record still names this node (or
+/// has gone, with a Redis that lost its data).
+const HAND_OVER: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if owner ~= false and owner ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// How long a handed-over session's state waits for its new owner.
+const HANDOVER_TTL: Duration = Duration::from_secs(10);
 
 /// Connects a node to Redis; see [`RedisBackend::builder`].
 #[derive(Clone, Debug)]
@@ -171,8 +189,16 @@ impl Names {
     }
 
     fn owner(&self, session: SessionRef) -> String {
+        self.session_key("owner", session)
+    }
+
+    fn handover(&self, session: SessionRef) -> String {
+        self.session_key("handover", session)
+    }
+
+    fn session_key(&self, kind: &str, session: SessionRef) -> String {
         let digest = Sha256::digest(session.secret_bytes());
-        let mut key = format!("{}:owner:", self.prefix);
+        let mut key = format!("{}:{kind}:", self.prefix);
         for byte in &digest[..16] {
             key.push_str(&format!("{byte:02x}"));
         }
@@ -231,7 +257,7 @@ enum Job {
     Publish(Vec<u8>, Bytes),
     Subscribe(String),
     Unsubscribe(String),
-    Release(String),
+    Release(String, String),
     Flush(oneshot::Sender<Result<(), BackendError>>),
 }
 
@@ -330,6 +356,11 @@ fn redis_error(err: redis::RedisError) -> BackendError {
 }
 
 impl Shared {
+    /// The value of an ownership record naming this node.
+    fn owner_value(&self, key: u64) -> String {
+        format!("{}:{key}", self.id)
+    }
+
     async fn write_alive(&self) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         redis::cmd("SET")
@@ -410,7 +441,7 @@ async fn run_queue(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                     pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
                     pending += 1;
                 }
-                Job::Release(key) => releases.push(key),
+                Job::Release(key, value) => releases.push((key, value)),
                 other => {
                     flush_pipe(
                         &shared,
@@ -441,7 +472,7 @@ async fn run_queue(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                             };
                             done.send(result).ok();
                         }
-                        Job::Publish(..) | Job::Release(_) => {}
+                        Job::Publish(..) | Job::Release(..) => {}
                     }
                 }
             }
@@ -464,7 +495,7 @@ async fn flush_pipe(
     pipe: &mut redis::Pipeline,
     pending: &mut usize,
     release: &redis::Script,
-    releases: &mut Vec<String>,
+    releases: &mut Vec<(String, String)>,
 ) {
     if *pending > 0 {
         let result: redis::RedisResult<()> = pipe.query_async(conn).await;
@@ -476,10 +507,10 @@ async fn flush_pipe(
     }
     if !releases.is_empty() {
         let mut invocation = release.prepare_invoke();
-        for key in releases.drain(..) {
-            invocation.key(key);
+        for (key, value) in releases.drain(..) {
+            invocation.key(key).arg(value);
         }
-        let result: redis::RedisResult<u64> = invocation.arg(&shared.id).invoke_async(conn).await;
+        let result: redis::RedisResult<u64> = invocation.invoke_async(conn).await;
         shared.result(result).ok();
     }
 }
@@ -552,12 +583,12 @@ impl Backend for RedisBackend {
         })
     }
 
-    fn claim(&self, session: SessionRef) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn claim(&self, session: SessionRef, key: u64) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             let mut conn = self.shared.conn.clone();
             let result: redis::RedisResult<()> = redis::cmd("SET")
                 .arg(self.shared.names.owner(session))
-                .arg(&self.shared.id)
+                .arg(self.shared.owner_value(key))
                 .arg("PX")
                 .arg(OWNER_TTL.as_millis() as u64)
                 .query_async(&mut conn)
@@ -566,40 +597,87 @@ impl Backend for RedisBackend {
         })
     }
 
-    fn owner(&self, session: SessionRef) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+    fn owner(&self, session: SessionRef) -> BoxFuture<'_, Result<Option<Owner>, BackendError>> {
         Box::pin(async move {
             let mut conn = self.shared.conn.clone();
             let owner: redis::RedisResult<Option<String>> =
                 conn.get(self.shared.names.owner(session)).await;
-            self.shared.result(owner)
+            Ok(self.shared.result(owner)?.and_then(|value| {
+                let (node, key) = value.rsplit_once(':')?;
+                Some(Owner {
+                    node: node.to_owned(),
+                    key: key.parse().ok()?,
+                })
+            }))
         })
     }
 
-    fn release(&self, session: SessionRef) {
+    fn release(&self, session: SessionRef, key: u64) {
         // If the queue is full, the record expires by itself.
         self.shared
             .queue
-            .try_send(Job::Release(self.shared.names.owner(session)))
+            .try_send(Job::Release(
+                self.shared.names.owner(session),
+                self.shared.owner_value(key),
+            ))
             .ok();
     }
 
-    fn refresh(&self, sessions: Vec<SessionRef>) -> BoxFuture<'_, Result<(), BackendError>> {
+    fn refresh(&self, sessions: Vec<(SessionRef, u64)>) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             let script = redis::Script::new(REFRESH);
             let mut conn = self.shared.conn.clone();
             for chunk in sessions.chunks(1000) {
                 let mut invocation = script.prepare_invoke();
-                for session in chunk {
-                    invocation.key(self.shared.names.owner(*session));
+                invocation.arg(OWNER_TTL.as_millis() as u64);
+                for (session, key) in chunk {
+                    invocation
+                        .key(self.shared.names.owner(*session))
+                        .arg(self.shared.owner_value(*key));
                 }
-                let result: redis::RedisResult<u64> = invocation
-                    .arg(&self.shared.id)
-                    .arg(OWNER_TTL.as_millis() as u64)
-                    .invoke_async(&mut conn)
-                    .await;
+                let result: redis::RedisResult<u64> = invocation.invoke_async(&mut conn).await;
                 self.shared.result(result)?;
             }
             Ok(())
+        })
+    }
+
+    fn hand_over<'a>(
+        &'a self,
+        session: SessionRef,
+        key: u64,
+        to: &'a str,
+        state: Bytes,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.shared.conn.clone();
+            let moved: redis::RedisResult<u64> = redis::Script::new(HAND_OVER)
+                .key(self.shared.names.owner(session))
+                .key(self.shared.names.handover(session))
+                .arg(self.shared.owner_value(key))
+                .arg(format!("{to}:{key}"))
+                .arg(OWNER_TTL.as_millis() as u64)
+                .arg(&state[..])
+                .arg(HANDOVER_TTL.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await;
+            self.shared.result(moved).map(|moved| moved == 1)
+        })
+    }
+
+    fn take_state(
+        &self,
+        session: SessionRef,
+    ) -> BoxFuture<'_, Result<Option<Bytes>, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.shared.conn.clone();
+            let state: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("GETDEL")
+                .arg(self.shared.names.handover(session))
+                .query_async(&mut conn)
+                .await;
+            self.shared
+                .result(state)
+                .map(|state| state.map(Bytes::from))
         })
     }
 

@@ -31,12 +31,15 @@ fn client_message(i: usize) -> ClientMessage {
     }
 }
 
-/// Switches between the two polling transports (and drops) as the stream goes on.
+/// Switches transports (and drops them) as the stream goes on. Every request and every socket
+/// goes to the next node: a poll is forwarded to the session's owner, a WebSocket takes the
+/// session over.
 async fn step(client: &mut Client, i: usize) {
     match i {
-        1_500 | 6_000 => client.switch(SHORT_POLL).await.unwrap(),
+        1_500 | 7_000 => client.switch(SHORT_POLL).await.unwrap(),
         3_000 | 8_500 => client.switch(Transport::LongPoll).await.unwrap(),
-        4_500 | 9_500 => client.drop_transport_abruptly().await.unwrap(),
+        5_000 | 6_500 | 8_000 | 9_000 => client.switch(Transport::WebSocket).await.unwrap(),
+        4_500 | 6_000 | 9_500 => client.drop_transport_abruptly().await.unwrap(),
         _ => {}
     }
 }
@@ -60,16 +63,23 @@ fn assert_spread(cluster: &Cluster) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_to_the_client_across_three_nodes_round_robin() {
     let mut cluster = Cluster::start(3, |builder| builder).await;
+    let mut current = cluster.follow();
     let mut client = connect(&cluster).await;
-    let session = cluster.next_session().await;
+    // The application sends from whichever node holds the session now: a message refused by
+    // a session that was handed over is sent again on the new one.
     let producer = tokio::spawn({
-        let session = session.clone();
+        let mut current = current.clone();
         async move {
             for i in 0..COUNT {
-                while session.buffered().0 >= 2_000 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                loop {
+                    let session = current.live().await;
+                    while session.buffered().0 >= 2_000 && !session.is_closed() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    if session.send(server_message(i)).is_ok() {
+                        break;
+                    }
                 }
-                session.send(server_message(i)).unwrap();
                 if i % 64 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -102,6 +112,11 @@ async fn ten_thousand_messages_to_the_client_across_three_nodes_round_robin() {
     );
     let stats = client.stats();
     assert_eq!((stats.received, stats.gaps), (COUNT as u64, 0), "{stats:?}");
+    // Each of the four WebSockets landed on another node than the session's and took it over.
+    let handlers = current.handlers.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(handlers >= 4, "{handlers} handlers");
+    let session = current.live().await;
+    assert!(session.handed_over());
     assert!(common::eventually(Duration::from_secs(10), || session.buffered().0 == 0).await);
     assert_spread(&cluster);
 }
@@ -109,16 +124,22 @@ async fn ten_thousand_messages_to_the_client_across_three_nodes_round_robin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_from_the_client_across_three_nodes_round_robin() {
     let mut cluster = Cluster::start(3, |builder| builder).await;
+    let current = cluster.follow();
     let mut client = connect(&cluster).await;
-    let session = cluster.next_session().await;
     let consumer = tokio::spawn({
-        let session = session.clone();
+        let mut current = current.clone();
         async move {
             for i in 0..COUNT {
-                let message = tokio::time::timeout(Duration::from_secs(20), session.recv())
-                    .await
-                    .unwrap_or_else(|_| panic!("message {i} did not arrive"))
-                    .unwrap();
+                let message = loop {
+                    let session = current.live().await;
+                    let received = tokio::time::timeout(Duration::from_secs(20), session.recv())
+                        .await
+                        .unwrap_or_else(|_| panic!("message {i} did not arrive"));
+                    // `None`: this session was handed over; go on with the next handler.
+                    if let Some(message) = received {
+                        break message;
+                    }
+                };
                 if i % 7 == 3 {
                     assert_eq!(
                         message.as_bytes().unwrap().as_ref(),
@@ -129,6 +150,7 @@ async fn ten_thousand_messages_from_the_client_across_three_nodes_round_robin() 
                     assert_eq!(message.as_text().unwrap(), text(i), "message {i}");
                 }
             }
+            let session = current.live().await;
             assert!(
                 tokio::time::timeout(Duration::from_millis(300), session.recv())
                     .await
@@ -148,6 +170,8 @@ async fn ten_thousand_messages_from_the_client_across_three_nodes_round_robin() 
     client.wait_acked(Duration::from_secs(60)).await.unwrap();
     consumer.await.unwrap();
     assert_eq!(client.server_ack(), COUNT as u64);
+    let handlers = current.handlers.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(handlers >= 4, "{handlers} handlers");
     assert_spread(&cluster);
 }
 

@@ -100,6 +100,16 @@ impl fmt::Debug for SessionRef {
     }
 }
 
+/// Who owns a session: the node, and the session's key there (which requests forwarded to
+/// that node name it by, so that the secret id never leaves the node it arrived at).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The owner's node id.
+    pub node: String,
+    /// The session's key.
+    pub key: u64,
+}
+
 /// A cluster backend: ownership records, node messages and publications over a shared engine.
 ///
 /// Implementations must not block: methods that talk to the engine return futures, and the
@@ -137,18 +147,36 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<bool, BackendError>>;
 
-    /// Records this node as the owner of `session` (a new session).
-    fn claim(&self, session: SessionRef) -> BoxFuture<'_, Result<(), BackendError>>;
+    /// Records this node as the owner of `session`, whose key is `key` (a new session).
+    fn claim(&self, session: SessionRef, key: u64) -> BoxFuture<'_, Result<(), BackendError>>;
 
-    /// The node that owns `session`, if any.
-    fn owner(&self, session: SessionRef) -> BoxFuture<'_, Result<Option<String>, BackendError>>;
+    /// Who owns `session`, if anyone.
+    fn owner(&self, session: SessionRef) -> BoxFuture<'_, Result<Option<Owner>, BackendError>>;
 
-    /// Queues the removal of this node's ownership record of `session` (it has ended).
-    fn release(&self, session: SessionRef);
+    /// Queues the removal of the ownership record of `session` (key `key`) if it still names
+    /// this node (the session has ended here).
+    fn release(&self, session: SessionRef, key: u64);
 
-    /// Rewrites the ownership records of `sessions`, all owned by this node, so that they do not
-    /// expire; called periodically, and at once after [`Delivery::Reconnected`].
-    fn refresh(&self, sessions: Vec<SessionRef>) -> BoxFuture<'_, Result<(), BackendError>>;
+    /// Rewrites the ownership records of `sessions` (with their keys), all owned by this node,
+    /// so that they do not expire; records that name another node are left alone. Called
+    /// periodically, and at once after [`Delivery::Reconnected`].
+    fn refresh(&self, sessions: Vec<(SessionRef, u64)>) -> BoxFuture<'_, Result<(), BackendError>>;
+
+    /// Moves `session` (key `key`) from this node to node `to`: stores `state` for `to` to
+    /// take, and rewrites the ownership record, both at once and only if the record still names
+    /// this node (or is gone). `Ok(false)`: it names another node, nothing was done.
+    fn hand_over<'a>(
+        &'a self,
+        session: SessionRef,
+        key: u64,
+        to: &'a str,
+        state: Bytes,
+    ) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Takes (reads and deletes) the state [`hand_over`](Backend::hand_over) stored for
+    /// `session`.
+    fn take_state(&self, session: SessionRef)
+    -> BoxFuture<'_, Result<Option<Bytes>, BackendError>>;
 
     /// Whether node `node` is alive (it refreshed its liveness record recently).
     fn node_alive<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, BackendError>>;

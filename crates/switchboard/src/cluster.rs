@@ -13,11 +13,13 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::Uri;
-use axum::response::Response;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse as _, Response};
 use futures_util::future::Either;
 
 use crate::backend::{Delivery, SessionRef};
+use crate::error::ApiError;
+use crate::handover;
 use crate::hub::{self, Target};
 use crate::mount::{Inner, Mounted};
 use crate::node::{self, Answer, Forwarded, Node, NodeMessage, Op};
@@ -35,7 +37,12 @@ pub(crate) fn receive<U: Clone + Send + Sync + 'static>(
 ) -> impl Future<Output = Response> + Send {
     match elsewhere(&mounted, &uri) {
         None => Either::Left(transport::longpoll::receive(State(mounted), uri)),
-        Some((node, session, wait)) => Either::Right(Box::pin(async move {
+        Some(Elsewhere {
+            node,
+            session,
+            query,
+            wait,
+        }) => Either::Right(Box::pin(async move {
             let hold = mounted.inner.config.poll_hold;
             let (patience, on_timeout): (Duration, fn() -> Response) = if wait {
                 // Nothing was acknowledged by a poll whose answer never came, so an empty answer
@@ -44,15 +51,21 @@ pub(crate) fn receive<U: Clone + Send + Sync + 'static>(
             } else {
                 (node::FORWARD_TIMEOUT, forward_timeout)
             };
-            node.forward(
-                session,
-                Op::Receive,
-                uri.query().unwrap_or(""),
-                Bytes::new(),
-                patience,
-                on_timeout,
-            )
-            .await
+            match node
+                .forward(
+                    session,
+                    Op::Receive,
+                    &query,
+                    Bytes::new(),
+                    patience,
+                    on_timeout,
+                )
+                .await
+            {
+                Ok(response) => response,
+                // Taken in here meanwhile.
+                Err(()) => transport::longpoll::receive(State(mounted), uri).await,
+            }
         })),
     }
 }
@@ -64,46 +77,72 @@ pub(crate) async fn send<U: Clone + Send + Sync + 'static>(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match (elsewhere(&mounted, &uri), body) {
-        (Some((node, session, _)), Ok(body)) => {
-            node.forward(
-                session,
-                Op::Send,
-                uri.query().unwrap_or(""),
-                body,
-                node::FORWARD_TIMEOUT,
-                forward_timeout,
-            )
-            .await
+        (Some(elsewhere), Ok(body)) => {
+            let forwarded = elsewhere
+                .node
+                .forward(
+                    elsewhere.session,
+                    Op::Send,
+                    &elsewhere.query,
+                    body.clone(),
+                    node::FORWARD_TIMEOUT,
+                    forward_timeout,
+                )
+                .await;
+            match forwarded {
+                Ok(response) => response,
+                Err(()) => transport::poll::send(State(mounted), uri, Ok(body)).await,
+            }
         }
         (_, body) => transport::poll::send(State(mounted), uri, body).await,
     }
 }
 
 fn forward_timeout() -> Response {
-    use axum::response::IntoResponse as _;
-    crate::error::ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
         "forward_timeout",
         "the node that holds this session did not answer in time; try again",
     )
     .into_response()
 }
 
-/// The node link, the session and whether the poll may wait, when `uri` names a well-formed
-/// session id that this node does not hold. Anything else (no backend, a bad request, a session
-/// held here) is for the transport to answer.
-fn elsewhere<U>(mounted: &Mounted<U>, uri: &Uri) -> Option<(Arc<Node>, SessionRef, bool)> {
+/// A request for a session that this node does not hold.
+struct Elsewhere {
+    node: Arc<Node>,
+    session: SessionRef,
+    /// The request's parameters without the session id, which never leaves this node.
+    query: String,
+    /// Whether the poll may wait.
+    wait: bool,
+}
+
+/// Where a request goes when `uri` names a well-formed session id that this node does not hold.
+/// Anything else (no backend, a bad request, a session held here) is for the transport to
+/// answer.
+fn elsewhere<U>(mounted: &Mounted<U>, uri: &Uri) -> Option<Elsewhere> {
     let node = mounted.inner.node.as_ref()?;
     let params = Params::from_uri(uri).ok()?;
     let sid = SessionId::parse(params.sid.as_deref()?)?;
     if mounted.inner.registry.get(&sid).is_some() {
         return None;
     }
-    Some((
-        node.clone(),
-        SessionRef(*sid.as_bytes()),
-        params.wait != Some(0),
-    ))
+    let mut query = String::from("v=1");
+    for (name, value) in [
+        ("ack", params.ack),
+        ("wait", params.wait),
+        ("att", params.att),
+    ] {
+        if let Some(value) = value {
+            query.push_str(&format!("&{name}={value}"));
+        }
+    }
+    Some(Elsewhere {
+        node: node.clone(),
+        session: SessionRef(*sid.as_bytes()),
+        query,
+        wait: params.wait != Some(0),
+    })
 }
 
 /// The callback a backend hands what arrives for this node to.
@@ -120,13 +159,17 @@ pub(crate) fn deliveries<U: Clone + Send + Sync + 'static>(
         match delivery {
             Delivery::Node(bytes) => match node::decode_node_message(bytes) {
                 Some(NodeMessage::Answer(id, answer)) => node.answered(id, answer),
-                Some(NodeMessage::Request(request)) => {
-                    tokio::spawn(run_forwarded(inner, node, request));
-                }
+                Some(NodeMessage::Request(request)) => match request.op {
+                    Op::Receive | Op::Send => {
+                        tokio::spawn(run_forwarded(inner, node, request));
+                    }
+                    // In order with the broadcasts this node receives (see `handover`).
+                    Op::Prepare | Op::HandOver => handover::give(&inner, &node, request),
+                },
                 None => tracing::warn!("node message of an unknown kind ignored"),
             },
-            Delivery::Room(room, bytes) => broadcast(&inner, Target::Room(&room), bytes),
-            Delivery::All(bytes) => broadcast(&inner, Target::All, bytes),
+            Delivery::Room(room, bytes) => broadcast(&inner, &node, Some(room), bytes),
+            Delivery::All(bytes) => broadcast(&inner, &node, None, bytes),
             Delivery::Reconnected => {
                 tracing::info!(node = node.id(), "cluster backend reconnected");
                 tokio::spawn(async move {
@@ -137,20 +180,35 @@ pub(crate) fn deliveries<U: Clone + Send + Sync + 'static>(
     })
 }
 
-fn broadcast<U>(inner: &Inner<U>, target: Target<'_>, bytes: Bytes) {
-    match node::decode_broadcast(bytes) {
-        Some((message, except, priority)) => {
-            hub::deliver(
-                &inner.registry,
-                &inner.rooms,
-                target,
-                &message,
-                except,
-                priority,
-            );
-        }
-        None => tracing::warn!("broadcast that does not parse ignored"),
-    }
+/// Delivers a broadcast from the backend to this node's target sessions, and marks it as the
+/// last one delivered to its room (for a handover, see [`handover`]).
+fn broadcast<U>(inner: &Inner<U>, node: &Node, room: Option<Arc<str>>, bytes: Bytes) {
+    let Some(mut broadcast) = node::decode_broadcast(bytes) else {
+        tracing::warn!("broadcast that does not parse ignored");
+        return;
+    };
+    broadcast.room = room;
+    node.received(broadcast, |broadcast| {
+        let target = match &broadcast.room {
+            Some(room) => {
+                inner.rooms.mark(room, broadcast.id);
+                Target::Room(room)
+            }
+            None => {
+                node.all_mark
+                    .store(broadcast.id, std::sync::atomic::Ordering::Relaxed);
+                Target::All
+            }
+        };
+        hub::deliver(
+            &inner.registry,
+            &inner.rooms,
+            target,
+            &broadcast.message,
+            broadcast.except,
+            broadcast.priority,
+        );
+    });
 }
 
 /// Runs a request another node forwarded here, through the same code as a local one, and sends
@@ -164,24 +222,37 @@ async fn run_forwarded<U: Clone + Send + Sync + 'static>(
         id,
         from,
         op,
+        key,
         query,
         body,
     } = request;
-    let response = match (
-        Mounted::first(inner),
-        format!("/poll?{query}").parse::<Uri>(),
-    ) {
-        (Some(mounted), Ok(uri)) => match op {
-            Op::Receive => transport::longpoll::receive(State(mounted), uri).await,
-            Op::Send => transport::poll::send(State(mounted), uri, Ok(body)).await,
-        },
-        // No router yet, or a query that is no URI: nothing here can answer it.
-        _ => {
-            use axum::response::IntoResponse as _;
-            crate::error::ApiError::unknown_session().into_response()
+    let mut session = inner.registry.by_key(key);
+    if session.is_none() && node.settled(key).await {
+        session = inner.registry.by_key(key);
+    }
+    let answer = match (session, Mounted::first(inner)) {
+        (Some(session), Some(mounted)) => {
+            let sid = session.shared.sid.to_hex();
+            drop(session);
+            match format!("/poll?{query}&sid={sid}").parse::<Uri>() {
+                Ok(uri) => {
+                    let response = match op {
+                        Op::Receive => transport::longpoll::receive(State(mounted), uri).await,
+                        _ => transport::poll::send(State(mounted), uri, Ok(body)).await,
+                    };
+                    Answer::from_response(response).await
+                }
+                Err(_) => {
+                    Answer::from_response(
+                        ApiError::bad_request("unreadable forwarded query").into_response(),
+                    )
+                    .await
+                }
+            }
         }
+        // Not here (it moved on, or ended): the asker looks again.
+        _ => Answer::plain(node::NOT_HERE, Bytes::new()),
     };
-    let answer = Answer::from_response(response).await;
     if let Err(err) = node
         .backend
         .send_to_node(&from, node::encode_answer(id, &answer))

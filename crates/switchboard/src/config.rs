@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{AuthHook, Handshake, Refusal};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::backend::Backend;
 
 /// Thresholds after which held-back low-priority messages are released.
@@ -118,6 +121,30 @@ pub struct Builder<U> {
     pub(crate) config: Config,
     pub(crate) auth: AuthHook<U>,
     pub(crate) backend: Option<Arc<dyn Backend>>,
+    pub(crate) codec: Option<UserCodec<U>>,
+}
+
+/// How a session's user data moves between nodes (as JSON), when it is handed over.
+pub(crate) struct UserCodec<U> {
+    pub(crate) encode: fn(&U) -> Result<Vec<u8>, serde_json::Error>,
+    pub(crate) decode: fn(&[u8]) -> Result<U, serde_json::Error>,
+}
+
+impl<U> Clone for UserCodec<U> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<U> Copy for UserCodec<U> {}
+
+impl<U: Serialize + DeserializeOwned> UserCodec<U> {
+    fn json() -> Self {
+        Self {
+            encode: |user| serde_json::to_vec(user),
+            decode: |bytes| serde_json::from_slice(bytes),
+        }
+    }
 }
 
 impl<U> std::fmt::Debug for Builder<U> {
@@ -134,6 +161,7 @@ impl Builder<()> {
             config: Config::default(),
             auth: Arc::new(|_handshake| Box::pin(async { Ok(()) })),
             backend: None,
+            codec: None,
         }
     }
 }
@@ -168,7 +196,10 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
         Builder {
             config: self.config,
             auth: Arc::new(move |handshake| Box::pin(hook(handshake))),
+            // The user data's type changed: a backend set before cannot move it (see
+            // `backend`, and the error `build` logs).
             backend: self.backend,
+            codec: None,
         }
     }
 
@@ -180,8 +211,16 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
     /// See `docs/scale-out.md` for what changes: broadcasts are delivered when the backend hands
     /// them back (so every member of a room sees one order cluster-wide), and a request for a
     /// session another node owns is forwarded there.
-    pub fn backend(mut self, backend: impl Backend) -> Self {
+    ///
+    /// The user data the authentication hook returns moves with a session that is handed over
+    /// to another node, as JSON: hence the `Serialize + DeserializeOwned` bound, and call this
+    /// *after* [`authenticate`](Self::authenticate).
+    pub fn backend(mut self, backend: impl Backend) -> Self
+    where
+        U: Serialize + DeserializeOwned,
+    {
         self.backend = Some(Arc::new(backend));
+        self.codec = Some(UserCodec::json());
         self
     }
 

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 /// Why a session ended. Sent to the client as the close frame's code and reason
 /// (`docs/protocol.md` §8) and returned by [`Session::closed`](crate::Session::closed).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// The application closed the session ([`Session::close`](crate::Session::close)) or its
     /// session handler returned. Code 4000; the text is the application's reason.
@@ -23,6 +24,10 @@ pub enum CloseReason {
     Shutdown,
     /// The client broke the protocol. Code 4005.
     ProtocolError(String),
+    /// On a node of a cluster: the session moved to another node, where it goes on (its
+    /// handler there sees [`Session::handed_over`](crate::Session::handed_over)). The client
+    /// never sees this: its transports here are told they were taken over (`409`, `4100`).
+    HandedOver,
 }
 
 impl CloseReason {
@@ -35,6 +40,7 @@ impl CloseReason {
             CloseReason::Overflow => 4003,
             CloseReason::Shutdown => 4004,
             CloseReason::ProtocolError(_) => 4005,
+            CloseReason::HandedOver => 4100,
         }
     }
 
@@ -47,6 +53,7 @@ impl CloseReason {
             CloseReason::Overflow => "overflow",
             CloseReason::Shutdown => "shutdown",
             CloseReason::ProtocolError(_) => "protocol_error",
+            CloseReason::HandedOver => "handed_over",
         }
     }
 }

@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use serde::Serialize;
@@ -33,12 +34,32 @@ use crate::session::{Priority, Session};
 /// Room membership: room name → member sessions by key.
 ///
 /// On a node of a cluster, the index also keeps the node's subscriptions: it subscribes to a
-/// room's publications when the room gets its first member here and unsubscribes when the last
-/// one leaves, both under the room's lock, so that the backend sees them in the order the room
-/// filled and emptied.
+/// room's publications when the room gets its first member here (or is held for a session being
+/// taken in) and unsubscribes when the last one leaves, both under the room's lock, so that the
+/// backend sees them in the order the room filled and emptied.
 pub(crate) struct RoomIndex<U> {
-    rooms: DashMap<Arc<str>, HashMap<u64, Session<U>>>,
+    rooms: DashMap<Arc<str>, Room<U>>,
     backend: Option<Arc<dyn Backend>>,
+}
+
+/// One room of a [`RoomIndex`].
+struct Room<U> {
+    members: HashMap<u64, Session<U>>,
+    /// Sessions being taken in that will join (see [`RoomIndex::hold`]): the room is kept,
+    /// and subscribed, while they are.
+    holds: u32,
+    /// On a node of a cluster: the id of the last broadcast to this room delivered here.
+    mark: AtomicU64,
+}
+
+impl<U> Room<U> {
+    fn new() -> Self {
+        Self {
+            members: HashMap::new(),
+            holds: 0,
+            mark: AtomicU64::new(0),
+        }
+    }
 }
 
 impl<U> RoomIndex<U> {
@@ -49,21 +70,29 @@ impl<U> RoomIndex<U> {
         }
     }
 
-    pub(crate) fn join(&self, session: &Session<U>, room: &str) -> Result<(), JoinError> {
-        let name: Arc<str> = match self.rooms.get(room) {
+    /// The room `name`, created (and subscribed to) if it does not exist.
+    fn entry(&self, name: Arc<str>) -> dashmap::mapref::one::RefMut<'_, Arc<str>, Room<U>> {
+        self.rooms.entry(name.clone()).or_insert_with(|| {
+            if let Some(backend) = &self.backend {
+                backend.subscribe(&name);
+            }
+            Room::new()
+        })
+    }
+
+    fn name(&self, room: &str) -> Arc<str> {
+        match self.rooms.get(room) {
             Some(entry) => entry.key().clone(),
             None => Arc::from(room),
-        };
+        }
+    }
+
+    pub(crate) fn join(&self, session: &Session<U>, room: &str) -> Result<(), JoinError> {
+        let name = self.name(room);
         // Insert first, then record it in the session: a concurrent close either sees the room in
         // the session's list and removes it, or we see the close and undo the insert.
-        self.rooms
-            .entry(name.clone())
-            .or_insert_with(|| {
-                if let Some(backend) = &self.backend {
-                    backend.subscribe(room);
-                }
-                HashMap::new()
-            })
+        self.entry(name.clone())
+            .members
             .insert(session.shared.key, session.clone());
         match session.shared.add_room(&name) {
             Ok(_) => Ok(()),
@@ -77,25 +106,62 @@ impl<U> RoomIndex<U> {
     }
 
     pub(crate) fn remove(&self, room: &str, key: u64) {
-        if let Some(mut members) = self.rooms.get_mut(room) {
-            members.remove(&key);
+        if let Some(mut entry) = self.rooms.get_mut(room) {
+            entry.members.remove(&key);
         }
-        // The predicate runs under the room's lock, and the room is removed under it too: a
-        // join that creates the room again subscribes after this unsubscribes.
-        self.rooms.remove_if(room, |_, members| {
-            let empty = members.is_empty();
-            if empty && let Some(backend) = &self.backend {
+        self.drop_if_unused(room);
+    }
+
+    /// Removes `room` if nobody is in it or holds it. The predicate runs under the room's lock,
+    /// and the room is removed under it too: a join that creates the room again subscribes after
+    /// this unsubscribes.
+    fn drop_if_unused(&self, room: &str) {
+        self.rooms.remove_if(room, |_, entry| {
+            let unused = entry.members.is_empty() && entry.holds == 0;
+            if unused && let Some(backend) = &self.backend {
                 backend.unsubscribe(room);
             }
-            empty
+            unused
         });
+    }
+
+    /// Keeps `rooms` (creating and subscribing to those that do not exist) for a session being
+    /// taken in, until [`unhold`](Self::unhold).
+    pub(crate) fn hold(&self, rooms: &[String]) {
+        for room in rooms {
+            self.entry(self.name(room)).holds += 1;
+        }
+    }
+
+    /// Ends a [`hold`](Self::hold).
+    pub(crate) fn unhold(&self, rooms: &[String]) {
+        for room in rooms {
+            if let Some(mut entry) = self.rooms.get_mut(room.as_str()) {
+                entry.holds = entry.holds.saturating_sub(1);
+            }
+            self.drop_if_unused(room);
+        }
+    }
+
+    /// Records broadcast `id` as the last one to `room` delivered here.
+    pub(crate) fn mark(&self, room: &str, id: u64) {
+        if let Some(entry) = self.rooms.get(room) {
+            entry.mark.store(id, Ordering::Relaxed);
+        }
+    }
+
+    /// The id of the last broadcast to `room` delivered here (0: none).
+    pub(crate) fn mark_of(&self, room: &str) -> u64 {
+        self.rooms
+            .get(room)
+            .map_or(0, |entry| entry.mark.load(Ordering::Relaxed))
     }
 
     /// Calls `f` on every member of `room` (with its key), under the index's read lock: `f` must
     /// not join, leave or close (those need the write lock).
     fn for_each_member(&self, room: &str, mut f: impl FnMut(u64, &Session<U>)) {
-        if let Some(members) = self.rooms.get(room) {
-            for (key, session) in members.iter() {
+        if let Some(entry) = self.rooms.get(room) {
+            for (key, session) in entry.members.iter() {
                 f(*key, session);
             }
         }
@@ -104,8 +170,12 @@ impl<U> RoomIndex<U> {
     fn members(&self, room: &str) -> Vec<Session<U>> {
         self.rooms
             .get(room)
-            .map(|members| members.values().cloned().collect())
+            .map(|entry| entry.members.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    fn member_count(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |entry| entry.members.len())
     }
 }
 
@@ -167,10 +237,7 @@ impl<U> Hub<U> {
 
     /// The number of sessions in `room`.
     pub fn member_count(&self, room: &str) -> usize {
-        self.rooms
-            .rooms
-            .get(room)
-            .map_or(0, |members| members.len())
+        self.rooms.member_count(room)
     }
 
     /// The names of all rooms that have members.
@@ -178,6 +245,7 @@ impl<U> Hub<U> {
         self.rooms
             .rooms
             .iter()
+            .filter(|entry| !entry.members.is_empty())
             .map(|entry| entry.key().to_string())
             .collect()
     }
@@ -287,8 +355,8 @@ impl<U> Broadcast<'_, U> {
             .map_err(|err| SendError::Backend(err.to_string()))?;
         let except = |key: &u64| Some(*key) != self.except;
         Ok(match self.target {
-            Target::Room(room) => self.hub.rooms.rooms.get(room).map_or(0, |members| {
-                members.keys().filter(|key| except(key)).count()
+            Target::Room(room) => self.hub.rooms.rooms.get(room).map_or(0, |entry| {
+                entry.members.keys().filter(|key| except(key)).count()
             }),
             Target::All => self.hub.registry.len(),
         })

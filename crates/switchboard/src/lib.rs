@@ -101,6 +101,7 @@ pub mod backend;
 mod cluster;
 mod config;
 mod error;
+mod handover;
 mod hub;
 mod message;
 mod mount;

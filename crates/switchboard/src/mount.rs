@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 
 use crate::auth::{AuthHook, Handshake};
 use crate::backend::Backend;
-use crate::config::Config;
+use crate::config::{Config, UserCodec};
 use crate::error::{ApiError, CloseReason};
 use crate::hub::RoomIndex;
 use crate::node::Node;
@@ -42,12 +42,14 @@ pub(crate) struct Inner<U> {
     pub(crate) node: Option<Arc<Node>>,
     /// The handler of the first router made, which runs requests other nodes forward here.
     pub(crate) handler: OnceLock<Handler<U>>,
+    /// How user data moves with a session handed over to another node.
+    pub(crate) user_codec: Option<UserCodec<U>>,
 }
 
 /// The per-router state: the shared core plus the application's session handler.
 pub(crate) struct Mounted<U> {
     pub(crate) inner: Arc<Inner<U>>,
-    handler: Handler<U>,
+    pub(crate) handler: Handler<U>,
 }
 
 impl<U> Clone for Mounted<U> {
@@ -65,6 +67,7 @@ impl<U> Inner<U> {
         config: Config,
         auth: AuthHook<U>,
         backend: Option<Arc<dyn Backend>>,
+        user_codec: Option<UserCodec<U>>,
     ) -> Self {
         Self {
             config: Arc::new(config),
@@ -77,6 +80,7 @@ impl<U> Inner<U> {
             reaper: Once::new(),
             node: backend.map(|backend| Arc::new(Node::new(backend))),
             handler: OnceLock::new(),
+            user_codec,
         }
     }
 }
@@ -89,8 +93,9 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_session = Arc::new(on_session);
+        let node: Option<Arc<str>> = inner.node.as_ref().map(|node| Arc::from(node.id()));
         let handler: Handler<U> =
-            Arc::new(move |session| spawn_handler(on_session.clone(), session));
+            Arc::new(move |session| spawn_handler(on_session.clone(), session, node.as_deref()));
         inner.handler.get_or_init(|| handler.clone());
         Self { inner, handler }
     }
@@ -148,11 +153,21 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
         if let Some(node) = &inner.node {
             // Before the client learns the session id: its next request may land on another
             // node, which must find this one as the owner.
-            if let Err(err) = node.backend.claim(sid_ref).await {
+            if let Err(err) = node.backend.claim(sid_ref, key).await {
                 tracing::warn!(session = key, error = %err, "session opened without an ownership record");
             }
         }
-        self.inner.reaper.call_once(|| {
+        self.started();
+        (self.handler)(session.clone());
+        tracing::debug!(session = key, "session opened");
+        Ok(session)
+    }
+
+    /// Starts the background tasks with the first session: the reaper, and on a node of a
+    /// cluster the refresher of ownership records.
+    pub(crate) fn started(&self) {
+        let inner = &self.inner;
+        inner.reaper.call_once(|| {
             let period = (inner.config.resume_window / 4)
                 .clamp(Duration::from_millis(20), Duration::from_secs(1));
             inner.registry.start_reaper(period);
@@ -160,9 +175,6 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
                 crate::node::start_refresher(&inner.registry, node.clone());
             }
         });
-        (self.handler)(session.clone());
-        tracing::debug!(session = key, "session opened");
-        Ok(session)
     }
 
     /// The session `sid` names. An expired session answers as an unknown one (a client never
@@ -224,13 +236,16 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
 /// The application's future is held in the task itself rather than boxed behind the type-erased
 /// [`Handler`]: one allocation per session instead of two, and a few pointers fewer. It is still
 /// made inside the task, as the application may expect.
-fn spawn_handler<U, F, Fut>(on_session: Arc<F>, session: Session<U>)
+fn spawn_handler<U, F, Fut>(on_session: Arc<F>, session: Session<U>, node: Option<&str>)
 where
     U: Send + Sync + 'static,
     F: Fn(Session<U>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let span = tracing::info_span!("session", key = session.shared.key);
+    let span = match node {
+        Some(node) => tracing::info_span!("session", key = session.shared.key, node),
+        None => tracing::info_span!("session", key = session.shared.key),
+    };
     tokio::spawn(
         async move {
             // Closes the session when the handler returns, and also if it panics.

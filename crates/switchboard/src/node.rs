@@ -5,8 +5,8 @@
 //! Nothing here knows transports: the router's cluster layer ([`crate::cluster`]) decides what to
 //! forward and runs what was forwarded here.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -15,7 +15,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, SessionRef};
+use crate::backend::{Backend, BackendError, Owner, SessionRef};
 use crate::error::ApiError;
 use crate::protocol::EncodedMessage;
 use crate::session::Priority;
@@ -30,21 +30,49 @@ pub(crate) const MAX_PENDING: usize = 10_000;
 /// How often a node rewrites the ownership records of its sessions.
 pub(crate) const REFRESH_PERIOD: Duration = Duration::from_secs(10);
 
-/// What a forwarded request asks the owner to run.
+/// What a node message asks its node to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Op {
     /// `GET /poll` (long or short).
     Receive,
     /// `POST /poll`.
     Send,
+    /// The first step of a handover: which rooms is the session in?
+    Prepare,
+    /// The second step: hand the session over to the asker (the body lists the rooms it
+    /// prepared for).
+    HandOver,
 }
 
-/// A request forwarded to this node by node `from`.
+impl Op {
+    fn code(self) -> u8 {
+        match self {
+            Op::Receive => 1,
+            Op::Send => 2,
+            Op::Prepare => 3,
+            Op::HandOver => 4,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Op::Receive,
+            2 => Op::Send,
+            3 => Op::Prepare,
+            4 => Op::HandOver,
+            _ => return None,
+        })
+    }
+}
+
+/// A request another node sent to this one, about the session whose key is `key` here.
 #[derive(Debug)]
 pub(crate) struct Forwarded {
     pub(crate) id: u64,
     pub(crate) from: String,
     pub(crate) op: Op,
+    pub(crate) key: u64,
+    /// The request's query without the session id (`docs/scale-out.md`: ids never travel).
     pub(crate) query: String,
     pub(crate) body: Bytes,
 }
@@ -53,6 +81,10 @@ pub(crate) struct Forwarded {
 const REQUEST: u8 = 1;
 const ANSWER: u8 = 2;
 
+/// The status a node answers a request about a session it does not hold (and is not taking
+/// in) with: the asker looks the owner up again, once (the session may just have moved).
+pub(crate) const NOT_HERE: StatusCode = StatusCode::MISDIRECTED_REQUEST;
+
 /// A node message, decoded.
 #[derive(Debug)]
 pub(crate) enum NodeMessage {
@@ -60,12 +92,12 @@ pub(crate) enum NodeMessage {
     Answer(u64, Answer),
 }
 
-/// The answer to a forwarded request: an HTTP response with its whole body.
+/// The answer to a request: an HTTP response with its whole body.
 #[derive(Debug)]
 pub(crate) struct Answer {
-    status: u16,
+    pub(crate) status: u16,
     headers: Vec<(String, Vec<u8>)>,
-    body: Bytes,
+    pub(crate) body: Bytes,
 }
 
 impl Answer {
@@ -87,6 +119,15 @@ impl Answer {
         }
     }
 
+    /// A bare answer: a status and a body.
+    pub(crate) fn plain(status: StatusCode, body: Bytes) -> Self {
+        Self {
+            status: status.as_u16(),
+            headers: Vec::new(),
+            body,
+        }
+    }
+
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
         let mut headers = HeaderMap::new();
@@ -102,19 +143,84 @@ impl Answer {
     }
 }
 
+/// Why a request to another node got no answer.
+#[derive(Debug)]
+pub(crate) enum Unanswered {
+    /// The session has no owner, or its owner is dead: it is gone.
+    Gone,
+    /// The owner record names this node (the session is being taken in here, or has ended).
+    Here(u64),
+    /// The engine is unreachable (or the owner is alive but not listening).
+    Unavailable(BackendError),
+    /// Too many requests wait for answers already.
+    Busy,
+    /// No answer in time.
+    Timeout,
+}
+
+impl Unanswered {
+    /// The HTTP answer a client gets for it.
+    fn into_response(self, on_timeout: fn() -> Response) -> Response {
+        match self {
+            Unanswered::Gone | Unanswered::Here(_) => ApiError::unknown_session().into_response(),
+            Unanswered::Unavailable(err) => unavailable(&err),
+            Unanswered::Busy => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "forward_busy",
+                "too many requests are waiting for other nodes; try again",
+            )
+            .into_response(),
+            Unanswered::Timeout => on_timeout(),
+        }
+    }
+}
+
+/// A broadcast received while a session is being taken in (see [`Node::record`]).
+pub(crate) struct Recorded {
+    /// The room, or `None` for a broadcast to everyone.
+    pub(crate) room: Option<Arc<str>>,
+    pub(crate) id: u64,
+    pub(crate) message: EncodedMessage,
+    pub(crate) except: Option<u64>,
+    pub(crate) priority: Priority,
+}
+
+/// Broadcasts to a set of rooms (and to everyone) received while a session is being taken in.
+pub(crate) struct Recorder {
+    id: u64,
+    rooms: Vec<String>,
+    log: Vec<Recorded>,
+}
+
 /// This node's link to its cluster.
 pub(crate) struct Node {
     pub(crate) backend: Arc<dyn Backend>,
     pending: DashMap<u64, oneshot::Sender<Answer>>,
     next_id: AtomicU64,
+    /// Numbers this node's publications (with the node's number in the high bits).
+    next_publication: AtomicU64,
+    /// Keys of the sessions this node is taking over right now: requests for them wait.
+    incoming: DashMap<u64, ()>,
+    /// Recorders of sessions being taken in, and the lock that orders their end against
+    /// deliveries (see [`Node::record`]).
+    gate: Mutex<Vec<Recorder>>,
+    recording: AtomicUsize,
+    /// The id of the last broadcast to everyone delivered here.
+    pub(crate) all_mark: AtomicU64,
 }
 
 impl Node {
     pub(crate) fn new(backend: Arc<dyn Backend>) -> Self {
+        let first = (u64::from(backend.node_number()) << 44) + 1;
         Self {
             backend,
             pending: DashMap::new(),
             next_id: AtomicU64::new(1),
+            next_publication: AtomicU64::new(first),
+            incoming: DashMap::new(),
+            gate: Mutex::new(Vec::new()),
+            recording: AtomicUsize::new(0),
+            all_mark: AtomicU64::new(0),
         }
     }
 
@@ -130,9 +236,75 @@ impl Node {
         }
     }
 
-    /// Sends a request for `session`, which this node does not hold, to the node that owns it,
-    /// and answers with the owner's answer. `patience` is how long to wait for it; when it runs
-    /// out, the answer is `on_timeout`.
+    /// Sends request `op` about `session` to the node that owns it, and waits at most
+    /// `patience` for the answer.
+    pub(crate) async fn request(
+        &self,
+        session: SessionRef,
+        op: Op,
+        query: &str,
+        body: &[u8],
+        patience: Duration,
+    ) -> Result<Answer, Unanswered> {
+        let owner = match self.backend.owner(session).await {
+            Ok(Some(owner)) => owner,
+            Ok(None) => return Err(Unanswered::Gone),
+            Err(err) => return Err(Unanswered::Unavailable(err)),
+        };
+        if owner.node == self.id() {
+            return Err(Unanswered::Here(owner.key));
+        }
+        self.request_from(&owner, op, query, body, patience).await
+    }
+
+    /// [`request`](Self::request) to a known owner.
+    pub(crate) async fn request_from(
+        &self,
+        owner: &Owner,
+        op: Op,
+        query: &str,
+        body: &[u8],
+        patience: Duration,
+    ) -> Result<Answer, Unanswered> {
+        if self.pending.len() >= MAX_PENDING {
+            return Err(Unanswered::Busy);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (answer_tx, answer_rx) = oneshot::channel();
+        self.pending.insert(id, answer_tx);
+        let _forget = Forget { node: self, id };
+        let request = encode_request(id, self.id(), op, owner.key, query, body);
+        match self.backend.send_to_node(&owner.node, request).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Nobody listens on the owner's channel: it has died (or is between
+                // connections to the engine, if it is still alive).
+                return match self.backend.node_alive(&owner.node).await {
+                    Ok(false) => {
+                        tracing::debug!(owner = %owner.node, "request found its owner dead");
+                        Err(Unanswered::Gone)
+                    }
+                    Ok(true) => Err(Unanswered::Unavailable(BackendError::new(
+                        "the owner is alive but not listening",
+                    ))),
+                    Err(err) => Err(Unanswered::Unavailable(err)),
+                };
+            }
+            Err(err) => return Err(Unanswered::Unavailable(err)),
+        }
+        match tokio::time::timeout(patience, answer_rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            _ => {
+                tracing::debug!(owner = %owner.node, "request to another node timed out");
+                Err(Unanswered::Timeout)
+            }
+        }
+    }
+
+    /// Forwards a poll or POST for `session`, which this node does not hold, to its owner, and
+    /// answers with the owner's answer; `on_timeout` makes the answer when none comes within
+    /// `patience`. `Ok(())`: the owner record names this node, which has just taken the session
+    /// in, so the request is for the caller to run here.
     ///
     /// No owner, or an owner that is no longer alive: `404 unknown_session`, as for a session
     /// that never existed (the client starts over). The engine unreachable: `503
@@ -145,51 +317,122 @@ impl Node {
         body: Bytes,
         patience: Duration,
         on_timeout: fn() -> Response,
-    ) -> Response {
-        let owner = match self.backend.owner(session).await {
-            Ok(Some(owner)) if owner != self.id() => owner,
-            // No record, or a record that names this node, which does not hold the session: it
-            // has ended.
-            Ok(_) => return ApiError::unknown_session().into_response(),
-            Err(err) => return unavailable(&err),
-        };
-        if self.pending.len() >= MAX_PENDING {
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "forward_busy",
-                "too many requests are waiting for other nodes; try again",
-            )
-            .into_response();
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (answer_tx, answer_rx) = oneshot::channel();
-        self.pending.insert(id, answer_tx);
-        let _forget = Forget { node: self, id };
-        let request = encode_request(id, self.id(), op, query, &body);
-        match self.backend.send_to_node(&owner, request).await {
-            Ok(true) => {}
-            Ok(false) => {
-                // Nobody listens on the owner's channel: it has died (or is between
-                // connections to the engine, if it is still alive).
-                return match self.backend.node_alive(&owner).await {
-                    Ok(false) => {
-                        tracing::debug!(owner = %owner, "forwarded request found its owner dead");
-                        ApiError::unknown_session().into_response()
+    ) -> Result<Response, ()> {
+        // Twice at most: a session that moved between the look-up and the request is looked up
+        // again.
+        for attempt in 0..2 {
+            match self.request(session, op, query, &body, patience).await {
+                Ok(answer) if answer.status == NOT_HERE.as_u16() && attempt == 0 => {}
+                Ok(answer) if answer.status == NOT_HERE.as_u16() => break,
+                Ok(answer) => return Ok(answer.into_response()),
+                Err(Unanswered::Here(key)) => {
+                    if self.settled(key).await {
+                        return Err(());
                     }
-                    Ok(true) => unavailable(&crate::backend::BackendError::new(
-                        "the owner is alive but not listening",
-                    )),
-                    Err(err) => unavailable(&err),
-                };
+                    break;
+                }
+                Err(err) => return Ok(err.into_response(on_timeout)),
             }
-            Err(err) => return unavailable(&err),
         }
-        match tokio::time::timeout(patience, answer_rx).await {
-            Ok(Ok(answer)) => answer.into_response(),
-            _ => {
-                tracing::debug!(owner = %owner, "forwarded request timed out");
-                on_timeout()
+        Ok(ApiError::unknown_session().into_response())
+    }
+
+    /// Marks the session of `key` as being taken in; `None` if it already is (by another
+    /// request). Requests for it wait until the returned guard is dropped.
+    pub(crate) fn taking_in(&self, key: u64) -> Option<Incoming<'_>> {
+        match self.incoming.entry(key) {
+            dashmap::Entry::Occupied(_) => None,
+            dashmap::Entry::Vacant(entry) => {
+                entry.insert(());
+                Some(Incoming { node: self, key })
             }
+        }
+    }
+
+    /// Waits (at most 10 s) until the session of `key` is no longer being taken in; returns
+    /// whether it was (so that the caller looks for it here again).
+    pub(crate) async fn settled(&self, key: u64) -> bool {
+        if !self.incoming.contains_key(&key) {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.incoming.contains_key(&key) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
+
+    /// Starts recording the broadcasts this node receives for `rooms` (and for everyone), for a
+    /// session being taken in: those published after its old owner took its snapshot must be
+    /// added to it. Returns the recorder's id, for [`Node::take_record`].
+    pub(crate) fn record(&self, rooms: &[String]) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut gate = self.recorders();
+        gate.push(Recorder {
+            id,
+            rooms: rooms.to_vec(),
+            log: Vec::new(),
+        });
+        self.recording.fetch_add(1, Ordering::SeqCst);
+        id
+    }
+
+    /// Ends recorder `id` under the held `gate`, and returns what it recorded.
+    ///
+    /// Deliveries keep taking the gate until the guard is released: whatever the caller does
+    /// under it (the session joining its rooms) is, for every broadcast, either before it (and
+    /// the broadcast is in the record) or after it (and the broadcast is delivered to the
+    /// session as to any member).
+    pub(crate) fn take_record(&self, gate: &mut RecordGate<'_>, id: u64) -> Vec<Recorded> {
+        match gate.guard.iter().position(|recorder| recorder.id == id) {
+            Some(at) => {
+                gate.ended += 1;
+                gate.guard.swap_remove(at).log
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Takes the lock that orders the end of a recording against deliveries.
+    pub(crate) fn gate(&self) -> RecordGate<'_> {
+        RecordGate {
+            node: self,
+            guard: self.recorders(),
+            ended: 0,
+        }
+    }
+
+    fn recorders(&self) -> MutexGuard<'_, Vec<Recorder>> {
+        self.gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `deliver` for a broadcast received from the backend: at once when no session is
+    /// being taken in; else under the gate, after recording it for every recorder that wants it.
+    pub(crate) fn received(&self, recorded: Recorded, deliver: impl FnOnce(&Recorded)) {
+        if self.recording.load(Ordering::SeqCst) == 0 {
+            return deliver(&recorded);
+        }
+        let mut gate = self.recorders();
+        deliver(&recorded);
+        let wanted: Vec<usize> = gate
+            .iter()
+            .enumerate()
+            .filter(|(_, recorder)| match &recorded.room {
+                Some(room) => recorder.rooms.iter().any(|wanted| **wanted == **room),
+                None => true,
+            })
+            .map(|(at, _)| at)
+            .collect();
+        for at in wanted {
+            gate[at].log.push(Recorded {
+                room: recorded.room.clone(),
+                id: recorded.id,
+                message: recorded.message.clone(),
+                except: recorded.except,
+                priority: recorded.priority,
+            });
         }
     }
 
@@ -200,9 +443,36 @@ impl Node {
         message: &EncodedMessage,
         except: Option<u64>,
         priority: Priority,
-    ) -> Result<(), crate::backend::BackendError> {
+    ) -> Result<(), BackendError> {
+        let id = self.next_publication.fetch_add(1, Ordering::Relaxed);
         self.backend
-            .publish(topic, encode_broadcast(message, except, priority))
+            .publish(topic, encode_broadcast(id, message, except, priority))
+    }
+}
+
+/// The held lock of [`Node::gate`]. Recordings ended under it stop making deliveries take the
+/// lock only when it is released.
+pub(crate) struct RecordGate<'a> {
+    node: &'a Node,
+    guard: MutexGuard<'a, Vec<Recorder>>,
+    ended: usize,
+}
+
+impl Drop for RecordGate<'_> {
+    fn drop(&mut self) {
+        self.node.recording.fetch_sub(self.ended, Ordering::SeqCst);
+    }
+}
+
+/// Marks a session as being taken in until dropped (see [`Node::taking_in`]).
+pub(crate) struct Incoming<'a> {
+    node: &'a Node,
+    key: u64,
+}
+
+impl Drop for Incoming<'_> {
+    fn drop(&mut self) {
+        self.node.incoming.remove(&self.key);
     }
 }
 
@@ -251,7 +521,7 @@ impl Drop for Forget<'_> {
     }
 }
 
-fn unavailable(err: &crate::backend::BackendError) -> Response {
+fn unavailable(err: &BackendError) -> Response {
     tracing::warn!(error = %err, "request for another node's session not forwarded");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -263,19 +533,20 @@ fn unavailable(err: &crate::backend::BackendError) -> Response {
 
 // Byte formats. Every integer is big-endian; a string is its length then its UTF-8 bytes.
 //
-// request:   1, id u64, from (u16 len), op u8 (1 receive, 2 send), query (u32 len), body (rest)
+// request:   1, id u64, from (u16 len), op u8 (1 receive, 2 send, 3 prepare, 4 hand over),
+//            key u64, query (u32 len), body (rest)
 // answer:    2, id u64, status u16, header count u8, headers (name u8 len, value u16 len), body (rest)
-// broadcast: priority u8 (0 normal, 1 low), except u64 (0: none), payload length u32, tail (rest)
+// broadcast: id u64, priority u8 (0 normal, 1 low), except u64 (0: none), payload length u32,
+//            tail (rest)
+// rooms:     count u16, names (u16 len)
 
-fn encode_request(id: u64, from: &str, op: Op, query: &str, body: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(16 + from.len() + query.len() + body.len());
+fn encode_request(id: u64, from: &str, op: Op, key: u64, query: &str, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(24 + from.len() + query.len() + body.len());
     out.put_u8(REQUEST);
     out.put_u64(id);
     put_str16(&mut out, from);
-    out.put_u8(match op {
-        Op::Receive => 1,
-        Op::Send => 2,
-    });
+    out.put_u8(op.code());
+    out.put_u64(key);
     out.put_u32(query.len() as u32);
     out.put_slice(query.as_bytes());
     out.put_slice(body);
@@ -312,17 +583,15 @@ pub(crate) fn decode_node_message(mut bytes: Bytes) -> Option<NodeMessage> {
     match kind {
         REQUEST => {
             let from = take_str16(&mut bytes)?;
-            let op = match take_u8(&mut bytes)? {
-                1 => Op::Receive,
-                2 => Op::Send,
-                _ => return None,
-            };
+            let op = Op::from_code(take_u8(&mut bytes)?)?;
+            let key = take_u64(&mut bytes)?;
             let len = take_u32(&mut bytes)? as usize;
             let query = take_string(&mut bytes, len)?;
             Some(NodeMessage::Request(Forwarded {
                 id,
                 from,
                 op,
+                key,
                 query,
                 body: bytes,
             }))
@@ -353,15 +622,17 @@ pub(crate) fn decode_node_message(mut bytes: Bytes) -> Option<NodeMessage> {
     }
 }
 
-/// A broadcast as published: the encoded message, the key of the session left out, and the
-/// priority.
+/// A broadcast as published: its id (unique cluster-wide), the encoded message, the key of the
+/// session left out, and the priority.
 pub(crate) fn encode_broadcast(
+    id: u64,
     message: &EncodedMessage,
     except: Option<u64>,
     priority: Priority,
 ) -> Bytes {
     let tail = message.tail_text();
-    let mut out = BytesMut::with_capacity(13 + tail.len());
+    let mut out = BytesMut::with_capacity(21 + tail.len());
+    out.put_u64(id);
     out.put_u8(match priority {
         Priority::Normal => 0,
         Priority::Low => 1,
@@ -372,10 +643,9 @@ pub(crate) fn encode_broadcast(
     out.freeze()
 }
 
-/// A published broadcast, decoded: `None` if it does not parse.
-pub(crate) fn decode_broadcast(
-    mut bytes: Bytes,
-) -> Option<(EncodedMessage, Option<u64>, Priority)> {
+/// A published broadcast, decoded (its room left empty): `None` if it does not parse.
+pub(crate) fn decode_broadcast(mut bytes: Bytes) -> Option<Recorded> {
+    let id = take_u64(&mut bytes)?;
     let priority = match take_u8(&mut bytes)? {
         0 => Priority::Normal,
         1 => Priority::Low,
@@ -384,11 +654,29 @@ pub(crate) fn decode_broadcast(
     let except = take_u64(&mut bytes)?;
     let payload_len = take_u32(&mut bytes)? as usize;
     let tail = std::str::from_utf8(&bytes).ok()?;
-    Some((
-        EncodedMessage::from_tail(tail, payload_len),
-        (except != 0).then_some(except),
+    Some(Recorded {
+        room: None,
+        id,
+        message: EncodedMessage::from_tail(tail, payload_len),
+        except: (except != 0).then_some(except),
         priority,
-    ))
+    })
+}
+
+/// A list of room names.
+pub(crate) fn encode_rooms<S: AsRef<str>>(rooms: &[S]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u16(rooms.len().min(65_535) as u16);
+    for room in rooms.iter().take(65_535) {
+        put_str16(&mut out, room.as_ref());
+    }
+    out.freeze()
+}
+
+/// A list of room names, decoded.
+pub(crate) fn decode_rooms(mut bytes: Bytes) -> Option<Vec<String>> {
+    let count = take_u16(&mut bytes)?;
+    (0..count).map(|_| take_str16(&mut bytes)).collect()
 }
 
 fn put_str16(out: &mut BytesMut, text: &str) {
@@ -433,15 +721,27 @@ mod tests {
 
     #[test]
     fn requests_answers_and_broadcasts_survive_their_encoding() {
-        let request = encode_request(7, "node-a", Op::Send, "v=1&sid=ab", "[안녕 👋]".as_bytes());
+        let request = encode_request(
+            7,
+            "node-a",
+            Op::Send,
+            42,
+            "v=1&ack=3",
+            "[안녕 👋]".as_bytes(),
+        );
         let Some(NodeMessage::Request(forwarded)) = decode_node_message(request) else {
             panic!("not a request");
         };
         assert_eq!(
-            (forwarded.id, forwarded.from.as_str(), forwarded.op),
-            (7, "node-a", Op::Send)
+            (
+                forwarded.id,
+                forwarded.from.as_str(),
+                forwarded.op,
+                forwarded.key
+            ),
+            (7, "node-a", Op::Send, 42)
         );
-        assert_eq!(forwarded.query, "v=1&sid=ab");
+        assert_eq!(forwarded.query, "v=1&ack=3");
         assert_eq!(&forwarded.body[..], "[안녕 👋]".as_bytes());
 
         let answer = Answer {
@@ -458,17 +758,22 @@ mod tests {
         assert_eq!(decoded.body, answer.body);
 
         let message = EncodedMessage::new(&Message::binary(vec![0u8, 159, 255]).with_event("e"));
-        let (decoded, except, priority) =
-            decode_broadcast(encode_broadcast(&message, Some(3), Priority::Low)).unwrap();
-        assert_eq!(decoded.tail_text(), message.tail_text());
-        assert_eq!(decoded.payload_len(), 3);
-        assert_eq!((except, priority), (Some(3), Priority::Low));
+        let decoded =
+            decode_broadcast(encode_broadcast(5, &message, Some(3), Priority::Low)).unwrap();
+        assert_eq!(decoded.message.tail_text(), message.tail_text());
+        assert_eq!(decoded.message.payload_len(), 3);
+        assert_eq!(
+            (decoded.id, decoded.except, decoded.priority),
+            (5, Some(3), Priority::Low)
+        );
+        let rooms = ["로비", "", "emoji 🎉"];
+        assert_eq!(decode_rooms(encode_rooms(&rooms)).unwrap(), rooms);
     }
 
     #[test]
     fn truncated_or_unknown_messages_are_refused() {
-        let request = encode_request(1, "n", Op::Receive, "q", b"body");
-        for cut in 0..14 {
+        let request = encode_request(1, "n", Op::Receive, 9, "q", b"body");
+        for cut in 0..22 {
             assert!(decode_node_message(request.slice(..cut)).is_none(), "{cut}");
         }
         assert!(decode_node_message(Bytes::from_static(&[9, 0, 0, 0, 0, 0, 0, 0, 1])).is_none());

@@ -23,7 +23,7 @@ use tower_service::Service;
 use crate::auth::AuthHook;
 use crate::backend::Backend;
 use crate::cluster;
-use crate::config::{Builder, Config, Origins};
+use crate::config::{Builder, Config, Origins, UserCodec};
 use crate::error::{ApiError, CloseReason};
 use crate::hub::Hub;
 use crate::mount::{Inner, Mounted};
@@ -58,7 +58,13 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
     /// Builds the [`Switchboard`].
     pub fn build(mut self) -> Switchboard<U> {
         self.config.max_body = self.config.max_body.max(self.config.max_message * 2);
-        Switchboard::from_parts(self.config, self.auth, self.backend)
+        if self.backend.is_some() && self.codec.is_none() {
+            tracing::error!(
+                "Builder::backend was called before Builder::authenticate: sessions of this node \
+                 cannot be handed over to other nodes (WebSockets that land elsewhere are refused)"
+            );
+        }
+        Switchboard::from_parts(self.config, self.auth, self.backend, self.codec)
     }
 }
 
@@ -74,8 +80,9 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
         config: Config,
         auth: AuthHook<U>,
         backend: Option<Arc<dyn Backend>>,
+        codec: Option<UserCodec<U>>,
     ) -> Self {
-        let inner = Arc::new(Inner::new(config, auth, backend));
+        let inner = Arc::new(Inner::new(config, auth, backend, codec));
         if let Some(node) = &inner.node {
             node.backend
                 .start(cluster::deliveries(Arc::downgrade(&inner)));

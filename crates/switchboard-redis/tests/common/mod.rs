@@ -282,3 +282,63 @@ pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) ->
     }
     condition()
 }
+
+/// The session a client has now, on whichever node holds it: a session handed over to another
+/// node ends on the old one and starts again (with `handed_over()`) on the new one.
+#[derive(Clone)]
+pub struct Current {
+    sessions: tokio::sync::watch::Receiver<Option<Session>>,
+    /// How many handlers the session has had (1 + the handovers).
+    pub handlers: Arc<AtomicUsize>,
+}
+
+impl Current {
+    /// The session now, waiting for the first one if need be.
+    pub async fn get(&mut self) -> Session {
+        loop {
+            if let Some(session) = self.sessions.borrow_and_update().clone() {
+                return session;
+            }
+            self.sessions.changed().await.expect("nodes gone");
+        }
+    }
+
+    /// The live session, once the one the caller had has ended on its node (at most 20 s).
+    pub async fn live(&mut self) -> Session {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.get().await;
+            if !now.is_closed() {
+                return now;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no node took the session over"
+            );
+            tokio::time::timeout(Duration::from_millis(50), self.sessions.changed())
+                .await
+                .ok();
+        }
+    }
+}
+
+impl Cluster {
+    /// Follows the sessions the nodes open and take over (one client at a time).
+    pub fn follow(&mut self) -> Current {
+        let (_, empty) = mpsc::channel(1);
+        let mut sessions = std::mem::replace(&mut self.sessions, empty);
+        let (current, watched) = tokio::sync::watch::channel(None);
+        let handlers = Arc::new(AtomicUsize::new(0));
+        let count = handlers.clone();
+        tokio::spawn(async move {
+            while let Some(session) = sessions.recv().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                current.send_replace(Some(session));
+            }
+        });
+        Current {
+            sessions: watched,
+            handlers,
+        }
+    }
+}

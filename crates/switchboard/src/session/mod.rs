@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub(crate) use shared::{AttachError, Drain, Expiry, Shared};
+pub(crate) use shared::{AttachError, Drain, Expiry, Shared, Snapshot};
 
 use crate::error::{CloseReason, JoinError, SendError};
 use crate::message::Message;
@@ -172,6 +172,14 @@ impl<U> Session<U> {
     /// This session's loggable number.
     pub fn key(&self) -> SessionKey {
         SessionKey(self.shared.key)
+    }
+
+    /// Whether this session was handed over from another node of the cluster (the client is
+    /// the same and the session went on: same key, rooms, user data and buffered messages), so
+    /// that a handler that greets or announces newcomers can skip it. Always `false` on a single
+    /// node.
+    pub fn handed_over(&self) -> bool {
+        self.shared.handed_over
     }
 
     /// What the authentication hook returned for this session.

@@ -17,6 +17,9 @@ pub(crate) struct Registry<U> {
     count: AtomicUsize,
     /// The cluster backend, told when a session is forgotten.
     backend: Option<Arc<dyn Backend>>,
+    /// On a node of a cluster: session ids by key, for requests other nodes forward here (they
+    /// name sessions by key, so that ids never travel between nodes).
+    by_key: Option<DashMap<u64, SessionId>>,
 }
 
 impl<U> Registry<U> {
@@ -30,7 +33,35 @@ impl<U> Registry<U> {
             sessions: DashMap::new(),
             next_key: AtomicU64::new(first),
             count: AtomicUsize::new(0),
+            by_key: backend.as_ref().map(|_| DashMap::new()),
             backend,
+        }
+    }
+
+    /// The session whose key is `key` (on a node of a cluster).
+    pub(crate) fn by_key(&self, key: u64) -> Option<Session<U>> {
+        let sid = *self.by_key.as_ref()?.get(&key)?;
+        self.get(&sid)
+    }
+
+    /// Takes in a session handed over from another node (over the session limit if need be:
+    /// it exists already, and refusing it would end it).
+    pub(crate) fn adopt(&self, session: Session<U>) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        if let Some(by_key) = &self.by_key {
+            by_key.insert(session.shared.key, session.shared.sid);
+        }
+        self.sessions.insert(session.shared.sid, session);
+    }
+
+    /// Forgets a session that moved to another node: its ownership record is the new owner's
+    /// now, so it is left alone.
+    pub(crate) fn forget_moved(&self, sid: &SessionId) {
+        if let Some((_, session)) = self.sessions.remove(sid) {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            if let Some(by_key) = &self.by_key {
+                by_key.remove(&session.shared.key);
+            }
         }
     }
 
@@ -57,20 +88,29 @@ impl<U> Registry<U> {
 
     /// Forgets a session (it has ended and its close frame was delivered, or it expired).
     pub(crate) fn remove(&self, sid: &SessionId) {
-        if self.sessions.remove(sid).is_some() {
+        if let Some((_, session)) = self.sessions.remove(sid) {
             self.count.fetch_sub(1, Ordering::AcqRel);
+            let key = session.shared.key;
+            if let Some(by_key) = &self.by_key {
+                by_key.remove(&key);
+            }
             if let Some(backend) = &self.backend {
-                backend.release(SessionRef(*sid.as_bytes()));
+                backend.release(SessionRef(*sid.as_bytes()), key);
             }
         }
     }
 
-    /// The ids of every live session (for the cluster's ownership records).
-    pub(crate) fn live_refs(&self) -> Vec<SessionRef> {
+    /// The ids and keys of every live session (for the cluster's ownership records).
+    pub(crate) fn live_refs(&self) -> Vec<(SessionRef, u64)> {
         self.sessions
             .iter()
             .filter(|entry| entry.value().shared.close_reason().is_none())
-            .map(|entry| SessionRef(*entry.key().as_bytes()))
+            .map(|entry| {
+                (
+                    SessionRef(*entry.key().as_bytes()),
+                    entry.value().shared.key,
+                )
+            })
             .collect()
     }
 
@@ -177,6 +217,9 @@ impl<U> Reservation<U> {
     /// Puts the session into the registry.
     pub(crate) fn insert(mut self, session: Session<U>) {
         self.used = true;
+        if let Some(by_key) = &self.registry.by_key {
+            by_key.insert(session.shared.key, session.shared.sid);
+        }
         self.registry.sessions.insert(session.shared.sid, session);
     }
 }

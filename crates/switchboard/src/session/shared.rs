@@ -36,6 +36,27 @@ pub(crate) struct Shared<U> {
     /// Wakes the application and inbound deliveries: a message received or taken, takeover, close.
     inbound: Notify,
     inbound_lock: tokio::sync::Mutex<()>,
+    /// The session came from another node of the cluster (see [`Shared::restore`]).
+    pub(crate) handed_over: bool,
+}
+
+/// What moves with a session handed over to another node of the cluster: everything but the
+/// transports and the application's handler (`docs/scale-out.md`, "Handover").
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) key: u64,
+    /// Unacknowledged messages, numbered from `acked + 1` on.
+    pub(crate) out: Vec<EncodedMessage>,
+    pub(crate) acked: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) released: u64,
+    /// Held low-priority messages: how many and their bytes.
+    pub(crate) low: Option<(usize, usize)>,
+    /// Messages received but not yet taken by the application.
+    pub(crate) inbox: Vec<Message>,
+    pub(crate) in_seq: u64,
+    pub(crate) att: u64,
+    pub(crate) rooms: Vec<Arc<str>>,
 }
 
 // What `push` touches first (see `Shared`).
@@ -147,7 +168,64 @@ impl<U> Shared<U> {
             outbound: Notify::new(),
             inbound: Notify::new(),
             inbound_lock: tokio::sync::Mutex::new(()),
+            handed_over: false,
         }
+    }
+
+    /// A session handed over from another node, as it was there (its rooms are joined by the
+    /// caller: see [`Snapshot`]).
+    pub(crate) fn restore(
+        snapshot: Snapshot,
+        sid: SessionId,
+        user: U,
+        config: Arc<Config>,
+        rooms: Weak<RoomIndex<U>>,
+    ) -> Self {
+        let mut shared = Self::new(snapshot.key, sid, user, config, rooms);
+        shared.handed_over = true;
+        let state = shared
+            .state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.out_bytes = snapshot.out.iter().map(EncodedMessage::buffered_len).sum();
+        state.out = snapshot.out.into();
+        state.acked = snapshot.acked;
+        state.next_seq = snapshot.next_seq;
+        state.released = snapshot.released;
+        state.low = snapshot.low.map(|(count, bytes)| LowPending {
+            since: Instant::now(),
+            count,
+            bytes,
+        });
+        state.inbox = snapshot.inbox.into();
+        state.in_seq = snapshot.in_seq;
+        state.att = snapshot.att;
+        shared
+    }
+
+    /// Ends the session here because it moves to another node, and returns what moves with it;
+    /// `None` if it has ended already. Atomic: nothing is buffered, acknowledged or received
+    /// here after the snapshot (a POST that comes later is answered with the acknowledgement of
+    /// the snapshot, and its client sends the rest again, to the new owner).
+    pub(crate) fn hand_over(&self) -> Option<Snapshot> {
+        let mut state = self.state();
+        if state.close.is_some() {
+            return None;
+        }
+        let snapshot = Snapshot {
+            key: self.key,
+            out: state.out.iter().cloned().collect(),
+            acked: state.acked,
+            next_seq: state.next_seq,
+            released: state.released,
+            low: state.low.map(|low| (low.count, low.bytes)),
+            inbox: std::mem::take(&mut state.inbox).into(),
+            in_seq: state.in_seq,
+            att: state.att,
+            rooms: state.rooms.clone(),
+        };
+        self.close_locked(state, CloseReason::HandedOver);
+        Some(snapshot)
     }
 
     pub(crate) fn rooms_index(&self) -> Option<Arc<RoomIndex<U>>> {
@@ -360,7 +438,9 @@ impl<U> Shared<U> {
         mut write: impl FnMut(u64, &EncodedMessage),
     ) -> Drain {
         let mut state = self.state();
-        if !matches!(state.attached, Some((current, _)) if current == generation) {
+        if !matches!(state.attached, Some((current, _)) if current == generation)
+            || matches!(state.close, Some(CloseReason::HandedOver))
+        {
             return Drain::Superseded;
         }
         if let Some(low) = state.low
@@ -538,7 +618,10 @@ impl<U> Shared<U> {
     fn close_locked(&self, mut state: MutexGuard<'_, State>, reason: CloseReason) {
         let discard = matches!(
             reason,
-            CloseReason::Overflow | CloseReason::ProtocolError(_) | CloseReason::Expired
+            CloseReason::Overflow
+                | CloseReason::ProtocolError(_)
+                | CloseReason::Expired
+                | CloseReason::HandedOver
         );
         if discard {
             state.out.clear();

@@ -156,8 +156,10 @@ async fn receive_frames<U: Clone + Send + Sync + 'static>(
         Some(CloseReason::Expired) => {
             return Err(mounted.refusal(&session, AttachError::Expired));
         }
+        // It moved to another node: the client goes on there, and sends again what this answer
+        // does not acknowledge.
+        Some(CloseReason::HandedOver) | None => {}
         Some(reason) => answer.push(protocol::close_frame(reason.code(), reason.reason())),
-        None => {}
     }
     Ok(json_response(format!("[{}]", answer.join(","))))
 }

@@ -160,7 +160,17 @@ async fn attach<U: Clone + Send + Sync + 'static>(
     let batch = params.batch.as_deref() == Some("1");
     let att = params.att();
     if let Some(sid) = &params.sid {
-        let session = mounted.lookup(sid)?;
+        let session = match mounted.lookup(sid) {
+            Ok(session) => session,
+            // On a node of a cluster: the session lives on another node; move it here.
+            Err(err) if err.code == "unknown_session" && mounted.inner.node.is_some() => {
+                match crate::session::SessionId::parse(sid) {
+                    Some(sid) => mounted.take_over(sid).await?,
+                    None => return Err(err),
+                }
+            }
+            Err(err) => return Err(err),
+        };
         let client_ack = session.shared.ack(params.ack.unwrap_or(0));
         return Ok(Attached {
             session,

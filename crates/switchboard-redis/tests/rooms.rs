@@ -1,0 +1,283 @@
+//! Rooms across nodes: a broadcast reaches every member on every node, and every member sees a
+//! room's messages in one order, whatever node sent them (issue 10, "Cluster-wide application
+//! API").
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, payload_bytes, text};
+use switchboard_client::{Client, Transport};
+
+const PER_NODE: usize = 300;
+const MEMBERS_PER_NODE: usize = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_over_three_nodes_has_one_order_for_every_member() {
+    let mut cluster = Cluster::start(3, |builder| builder).await;
+    // Members on every node, on every transport, connected to their node directly.
+    let transports = [
+        Transport::WebSocket,
+        Transport::LongPoll,
+        Transport::ShortPoll {
+            interval: Duration::from_millis(10),
+        },
+    ];
+    let mut clients = Vec::new();
+    let mut sessions = Vec::new();
+    for node in 0..3 {
+        for transport in transports.iter().take(MEMBERS_PER_NODE) {
+            let base = cluster.nodes[node].base.clone();
+            clients.push(Client::connect(&base, *transport).await.unwrap());
+            let session = cluster.next_session().await;
+            session.join("room").unwrap();
+            sessions.push(session);
+        }
+    }
+    // An outsider on every node, who must receive nothing.
+    let mut outsiders = Vec::new();
+    let bases: Vec<String> = cluster.nodes.iter().map(|node| node.base.clone()).collect();
+    for base in bases {
+        outsiders.push(Client::connect(&base, Transport::WebSocket).await.unwrap());
+        cluster.next_session().await.join("elsewhere").unwrap();
+    }
+    for node in &cluster.nodes {
+        node.realtime.hub().flush().await.unwrap();
+    }
+    // Senders on all three nodes at once.
+    let senders: Vec<_> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let hub = node.realtime.hub();
+            tokio::spawn(async move {
+                for i in 0..PER_NODE {
+                    let message = if i % 5 == 2 {
+                        let mut bytes = payload_bytes(i);
+                        bytes.insert(0, n as u8);
+                        switchboard::Message::binary(bytes)
+                    } else {
+                        switchboard::Message::text(format!("node {n}: {}", text(i)))
+                    };
+                    hub.to("room").send(&message).unwrap();
+                    if i % 16 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let total = 3 * PER_NODE;
+    let mut orders = Vec::new();
+    for client in &mut clients {
+        let mut seen = Vec::with_capacity(total);
+        for i in 0..total {
+            let message = tokio::time::timeout(Duration::from_secs(20), client.recv())
+                .await
+                .unwrap_or_else(|_| panic!("message {i} did not arrive"))
+                .unwrap();
+            let key = match message.as_text() {
+                Some(text) => text.to_string(),
+                None => format!("{:?}", message.as_binary().unwrap()),
+            };
+            seen.push(key);
+        }
+        assert_eq!(
+            client
+                .recv_timeout(Duration::from_millis(200))
+                .await
+                .unwrap(),
+            None
+        );
+        orders.push(seen);
+    }
+    // Each node's messages arrive in the order it sent them...
+    for n in 0..3 {
+        let prefix = format!("node {n}: ");
+        let texts: Vec<&String> = orders[0]
+            .iter()
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        let expected: Vec<String> = (0..PER_NODE)
+            .filter(|i| i % 5 != 2)
+            .map(|i| format!("node {n}: {}", text(i)))
+            .collect();
+        assert_eq!(texts, expected.iter().collect::<Vec<_>>());
+    }
+    // ...and every member saw exactly the same interleaving.
+    for (member, order) in orders.iter().enumerate().skip(1) {
+        assert!(order == &orders[0], "member {member} saw another order");
+    }
+    // The interleaving really mixed the nodes (otherwise one order is no achievement).
+    let switches = orders[0]
+        .windows(2)
+        .filter(|pair| pair[0].get(..6) != pair[1].get(..6))
+        .count();
+    assert!(switches > 3, "{switches} switches between senders");
+    for outsider in &mut outsiders {
+        assert_eq!(
+            outsider
+                .recv_timeout(Duration::from_millis(100))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    drop(sessions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn except_and_all_work_from_any_node() {
+    let mut cluster = Cluster::start(2, |builder| builder).await;
+    let mut a = Client::connect(&cluster.nodes[0].base, Transport::WebSocket)
+        .await
+        .unwrap();
+    let session_a = cluster.next_session().await;
+    let mut b = Client::connect(&cluster.nodes[1].base, Transport::LongPoll)
+        .await
+        .unwrap();
+    let session_b = cluster.next_session().await;
+    session_a.join("pair").unwrap();
+    session_b.join("pair").unwrap();
+    for node in &cluster.nodes {
+        node.realtime.hub().flush().await.unwrap();
+    }
+    // From node 1, leaving out a session of node 0.
+    let hub1 = cluster.nodes[1].realtime.hub();
+    hub1.to("pair")
+        .except(&session_b)
+        .send(&switchboard::Message::text("not for b 🙈"))
+        .unwrap();
+    cluster.nodes[0]
+        .realtime
+        .hub()
+        .to("pair")
+        .except(&session_a)
+        .send(&switchboard::Message::text("not for a 🙉"))
+        .unwrap();
+    hub1.all()
+        .send(&switchboard::Message::text("모두에게"))
+        .unwrap();
+    let recv = async |client: &mut Client| {
+        tokio::time::timeout(Duration::from_secs(10), client.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .as_text()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(recv(&mut a).await, "not for b 🙈");
+    assert_eq!(recv(&mut a).await, "모두에게");
+    // Two nodes' publications: Redis orders them, either way.
+    let mut for_b = [recv(&mut b).await, recv(&mut b).await];
+    for_b.sort();
+    assert_eq!(for_b, ["not for a 🙉", "모두에게"]);
+    // After the last member on node 0 leaves, node 0 no longer hears the room.
+    session_a.leave("pair");
+    cluster.nodes[0].realtime.hub().flush().await.unwrap();
+    hub1.to("pair")
+        .send(&switchboard::Message::text("b only"))
+        .unwrap();
+    assert_eq!(recv(&mut b).await, "b only");
+    assert_eq!(
+        a.recv_timeout(Duration::from_millis(200)).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_moving_between_nodes_misses_nothing_of_its_room() {
+    const EACH: usize = 400;
+    let mut cluster = Cluster::start(3, |builder| builder).await;
+    // A member that stays on node 0, to compare with.
+    let mut observer = Client::connect(&cluster.nodes[0].base, Transport::LongPoll)
+        .await
+        .unwrap();
+    let watching = cluster.next_session().await;
+    watching.join("room").unwrap();
+    // The member that moves: its every WebSocket goes to the next node, which takes it over.
+    let mut current = cluster.follow();
+    let mut mover = Client::builder(&cluster.proxy.base)
+        .transport(Transport::WebSocket)
+        .http_client(common::no_keep_alive())
+        .connect()
+        .await
+        .unwrap();
+    current.live().await.join("room").unwrap();
+    for node in &cluster.nodes {
+        node.realtime.hub().flush().await.unwrap();
+    }
+    let senders: Vec<_> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let hub = node.realtime.hub();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    hub.to("room")
+                        .send(&switchboard::Message::text(format!("{n}/{i} 🎉")))
+                        .unwrap();
+                    if i % 8 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let total = 3 * EACH;
+    let mut moved = Vec::with_capacity(total);
+    for i in 0..total {
+        if i % 100 == 50 {
+            mover.switch(Transport::WebSocket).await.unwrap();
+        }
+        let Ok(message) = tokio::time::timeout(Duration::from_secs(5), mover.recv()).await else {
+            let mut missing = Vec::new();
+            for n in 0..3 {
+                for j in 0..EACH {
+                    let text = format!("{n}/{j} 🎉");
+                    if !moved.contains(&text) {
+                        missing.push(text);
+                    }
+                }
+            }
+            panic!(
+                "message {i} did not reach the moving member; missing {missing:?}; stats {:?}",
+                mover.stats()
+            );
+        };
+        moved.push(message.unwrap().as_text().unwrap().to_string());
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let mut watched = Vec::with_capacity(total);
+    for i in 0..total {
+        let message = tokio::time::timeout(Duration::from_secs(20), observer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} did not reach the observer"))
+            .unwrap();
+        watched.push(message.as_text().unwrap().to_string());
+    }
+    assert_eq!(
+        mover
+            .recv_timeout(Duration::from_millis(200))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(moved, watched, "the moving member saw another order");
+    let handlers = current.handlers.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        handlers >= 6,
+        "{handlers} handlers: the member did not move"
+    );
+    let session = current.live().await;
+    assert!(session.handed_over() && session.in_room("room"));
+}
