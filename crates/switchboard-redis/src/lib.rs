@@ -8,7 +8,9 @@
 //!
 //! - A session lives on the node that opened it (its *owner*), in memory. Redis holds only who
 //!   owns which session (`P:owner:{h}`, where `h` is a SHA-256 of the session id: ids never reach
-//!   Redis), which nodes are alive (`P:alive:{node}`), and a counter that numbers nodes.
+//!   Redis), which nodes are alive (`P:alive:{node}`, and the set `P:nodes`), a counter that
+//!   numbers nodes (`P:counter`), and for a moment the state of a session that moves between
+//!   nodes (`P:handover:{h}`).
 //! - A poll or POST that lands on another node is forwarded to the owner over the owner's channel
 //!   (`P:node:{node}`), and its answer comes back over the asker's.
 //! - A broadcast is published once, on `P:room:{room}` or `P:all`; every node with members in
@@ -206,6 +208,11 @@ impl Names {
     }
 
     fn counter(&self) -> String {
+        format!("{}:counter", self.prefix)
+    }
+
+    /// The set of live nodes, scored by when their liveness runs out (ms since 1970).
+    fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
     }
 }
@@ -345,6 +352,12 @@ impl RedisBackend {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 fn random_id() -> Option<String> {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).ok()?;
@@ -361,13 +374,29 @@ impl Shared {
         format!("{}:{key}", self.id)
     }
 
+    /// Writes this node's liveness record, and its entry in the set of live nodes (scored by
+    /// when it expires; expired entries are dropped on the way).
     async fn write_alive(&self) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("SET")
+        let now = now_ms();
+        let until = now + ALIVE_TTL.as_millis() as u64;
+        redis::pipe()
+            .cmd("SET")
             .arg(self.names.alive(&self.id))
             .arg(1)
             .arg("PX")
             .arg(ALIVE_TTL.as_millis() as u64)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.names.nodes())
+            .arg(until)
+            .arg(&self.id)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.names.nodes())
+            .arg("-inf")
+            .arg(now)
+            .ignore()
             .query_async(&mut conn)
             .await
     }
@@ -681,6 +710,16 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn live_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.shared.conn.clone();
+            let nodes: redis::RedisResult<Vec<String>> = conn
+                .zrangebyscore(self.shared.names.nodes(), now_ms(), "+inf")
+                .await;
+            self.shared.result(nodes)
+        })
+    }
+
     fn node_alive<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
         Box::pin(async move {
             let mut conn = self.shared.conn.clone();
@@ -725,8 +764,13 @@ impl Backend for RedisBackend {
                     .await
                     .ok();
             }
-            let _: redis::RedisResult<()> =
-                conn.del(self.shared.names.alive(&self.shared.id)).await;
+            let _: redis::RedisResult<()> = redis::pipe()
+                .del(self.shared.names.alive(&self.shared.id))
+                .ignore()
+                .zrem(self.shared.names.nodes(), &self.shared.id)
+                .ignore()
+                .query_async(&mut conn)
+                .await;
             tracing::info!(node = %self.shared.id, "cluster node left");
         })
     }

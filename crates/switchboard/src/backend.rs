@@ -178,6 +178,10 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn take_state(&self, session: SessionRef)
     -> BoxFuture<'_, Result<Option<Bytes>, BackendError>>;
 
+    /// The ids of the nodes alive now (this one included), for a node that shuts down to hand its
+    /// sessions to.
+    fn live_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>>;
+
     /// Whether node `node` is alive (it refreshed its liveness record recently).
     fn node_alive<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, BackendError>>;
 

@@ -165,6 +165,9 @@ pub(crate) fn deliveries<U: Clone + Send + Sync + 'static>(
                     }
                     // In order with the broadcasts this node receives (see `handover`).
                     Op::Prepare | Op::HandOver => handover::give(&inner, &node, request),
+                    Op::Adopt => {
+                        tokio::spawn(handover::adopt(inner, node, request));
+                    }
                 },
                 None => tracing::warn!("node message of an unknown kind ignored"),
             },
@@ -227,7 +230,8 @@ async fn run_forwarded<U: Clone + Send + Sync + 'static>(
         body,
     } = request;
     let mut session = inner.registry.by_key(key);
-    if session.is_none() && node.settled(key).await {
+    if session.is_none() {
+        node.settled(key).await;
         session = inner.registry.by_key(key);
     }
     let answer = match (session, Mounted::first(inner)) {

@@ -59,12 +59,14 @@ pub(crate) fn give<U: Clone + Send + Sync + 'static>(
         (Some(session), Op::Prepare) => {
             Answer::plain(StatusCode::OK, node::encode_rooms(&session.rooms()))
         }
-        (Some(session), _) => match snapshot(inner, &session, body) {
+        (Some(session), _) => match snapshot(inner, node, &session, body) {
             Ok((state, sid)) => {
                 let node = node.clone();
                 tokio::spawn(async move {
                     let sref = SessionRef(*sid.as_bytes());
-                    let answer = match node.backend.hand_over(sref, key, &from, state).await {
+                    let moved = node.backend.hand_over(sref, key, &from, state).await;
+                    node.moved_out(key);
+                    let answer = match moved {
                         Ok(true) => {
                             tracing::debug!(session = key, to = %from, "session handed over");
                             Answer::plain(StatusCode::OK, Bytes::new())
@@ -91,6 +93,7 @@ pub(crate) fn give<U: Clone + Send + Sync + 'static>(
 /// the answer when it cannot move (yet).
 fn snapshot<U>(
     inner: &Inner<U>,
+    node: &Node,
     session: &Session<U>,
     prepared: Bytes,
 ) -> Result<(Bytes, SessionId), Answer> {
@@ -125,6 +128,9 @@ fn snapshot<U>(
         .hand_over()
         .ok_or_else(|| Answer::plain(node::NOT_HERE, Bytes::new()))?;
     let sid = session.shared.sid;
+    // Requests that reach this node before the ownership record names the taker wait, then
+    // are sent on (see `Node::forward`).
+    node.moving_out(session.shared.key);
     inner.registry.forget_moved(&sid);
     Ok((encode_state(&snapshot, &marks, all_mark, &user), sid))
 }
@@ -139,6 +145,141 @@ async fn answer_to(node: &Node, to: &str, id: u64, answer: Answer) {
     }
 }
 
+/// Why a taker did not get a session.
+enum Refused {
+    /// The node asked does not hold it (it may just have moved on): look again.
+    NotHere,
+    /// The answer for the client.
+    Err(ApiError),
+}
+
+impl From<ApiError> for Refused {
+    fn from(err: ApiError) -> Self {
+        Refused::Err(err)
+    }
+}
+
+/// The taker's side of a node's shutdown: node `from` asks this one to take over the session
+/// whose id is in the request's body.
+pub(crate) async fn adopt<U: Clone + Send + Sync + 'static>(
+    inner: Arc<Inner<U>>,
+    node: Arc<Node>,
+    request: Forwarded,
+) {
+    let Forwarded {
+        id,
+        from,
+        key,
+        body,
+        ..
+    } = request;
+    let sid = <[u8; 16]>::try_from(&body[..])
+        .ok()
+        .map(SessionId::from_bytes);
+    let taken = match (sid, Mounted::first(inner)) {
+        (Some(sid), Some(mounted)) => match node.taking_in(key) {
+            Some(_incoming) => {
+                let owner = crate::backend::Owner {
+                    node: from.clone(),
+                    key,
+                };
+                match mounted.take_from(&node, sid, &owner).await {
+                    Ok(_) => true,
+                    Err(Refused::NotHere) => {
+                        tracing::debug!(session = key, "session to adopt not found at its giver");
+                        false
+                    }
+                    Err(Refused::Err(err)) => {
+                        tracing::debug!(session = key, error = err.code, "session not adopted");
+                        false
+                    }
+                }
+            }
+            // Its client is moving it here already.
+            None => {
+                node.settled(key).await;
+                mounted.inner.registry.by_key(key).is_some()
+            }
+        },
+        _ => false,
+    };
+    let status = if taken {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    answer_to(&node, &from, id, Answer::plain(status, Bytes::new())).await;
+}
+
+/// The giver's side of a shutdown: hands every live session to the other live nodes, in turn,
+/// until `deadline`. Returns how many moved; the others are left to the caller to end.
+pub(crate) async fn hand_over_all<U>(
+    inner: &Inner<U>,
+    node: &Node,
+    deadline: tokio::time::Instant,
+) -> usize {
+    use futures_util::StreamExt as _;
+    let nodes: Vec<String> = match node.backend.live_nodes().await {
+        Ok(nodes) => nodes.into_iter().filter(|id| id != node.id()).collect(),
+        Err(err) => {
+            tracing::warn!(error = %err, "no other node found to hand sessions over to");
+            return 0;
+        }
+    };
+    tracing::debug!(
+        me = node.id(),
+        ?nodes,
+        "handing sessions over to these nodes"
+    );
+    if nodes.is_empty() {
+        return 0;
+    }
+    let sessions: Vec<Session<U>> = inner
+        .registry
+        .all()
+        .into_iter()
+        .filter(|session| !session.is_closed())
+        .collect();
+    let count = sessions.len();
+    let nodes = &nodes;
+    let moved = futures_util::stream::iter(sessions.into_iter().enumerate())
+        .map(|(at, session)| async move {
+            let key = session.shared.key;
+            let sid = session.shared.sid;
+            drop(session);
+            // Its own node first, then the next, if that one cannot take it.
+            for attempt in 0..2 {
+                let target = &nodes[(at + attempt) % nodes.len()];
+                let owner = crate::backend::Owner {
+                    node: target.clone(),
+                    key,
+                };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let asked = node
+                    .request_from(&owner, Op::Adopt, "", sid.as_bytes(), left.min(node::FORWARD_TIMEOUT))
+                    .await;
+                match asked {
+                    Ok(answer) if answer.status == 200 => return 1,
+                    Ok(answer) => {
+                        tracing::debug!(session = key, to = %target, status = answer.status, "session not adopted");
+                    }
+                    Err(err) => {
+                        tracing::debug!(session = key, to = %target, ?err, "session not adopted");
+                    }
+                }
+                if nodes.len() == 1 {
+                    break;
+                }
+            }
+            0
+        })
+        .buffer_unordered(64)
+        .fold(0, |moved, one| async move { moved + one })
+        .await;
+    tracing::info!(moved, of = count, "sessions handed over before shutdown");
+    moved
+}
+
 impl<U: Clone + Send + Sync + 'static> Mounted<U> {
     /// The taker's side: takes session `sid`, which this node does not hold, over from its
     /// owner, and returns it (restored here, its handler started). `404 unknown_session` if no
@@ -146,49 +287,78 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
     pub(crate) async fn take_over(&self, sid: SessionId) -> Result<Session<U>, ApiError> {
         let inner = &self.inner;
         let node = inner.node.clone().ok_or_else(ApiError::unknown_session)?;
-        if inner
-            .shutting_down
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(ApiError::shutting_down());
-        }
         let sref = SessionRef(*sid.as_bytes());
-        let owner = match node.backend.owner(sref).await {
-            Ok(Some(owner)) => owner,
-            Ok(None) => return Err(ApiError::unknown_session()),
-            Err(err) => return Err(unavailable(&err)),
-        };
         let here = || {
             inner
                 .registry
                 .get(&sid)
                 .ok_or_else(ApiError::unknown_session)
         };
-        if owner.node == node.id() {
-            // Taken in here a moment ago (or ended here).
-            node.settled(owner.key).await;
-            return here();
+        // A few rounds: the session may be moving between other nodes meanwhile (a node that
+        // shuts down hands it to another as this node asks for it).
+        for round in 1..=5u32 {
+            if inner
+                .shutting_down
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(ApiError::shutting_down());
+            }
+            let owner = match node.backend.owner(sref).await {
+                Ok(Some(owner)) => owner,
+                Ok(None) => return Err(ApiError::unknown_session()),
+                Err(err) => return Err(unavailable(&err)),
+            };
+            if owner.node == node.id() {
+                // Taken in here a moment ago (or ended here).
+                node.settled(owner.key).await;
+                return here();
+            }
+            let Some(_incoming) = node.taking_in(owner.key) else {
+                // Another request of the client is taking it in already.
+                node.settled(owner.key).await;
+                return here();
+            };
+            match self.take_from(&node, sid, &owner).await {
+                Ok(session) => return Ok(session),
+                Err(Refused::Err(err)) => return Err(err),
+                Err(Refused::NotHere) => {}
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(round))).await;
         }
-        let Some(_incoming) = node.taking_in(owner.key) else {
-            // Another request of the client is taking it in already.
-            node.settled(owner.key).await;
-            return here();
-        };
+        Err(ApiError::unknown_session())
+    }
+
+    /// Takes session `sid` over from `owner` (the caller marked it as being taken in).
+    async fn take_from(
+        &self,
+        node: &Node,
+        sid: SessionId,
+        owner: &crate::backend::Owner,
+    ) -> Result<Session<U>, Refused> {
+        let inner = &self.inner;
+        if inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(ApiError::shutting_down().into());
+        }
         let mut rooms = match node
-            .request_from(&owner, Op::Prepare, "", &[], node::FORWARD_TIMEOUT)
+            .request_from(owner, Op::Prepare, "", &[], node::FORWARD_TIMEOUT)
             .await
         {
             Ok(answer) if answer.status == 200 => {
                 node::decode_rooms(answer.body).unwrap_or_default()
             }
             Ok(answer) if answer.status == node::NOT_HERE.as_u16() => {
-                return Err(ApiError::unknown_session());
+                return Err(Refused::NotHere);
             }
             Ok(_) | Err(Unanswered::Timeout | Unanswered::Busy | Unanswered::Here(_)) => {
-                return Err(handover_unavailable());
+                return Err(handover_unavailable().into());
             }
-            Err(Unanswered::Gone) => return Err(ApiError::unknown_session()),
-            Err(Unanswered::Unavailable(err)) => return Err(unavailable(&err)),
+            Err(Unanswered::Gone) => return Err(ApiError::unknown_session().into()),
+            // Its owner has left: it may have handed the session on first.
+            Err(Unanswered::Dead) => return Err(Refused::NotHere),
+            Err(Unanswered::Unavailable(err)) => return Err(unavailable(&err).into()),
         };
         for attempt in 0..3 {
             inner.rooms.hold(&rooms);
@@ -196,7 +366,7 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
             let asked = match node.backend.flush().await {
                 Ok(()) => {
                     node.request_from(
-                        &owner,
+                        owner,
                         Op::HandOver,
                         "",
                         &node::encode_rooms(&rooms),
@@ -207,31 +377,34 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
                 Err(err) => Err(Unanswered::Unavailable(err)),
             };
             let outcome = match asked {
-                Ok(answer) if answer.status == 200 => Ok(true),
+                Ok(answer) if answer.status == 200 => Ok(()),
                 // The answer may be lost while the session did move: look for its state.
-                Err(Unanswered::Timeout) => Ok(true),
+                Err(Unanswered::Timeout) => Ok(()),
                 Ok(answer) if answer.status == 409 && attempt < 2 => {
                     let again = node::decode_rooms(answer.body).unwrap_or_default();
-                    self.abandon(&node, recorder, &rooms);
+                    self.abandon(node, recorder, &rooms);
                     rooms = again;
                     continue;
                 }
-                Ok(answer) if answer.status == node::NOT_HERE.as_u16() => Ok(false),
-                Err(Unanswered::Gone) => Ok(false),
-                Err(Unanswered::Unavailable(err)) => Err(unavailable(&err)),
-                _ => Err(handover_unavailable()),
+                Ok(answer) if answer.status == node::NOT_HERE.as_u16() => Err(Refused::NotHere),
+                Err(Unanswered::Gone) => Err(ApiError::unknown_session().into()),
+                Err(Unanswered::Dead) => Err(Refused::NotHere),
+                Err(Unanswered::Unavailable(err)) => Err(unavailable(&err).into()),
+                _ => Err(handover_unavailable().into()),
             };
             let result = match outcome {
-                Ok(true) => self.restore(&node, sid, recorder, &rooms).await,
-                Ok(false) => Err(ApiError::unknown_session()),
-                Err(err) => Err(err),
+                Ok(()) => self
+                    .restore(node, sid, recorder, &rooms)
+                    .await
+                    .map_err(Refused::from),
+                Err(refused) => Err(refused),
             };
             if result.is_err() {
-                self.abandon(&node, recorder, &rooms);
+                self.abandon(node, recorder, &rooms);
             }
             return result;
         }
-        Err(handover_unavailable())
+        Err(handover_unavailable().into())
     }
 
     /// Gives up a handover attempt: ends its recorder and its hold on the rooms.

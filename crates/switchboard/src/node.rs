@@ -42,6 +42,8 @@ pub(crate) enum Op {
     /// The second step: hand the session over to the asker (the body lists the rooms it
     /// prepared for).
     HandOver,
+    /// From a node that shuts down: take this session over from me (the body is its id).
+    Adopt,
 }
 
 impl Op {
@@ -51,6 +53,7 @@ impl Op {
             Op::Send => 2,
             Op::Prepare => 3,
             Op::HandOver => 4,
+            Op::Adopt => 5,
         }
     }
 
@@ -60,6 +63,7 @@ impl Op {
             2 => Op::Send,
             3 => Op::Prepare,
             4 => Op::HandOver,
+            5 => Op::Adopt,
             _ => return None,
         })
     }
@@ -146,8 +150,11 @@ impl Answer {
 /// Why a request to another node got no answer.
 #[derive(Debug)]
 pub(crate) enum Unanswered {
-    /// The session has no owner, or its owner is dead: it is gone.
+    /// The session has no owner: it is gone.
     Gone,
+    /// The session's owner record names a node that is dead (or has just moved the session on
+    /// and left: look again).
+    Dead,
     /// The owner record names this node (the session is being taken in here, or has ended).
     Here(u64),
     /// The engine is unreachable (or the owner is alive but not listening).
@@ -162,7 +169,9 @@ impl Unanswered {
     /// The HTTP answer a client gets for it.
     fn into_response(self, on_timeout: fn() -> Response) -> Response {
         match self {
-            Unanswered::Gone | Unanswered::Here(_) => ApiError::unknown_session().into_response(),
+            Unanswered::Gone | Unanswered::Dead | Unanswered::Here(_) => {
+                ApiError::unknown_session().into_response()
+            }
             Unanswered::Unavailable(err) => unavailable(&err),
             Unanswered::Busy => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -199,7 +208,7 @@ pub(crate) struct Node {
     next_id: AtomicU64,
     /// Numbers this node's publications (with the node's number in the high bits).
     next_publication: AtomicU64,
-    /// Keys of the sessions this node is taking over right now: requests for them wait.
+    /// Keys of the sessions moving into or out of this node right now: requests for them wait.
     incoming: DashMap<u64, ()>,
     /// Recorders of sessions being taken in, and the lock that orders their end against
     /// deliveries (see [`Node::record`]).
@@ -248,7 +257,10 @@ impl Node {
     ) -> Result<Answer, Unanswered> {
         let owner = match self.backend.owner(session).await {
             Ok(Some(owner)) => owner,
-            Ok(None) => return Err(Unanswered::Gone),
+            Ok(None) => {
+                tracing::debug!("request for a session without an owner record");
+                return Err(Unanswered::Gone);
+            }
             Err(err) => return Err(Unanswered::Unavailable(err)),
         };
         if owner.node == self.id() {
@@ -282,7 +294,7 @@ impl Node {
                 return match self.backend.node_alive(&owner.node).await {
                     Ok(false) => {
                         tracing::debug!(owner = %owner.node, "request found its owner dead");
-                        Err(Unanswered::Gone)
+                        Err(Unanswered::Dead)
                     }
                     Ok(true) => Err(Unanswered::Unavailable(BackendError::new(
                         "the owner is alive but not listening",
@@ -318,18 +330,23 @@ impl Node {
         patience: Duration,
         on_timeout: fn() -> Response,
     ) -> Result<Response, ()> {
-        // Twice at most: a session that moved between the look-up and the request is looked up
-        // again.
-        for attempt in 0..2 {
+        // Three times at most: a session that moved between the look-up and the request (its
+        // old owner says it is not there, or has left the cluster since) is looked up again.
+        for attempt in 0..3 {
             match self.request(session, op, query, &body, patience).await {
-                Ok(answer) if answer.status == NOT_HERE.as_u16() && attempt == 0 => {}
-                Ok(answer) if answer.status == NOT_HERE.as_u16() => break,
-                Ok(answer) => return Ok(answer.into_response()),
-                Err(Unanswered::Here(key)) => {
-                    if self.settled(key).await {
-                        return Err(());
+                Ok(answer) if answer.status == NOT_HERE.as_u16() => {}
+                Err(Unanswered::Dead) if attempt < 2 => {}
+                Ok(answer) => {
+                    if answer.status == 404 {
+                        tracing::debug!(?op, "forwarded request answered 404 by the owner");
                     }
-                    break;
+                    return Ok(answer.into_response());
+                }
+                Err(Unanswered::Here(key)) => {
+                    // Taken in here meanwhile, or about to be: look here again (the caller's
+                    // transport answers `404` if it is not here after all).
+                    self.settled(key).await;
+                    return Err(());
                 }
                 Err(err) => return Ok(err.into_response(on_timeout)),
             }
@@ -349,8 +366,21 @@ impl Node {
         }
     }
 
-    /// Waits (at most 10 s) until the session of `key` is no longer being taken in; returns
-    /// whether it was (so that the caller looks for it here again).
+    /// Marks the session of `key` as moving out of this node (it has been forgotten here, and
+    /// its ownership record does not name its new owner yet): requests for it wait, as for one
+    /// being taken in, until [`moved_out`](Self::moved_out).
+    pub(crate) fn moving_out(&self, key: u64) {
+        self.incoming.insert(key, ());
+    }
+
+    /// Ends [`moving_out`](Self::moving_out).
+    pub(crate) fn moved_out(&self, key: u64) {
+        self.incoming.remove(&key);
+    }
+
+    /// Waits (at most 10 s) until the session of `key` is no longer moving into or out of this
+    /// node; returns whether it was. Either way, the caller looks for it again: it may have
+    /// arrived just before the call.
     pub(crate) async fn settled(&self, key: u64) -> bool {
         if !self.incoming.contains_key(&key) {
             return false;
@@ -533,8 +563,8 @@ fn unavailable(err: &BackendError) -> Response {
 
 // Byte formats. Every integer is big-endian; a string is its length then its UTF-8 bytes.
 //
-// request:   1, id u64, from (u16 len), op u8 (1 receive, 2 send, 3 prepare, 4 hand over),
-//            key u64, query (u32 len), body (rest)
+// request:   1, id u64, from (u16 len), op u8 (1 receive, 2 send, 3 prepare, 4 hand over,
+//            5 adopt), key u64, query (u32 len), body (rest)
 // answer:    2, id u64, status u16, header count u8, headers (name u8 len, value u16 len), body (rest)
 // broadcast: id u64, priority u8 (0 normal, 1 low), except u64 (0: none), payload length u32,
 //            tail (rest)

@@ -152,12 +152,19 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
     /// polls, and waits (at most the configured grace period) until every transport has delivered
     /// its close frame and detached. Call it from the future you pass to axum's
     /// `with_graceful_shutdown`.
+    ///
+    /// On a node of a cluster, it first hands every live session over to the other nodes (within
+    /// the grace period): their clients go on there with nothing lost, and only sessions no
+    /// other node took are ended.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + self.inner.config.shutdown_grace;
+        if let Some(node) = &self.inner.node {
+            crate::handover::hand_over_all(&self.inner, node, deadline).await;
+        }
         for session in self.inner.registry.all() {
             session.shared.close(CloseReason::Shutdown);
         }
-        let deadline = tokio::time::Instant::now() + self.inner.config.shutdown_grace;
         loop {
             let changed = self.inner.attached_changed.notified();
             tokio::pin!(changed);

@@ -93,6 +93,7 @@ pub struct Node {
     pub base: String,
     pub realtime: Switchboard,
     server: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Node {
@@ -122,20 +123,36 @@ impl Node {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let graceful = realtime.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.ok();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    stopped.await.ok();
+                    graceful.shutdown().await;
+                })
+                .await
+                .ok();
         });
         Self {
             addr,
             base: format!("http://{addr}/rt"),
             realtime,
             server,
+            stop: Some(stop),
         }
     }
 
-    /// Stops the node as a crash would: its listener and connections are dropped at once.
-    pub fn kill(&self) {
-        self.server.abort();
+    /// Shuts the node down gracefully, as a deploy does (axum's graceful shutdown calling
+    /// `Switchboard::shutdown`), and waits until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).ok();
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.server)
+            .await
+            .expect("the node did not stop within 30 s")
+            .ok();
     }
 }
 
@@ -229,10 +246,23 @@ pub struct Cluster {
     pub proxy: Proxy,
     pub sessions: mpsc::Receiver<Session>,
     sender: mpsc::Sender<Session>,
+    configure: fn(Builder<()>) -> Builder<()>,
+}
+
+/// Logs to stderr when `RUST_LOG` is set (for example `RUST_LOG=switchboard=debug`).
+pub fn logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init()
+            .ok();
+    }
 }
 
 impl Cluster {
     pub async fn start(n: usize, configure: fn(Builder<()>) -> Builder<()>) -> Self {
+        logs();
         let redis = Redis::start().await;
         let (sender, sessions) = mpsc::channel(1024);
         let mut nodes = Vec::new();
@@ -246,7 +276,26 @@ impl Cluster {
             proxy,
             sessions,
             sender,
+            configure,
         }
+    }
+
+    /// Replaces node `at` as a rolling deploy does: the proxy stops sending it new connections,
+    /// it shuts down gracefully (handing its sessions over), and a new node takes its place.
+    pub async fn restart(&mut self, at: usize) {
+        let others: Vec<SocketAddr> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != at)
+            .map(|(_, node)| node.addr)
+            .collect();
+        self.proxy.set_upstreams(others);
+        let fresh = Node::start(&self.redis.url, self.sender.clone(), self.configure).await;
+        let old = std::mem::replace(&mut self.nodes[at], fresh);
+        old.stop().await;
+        self.proxy
+            .set_upstreams(self.nodes.iter().map(|node| node.addr).collect());
     }
 
     /// The next session opened on any node.

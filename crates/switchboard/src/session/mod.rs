@@ -62,6 +62,11 @@ impl SessionId {
         uuid::Uuid::try_parse(text).ok().map(Self)
     }
 
+    /// The id whose bytes are `bytes`.
+    pub(crate) fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(uuid::Uuid::from_bytes(bytes))
+    }
+
     /// The id's bytes.
     pub(crate) fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()

@@ -102,6 +102,9 @@ struct LowPending {
 pub(crate) enum Drain {
     /// A newer transport took over; release this one.
     Superseded,
+    /// The session moved to another node of the cluster (see [`Shared::hand_over`]); release
+    /// this transport and tell the client to come again.
+    Moved,
     /// Frames were handed to the writer, the last with sequence number `last` (`None`: only a
     /// close is due); then, if `close` is set, write the close frame.
     Ready {
@@ -438,9 +441,10 @@ impl<U> Shared<U> {
         mut write: impl FnMut(u64, &EncodedMessage),
     ) -> Drain {
         let mut state = self.state();
-        if !matches!(state.attached, Some((current, _)) if current == generation)
-            || matches!(state.close, Some(CloseReason::HandedOver))
-        {
+        if matches!(state.close, Some(CloseReason::HandedOver)) {
+            return Drain::Moved;
+        }
+        if !matches!(state.attached, Some((current, _)) if current == generation) {
             return Drain::Superseded;
         }
         if let Some(low) = state.low

@@ -108,6 +108,9 @@ fn poll<U: Clone + Send + Sync + 'static>(
                     body.push_message(seq, message)
                 }) {
                     Drain::Superseded => return refused(ApiError::superseded()),
+                    // It moved to another node: nothing here to send; the client's next poll
+                    // finds it there.
+                    Drain::Moved => return json_response("[]"),
                     Drain::Ready { close, .. } => {
                         if let Some(reason) = close {
                             body.push_frame(&protocol::close_frame(reason.code(), reason.reason()));

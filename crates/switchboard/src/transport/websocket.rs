@@ -31,6 +31,7 @@ use crate::transport::Params;
 const SUPERSEDED: u16 = 4100;
 const HEARTBEAT_TIMEOUT: u16 = 4101;
 const WRITE_TIMEOUT: u16 = 4102;
+const MOVED: u16 = 1012;
 
 /// Most client frames read in one burst before they are delivered and acknowledged.
 const READ_BURST: usize = 256;
@@ -309,6 +310,8 @@ async fn write_all(socket: &mut WebSocket, messages: Vec<WsMessage>, limit: Dura
 enum Step {
     /// A newer transport took over: release this one.
     Superseded,
+    /// The session moved to another node: tell the client to reconnect.
+    Moved,
     /// Write these messages: frames the session released, the last with sequence number `last`
     /// (`None`: only a close is due), then, if `closing`, the close frame and message.
     Write {
@@ -329,6 +332,7 @@ fn next_step<U>(shared: &Shared<U>, generation: u64, sent: u64, batch: bool) -> 
     });
     match drained {
         Drain::Superseded => Step::Superseded,
+        Drain::Moved => Step::Moved,
         Drain::Ready { last, close } => {
             let then = close
                 .as_ref()
@@ -511,6 +515,13 @@ async fn take_step<U>(
     let (messages, closing) = match step {
         Step::Superseded => {
             let close = vec![close_message(SUPERSEDED, "superseded")];
+            let _ = write_all(socket, close, session.shared.config.write_timeout).await;
+            return false;
+        }
+        Step::Moved => {
+            // 1012, "service restart": the session goes on on another node, which the client's
+            // next socket (through the load balancer) reaches (`docs/protocol.md` §5.1).
+            let close = vec![close_message(MOVED, "moved")];
             let _ = write_all(socket, close, session.shared.config.write_timeout).await;
             return false;
         }
