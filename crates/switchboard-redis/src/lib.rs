@@ -37,6 +37,8 @@
 //! # }
 //! ```
 
+pub use redis;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,6 +109,14 @@ redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
+
+/// How long a room's presence record lives unless a node rewrites its entry (every 10 s).
+const PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+/// For how long after a Redis lost its data (or was new) a missing ownership record is not
+/// taken to mean the session has gone: long enough for every live node to have written its
+/// records again (each does within about a second of reconnecting, and every 10 s anyway).
+const REBUILD: Duration = Duration::from_secs(15);
 
 /// How long a handed-over session's state waits for its new owner.
 const HANDOVER_TTL: Duration = Duration::from_secs(10);
@@ -207,6 +217,18 @@ impl Names {
         key
     }
 
+    fn presence(&self, room: &str) -> Vec<u8> {
+        let mut key = format!("{}:presence:", self.prefix).into_bytes();
+        key.extend_from_slice(room.as_bytes());
+        key
+    }
+
+    /// Since when (ms since 1970) the records of an emptied Redis are being rebuilt, or 0 for a
+    /// Redis the nodes met for the first time: set by the first node that finds it missing.
+    fn since(&self) -> String {
+        format!("{}:since", self.prefix)
+    }
+
     fn counter(&self) -> String {
         format!("{}:counter", self.prefix)
     }
@@ -224,6 +246,9 @@ struct Pushes {
     deliver: OnceLock<Arc<dyn Fn(Delivery) + Send + Sync>>,
     /// The connection was lost since the last look: subscriptions and records must be redone.
     lost: AtomicBool,
+    /// The connection is up and the last command to Redis succeeded: publications fail at once
+    /// while it is not (set false the moment the connection drops).
+    healthy: AtomicBool,
 }
 
 impl Pushes {
@@ -252,12 +277,19 @@ impl Pushes {
             }
             PushKind::Disconnection => {
                 tracing::warn!("connection to Redis lost");
+                self.healthy.store(false, Ordering::SeqCst);
                 self.lost.store(true, Ordering::SeqCst);
+                if let Some(deliver) = self.deliver.get() {
+                    deliver(Delivery::Disconnected);
+                }
             }
             _ => {}
         }
     }
 }
+
+/// A presence record's entries: node id and entry.
+type Entries = Vec<(String, Vec<u8>)>;
 
 /// Work done in order by the backend's queue task.
 enum Job {
@@ -265,6 +297,8 @@ enum Job {
     Subscribe(String),
     Unsubscribe(String),
     Release(String, String),
+    /// This node's presence entry of a room (empty: none).
+    Presence(String, Bytes),
     Flush(oneshot::Sender<Result<(), BackendError>>),
 }
 
@@ -275,8 +309,6 @@ struct Shared {
     conn: ConnectionManager,
     queue: mpsc::Sender<Job>,
     pushes: Arc<Pushes>,
-    /// The last command to Redis succeeded (publications fail at once while it does not).
-    healthy: AtomicBool,
     /// Rooms this node is subscribed to, as the core asked (subscribed again after a lost
     /// connection).
     rooms: Mutex<HashSet<String>>,
@@ -314,6 +346,7 @@ impl RedisBackend {
             node_channel: node_channel.clone().into_bytes(),
             deliver: OnceLock::new(),
             lost: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
         });
         let handler = pushes.clone();
         let config = ConnectionManagerConfig::new()
@@ -340,7 +373,6 @@ impl RedisBackend {
             conn,
             queue,
             pushes,
-            healthy: AtomicBool::new(true),
             rooms: Mutex::new(HashSet::new()),
             stopped: AtomicBool::new(false),
         });
@@ -356,6 +388,19 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)
+}
+
+impl RedisBackend {
+    /// A handle on this node's connection to Redis, for the application's own data (a chat's
+    /// history, say). Cheap to clone; it reconnects by itself.
+    pub fn connection(&self) -> ConnectionManager {
+        self.shared.conn.clone()
+    }
+
+    /// The key and channel prefix.
+    pub fn prefix(&self) -> &str {
+        &self.shared.names.prefix
+    }
 }
 
 fn random_id() -> Option<String> {
@@ -387,6 +432,18 @@ impl Shared {
             .arg("PX")
             .arg(ALIVE_TTL.as_millis() as u64)
             .ignore()
+            // A node back from a lost connection that finds the records gone marks them as
+            // being rebuilt (see `REBUILD`); a Redis that nodes meet for the first time has
+            // nothing to rebuild (0).
+            .cmd("SET")
+            .arg(self.names.since())
+            .arg(if self.pushes.lost.load(Ordering::SeqCst) {
+                now
+            } else {
+                0
+            })
+            .arg("NX")
+            .ignore()
             .cmd("ZADD")
             .arg(self.names.nodes())
             .arg(until)
@@ -402,7 +459,7 @@ impl Shared {
     }
 
     fn result<T>(&self, result: redis::RedisResult<T>) -> Result<T, BackendError> {
-        self.healthy.store(result.is_ok(), Ordering::SeqCst);
+        self.pushes.healthy.store(result.is_ok(), Ordering::SeqCst);
         result.map_err(redis_error)
     }
 
@@ -424,6 +481,19 @@ impl Shared {
                 self.pushes.lost.store(true, Ordering::SeqCst);
                 return;
             }
+        }
+        // A Redis that lost its data numbers nodes from 1 again: keep the counter above this
+        // node's number, so that nodes started from now on get numbers no live node has.
+        let counter: redis::RedisResult<u64> = redis::Script::new(
+            "local n = tonumber(redis.call('GET', KEYS[1]) or '0') \
+             if n < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end return n",
+        )
+        .key(self.names.counter())
+        .arg(self.number)
+        .invoke_async(&mut conn)
+        .await;
+        if let Err(err) = counter {
+            tracing::warn!(error = %err, "node counter not checked");
         }
         tracing::info!(node = %self.id, "connection to Redis back, subscriptions renewed");
         if let Some(deliver) = self.pushes.deliver.get() {
@@ -471,6 +541,23 @@ async fn run_queue(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                     pending += 1;
                 }
                 Job::Release(key, value) => releases.push((key, value)),
+                Job::Presence(room, entry) => {
+                    let key = shared.names.presence(&room);
+                    if entry.is_empty() {
+                        pipe.cmd("HDEL").arg(&key).arg(&shared.id).ignore();
+                    } else {
+                        pipe.cmd("HSET")
+                            .arg(&key)
+                            .arg(&shared.id)
+                            .arg(&entry[..])
+                            .ignore();
+                        pipe.cmd("PEXPIRE")
+                            .arg(&key)
+                            .arg(PRESENCE_TTL.as_millis() as u64)
+                            .ignore();
+                    }
+                    pending += 1;
+                }
                 other => {
                     flush_pipe(
                         &shared,
@@ -494,14 +581,14 @@ async fn run_queue(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
                             shared.result(result).ok();
                         }
                         Job::Flush(done) => {
-                            let result = if shared.healthy.load(Ordering::SeqCst) {
+                            let result = if shared.pushes.healthy.load(Ordering::SeqCst) {
                                 Ok(())
                             } else {
                                 Err(BackendError::new("redis is unreachable"))
                             };
                             done.send(result).ok();
                         }
-                        Job::Publish(..) | Job::Release(..) => {}
+                        Job::Publish(..) | Job::Release(..) | Job::Presence(..) => {}
                     }
                 }
             }
@@ -558,7 +645,7 @@ impl Backend for RedisBackend {
     }
 
     fn publish(&self, topic: Topic<'_>, payload: Bytes) -> Result<(), BackendError> {
-        if !self.shared.healthy.load(Ordering::SeqCst) {
+        if !self.shared.pushes.healthy.load(Ordering::SeqCst) {
             return Err(BackendError::new("redis is unreachable"));
         }
         let channel = match topic {
@@ -629,9 +716,22 @@ impl Backend for RedisBackend {
     fn owner(&self, session: SessionRef) -> BoxFuture<'_, Result<Option<Owner>, BackendError>> {
         Box::pin(async move {
             let mut conn = self.shared.conn.clone();
-            let owner: redis::RedisResult<Option<String>> =
-                conn.get(self.shared.names.owner(session)).await;
-            Ok(self.shared.result(owner)?.and_then(|value| {
+            let read: redis::RedisResult<(Option<String>, Option<u64>)> = redis::pipe()
+                .get(self.shared.names.owner(session))
+                .get(self.shared.names.since())
+                .query_async(&mut conn)
+                .await;
+            let (owner, since) = self.shared.result(read)?;
+            let rebuilding = since
+                .is_none_or(|since| now_ms() < since.saturating_add(REBUILD.as_millis() as u64));
+            if owner.is_none() && rebuilding {
+                // Redis lost its data a moment ago: the nodes are writing their records again.
+                // A session without one may well live: try again shortly.
+                return Err(BackendError::new(
+                    "redis lost its records a moment ago; they are being written again",
+                ));
+            }
+            Ok(owner.and_then(|value| {
                 let (node, key) = value.rsplit_once(':')?;
                 Some(Owner {
                     node: node.to_owned(),
@@ -725,6 +825,50 @@ impl Backend for RedisBackend {
             let mut conn = self.shared.conn.clone();
             let alive: redis::RedisResult<bool> = conn.exists(self.shared.names.alive(node)).await;
             self.shared.result(alive)
+        })
+    }
+
+    fn set_presence(&self, room: &str, entry: Bytes) {
+        // If the queue is full, the periodic rewrite puts it right.
+        self.shared
+            .queue
+            .try_send(Job::Presence(room.to_owned(), entry))
+            .ok();
+    }
+
+    fn presence<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, Bytes)>, BackendError>> {
+        Box::pin(async move {
+            let mut conn = self.shared.conn.clone();
+            let key = self.shared.names.presence(room);
+            let read: redis::RedisResult<(Entries, Vec<String>)> = redis::pipe()
+                .cmd("HGETALL")
+                .arg(&key)
+                .cmd("ZRANGEBYSCORE")
+                .arg(self.shared.names.nodes())
+                .arg(now_ms())
+                .arg("+inf")
+                .query_async(&mut conn)
+                .await;
+            let (entries, alive) = self.shared.result(read)?;
+            let (live, dead): (Vec<_>, Vec<_>) = entries
+                .into_iter()
+                .partition(|(node, _)| alive.contains(node));
+            if !dead.is_empty() {
+                // A dead node's members: gone. Removed here, by whoever reads first.
+                let mut hdel = redis::cmd("HDEL");
+                hdel.arg(&key);
+                for (node, _) in &dead {
+                    hdel.arg(node);
+                }
+                let _: redis::RedisResult<()> = hdel.query_async(&mut conn).await;
+            }
+            Ok(live
+                .into_iter()
+                .map(|(node, entry)| (node, Bytes::from(entry)))
+                .collect())
         })
     }
 

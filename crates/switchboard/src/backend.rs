@@ -54,6 +54,9 @@ pub enum Delivery {
     Room(Arc<str>, Bytes),
     /// A publication to every node.
     All(Bytes),
+    /// The backend lost its connection to the shared engine: answers to requests sent to other
+    /// nodes may be lost, so the core stops waiting for them.
+    Disconnected,
     /// The backend lost its connection to the shared engine and has it back: records it holds
     /// for this node may have been lost, so the core rewrites them (with [`Backend::refresh`]).
     Reconnected,
@@ -184,6 +187,17 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Whether node `node` is alive (it refreshed its liveness record recently).
     fn node_alive<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Queues this node's presence entry for `room` (its members there, encoded by the core);
+    /// an empty `entry` removes it.
+    fn set_presence(&self, room: &str, entry: Bytes);
+
+    /// The presence entries of `room` of every live node (with their node ids): entries of
+    /// nodes that are no longer alive are left out (and may be removed).
+    fn presence<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, Bytes)>, BackendError>>;
 
     /// Resolves once everything queued before it (publications, subscriptions, releases) has
     /// been done by the engine.

@@ -173,8 +173,10 @@ pub(crate) fn deliveries<U: Clone + Send + Sync + 'static>(
             },
             Delivery::Room(room, bytes) => broadcast(&inner, &node, Some(room), bytes),
             Delivery::All(bytes) => broadcast(&inner, &node, None, bytes),
+            Delivery::Disconnected => node.answers_lost(),
             Delivery::Reconnected => {
                 tracing::info!(node = node.id(), "cluster backend reconnected");
+                inner.rooms.presence_lost();
                 tokio::spawn(async move {
                     node::refresh(&inner.registry, &node).await;
                 });

@@ -15,21 +15,25 @@
 //! }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use dashmap::DashMap;
 use serde::Serialize;
 
 use crate::backend::{Backend, Topic};
+use crate::config::UserCodec;
 use crate::error::{JoinError, SendError};
 use crate::message::Message;
 use crate::node::Node;
 use crate::protocol::EncodedMessage;
 use crate::session::registry::Registry;
-use crate::session::{Priority, Session};
+use crate::session::{Priority, Session, SessionKey};
 
 /// Room membership: room name → member sessions by key.
 ///
@@ -40,6 +44,9 @@ use crate::session::{Priority, Session};
 pub(crate) struct RoomIndex<U> {
     rooms: DashMap<Arc<str>, Room<U>>,
     backend: Option<Arc<dyn Backend>>,
+    /// On a node of a cluster: rooms whose members changed since this node last wrote its
+    /// presence entries (see [`RoomIndex::start_presence`]).
+    changed: Mutex<HashSet<Arc<str>>>,
 }
 
 /// One room of a [`RoomIndex`].
@@ -67,6 +74,17 @@ impl<U> RoomIndex<U> {
         Self {
             rooms: DashMap::new(),
             backend,
+            changed: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Notes that `room`'s members changed (on a node of a cluster).
+    fn changed(&self, room: &Arc<str>) {
+        if self.backend.is_some() {
+            self.changed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(room.clone());
         }
     }
 
@@ -94,6 +112,7 @@ impl<U> RoomIndex<U> {
         self.entry(name.clone())
             .members
             .insert(session.shared.key, session.clone());
+        self.changed(&name);
         match session.shared.add_room(&name) {
             Ok(_) => Ok(()),
             Err(err) => {
@@ -108,6 +127,9 @@ impl<U> RoomIndex<U> {
     pub(crate) fn remove(&self, room: &str, key: u64) {
         if let Some(mut entry) = self.rooms.get_mut(room) {
             entry.members.remove(&key);
+            let name = entry.key().clone();
+            drop(entry);
+            self.changed(&name);
         }
         self.drop_if_unused(room);
     }
@@ -177,6 +199,120 @@ impl<U> RoomIndex<U> {
     fn member_count(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, |entry| entry.members.len())
     }
+
+    /// This node's presence entry of `room`: its members' keys and user data (empty: none).
+    fn presence_entry(&self, room: &str, codec: UserCodec<U>) -> Bytes {
+        let Some(entry) = self.rooms.get(room) else {
+            return Bytes::new();
+        };
+        if entry.members.is_empty() {
+            return Bytes::new();
+        }
+        let mut out = BytesMut::new();
+        out.put_u32(entry.members.len() as u32);
+        for (key, session) in entry.members.iter() {
+            let user = (codec.encode)(&session.shared.user).unwrap_or_else(|_| b"null".to_vec());
+            out.put_u64(*key);
+            out.put_u32(user.len() as u32);
+            out.put_slice(&user);
+        }
+        out.freeze()
+    }
+}
+
+impl<U: Send + Sync + 'static> RoomIndex<U> {
+    /// Starts the task that writes this node's presence entries (on a node of a cluster): those
+    /// of rooms whose members changed, every [`PRESENCE_BATCH`]; all of them every
+    /// [`PRESENCE_REFRESH`] (they expire unless rewritten, and a restarted Redis has lost them).
+    /// It stops when the index is dropped.
+    pub(crate) fn start_presence(self: &Arc<Self>, codec: UserCodec<U>) {
+        let Some(backend) = self.backend.clone() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRESENCE_BATCH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_full = tokio::time::Instant::now();
+            loop {
+                tick.tick().await;
+                let Some(index) = weak.upgrade() else {
+                    break;
+                };
+                let rooms: Vec<Arc<str>> = if last_full.elapsed() >= PRESENCE_REFRESH {
+                    last_full = tokio::time::Instant::now();
+                    index.changed.lock().map(|mut changed| changed.clear()).ok();
+                    index
+                        .rooms
+                        .iter()
+                        .map(|entry| entry.key().clone())
+                        .collect()
+                } else {
+                    index
+                        .changed
+                        .lock()
+                        .map(|mut changed| changed.drain().collect())
+                        .unwrap_or_default()
+                };
+                for room in rooms {
+                    backend.set_presence(&room, index.presence_entry(&room, codec));
+                }
+            }
+        });
+    }
+
+    /// Makes the presence task rewrite every room's entry at its next tick (after the backend
+    /// reconnected to a Redis that may have lost them).
+    pub(crate) fn presence_lost(&self) {
+        let rooms: Vec<Arc<str>> = self.rooms.iter().map(|entry| entry.key().clone()).collect();
+        if let Ok(mut changed) = self.changed.lock() {
+            changed.extend(rooms);
+        }
+    }
+}
+
+/// How often a node writes the presence entries of rooms whose members changed.
+const PRESENCE_BATCH: Duration = Duration::from_millis(100);
+
+/// How often a node rewrites all its presence entries.
+const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+
+/// A member of a room, as [`Hub::presence`] reports it: on a node of a cluster, possibly a
+/// session of another node, which has no [`Session`] handle here.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Member<U> {
+    /// The session's key (unique cluster-wide).
+    pub key: SessionKey,
+    /// What the authentication hook returned for the session.
+    pub user: U,
+}
+
+fn decode_presence<U>(mut entry: Bytes, codec: UserCodec<U>, into: &mut Vec<Member<U>>) {
+    if entry.len() < 4 {
+        return;
+    }
+    let count = entry.get_u32();
+    for _ in 0..count {
+        if entry.len() < 12 {
+            return;
+        }
+        let key = entry.get_u64();
+        let len = entry.get_u32() as usize;
+        if entry.len() < len {
+            return;
+        }
+        let user = entry.split_to(len);
+        if into.iter().any(|member| member.key.0 == key) {
+            continue;
+        }
+        if let Ok(user) = (codec.decode)(&user) {
+            into.push(Member {
+                key: SessionKey(key),
+                user,
+            });
+        }
+    }
 }
 
 /// Rooms, broadcast and presence. Cheap to clone; get it from
@@ -187,6 +323,8 @@ pub struct Hub<U = ()> {
     pub(crate) max_message: usize,
     /// On a node of a cluster: broadcasts are published through it.
     pub(crate) node: Option<Arc<Node>>,
+    /// On a node of a cluster: how other nodes' members' user data is read.
+    pub(crate) codec: Option<UserCodec<U>>,
 }
 
 impl<U> Clone for Hub<U> {
@@ -196,6 +334,7 @@ impl<U> Clone for Hub<U> {
             rooms: self.rooms.clone(),
             max_message: self.max_message,
             node: self.node.clone(),
+            codec: self.codec,
         }
     }
 }
@@ -230,12 +369,48 @@ impl<U> Hub<U> {
         }
     }
 
-    /// The sessions in `room` right now (presence).
+    /// The sessions in `room` right now, on this node. (On a node of a cluster, see
+    /// [`presence`](Self::presence) for every node's.)
     pub fn members(&self, room: &str) -> Vec<Session<U>> {
         self.rooms.members(room)
     }
 
-    /// The number of sessions in `room`.
+    /// Everyone in `room`, cluster-wide: this node's members as they are now, and those of every
+    /// other live node as that node last wrote them (at most about 100 ms ago). Members of a
+    /// node that died disappear once its liveness record expires (3 s with the Redis backend).
+    /// On a single node, the same as [`members`](Self::members).
+    ///
+    /// Fails only on a node of a cluster whose backend cannot be read
+    /// ([`SendError::Backend`]).
+    pub async fn presence(&self, room: &str) -> Result<Vec<Member<U>>, SendError>
+    where
+        U: Clone,
+    {
+        let mut members: Vec<Member<U>> = self
+            .rooms
+            .members(room)
+            .into_iter()
+            .map(|session| Member {
+                key: session.key(),
+                user: session.shared.user.clone(),
+            })
+            .collect();
+        if let (Some(node), Some(codec)) = (&self.node, self.codec) {
+            let entries = node
+                .backend
+                .presence(room)
+                .await
+                .map_err(|err| SendError::Backend(err.to_string()))?;
+            for (id, entry) in entries {
+                if id != node.id() {
+                    decode_presence(entry, codec, &mut members);
+                }
+            }
+        }
+        Ok(members)
+    }
+
+    /// The number of sessions in `room` on this node.
     pub fn member_count(&self, room: &str) -> usize {
         self.rooms.member_count(room)
     }
@@ -423,6 +598,7 @@ mod tests {
             rooms: Arc::new(RoomIndex::new(None)),
             max_message: 1 << 16,
             node: None,
+            codec: None,
         };
         let config = Arc::new(Config::default());
         let sessions: Vec<Session<()>> = (0..3)

@@ -173,6 +173,9 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
             inner.registry.start_reaper(period);
             if let Some(node) = &inner.node {
                 crate::node::start_refresher(&inner.registry, node.clone());
+                if let Some(codec) = inner.user_codec {
+                    inner.rooms.start_presence(codec);
+                }
             }
         });
     }

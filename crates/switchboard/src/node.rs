@@ -5,7 +5,7 @@
 //! Nothing here knows transports: the router's cluster layer ([`crate::cluster`]) decides what to
 //! forward and runs what was forwarded here.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::backend::{Backend, BackendError, Owner, SessionRef};
 use crate::error::ApiError;
@@ -216,6 +216,9 @@ pub(crate) struct Node {
     recording: AtomicUsize,
     /// The id of the last broadcast to everyone delivered here.
     pub(crate) all_mark: AtomicU64,
+    /// This node shuts down: requests forwarded from here stop waiting.
+    stopped: AtomicBool,
+    stopping: Notify,
 }
 
 impl Node {
@@ -230,12 +233,29 @@ impl Node {
             gate: Mutex::new(Vec::new()),
             recording: AtomicUsize::new(0),
             all_mark: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            stopping: Notify::new(),
         }
+    }
+
+    /// Answers every request forwarded from this node that still waits (a long poll with `[]`),
+    /// and those to come at once: the node shuts down, and its clients' next requests reach
+    /// another node.
+    pub(crate) fn stop_forwarding(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.stopping.notify_waiters();
     }
 
     /// This node's id.
     pub(crate) fn id(&self) -> &str {
         self.backend.node_id()
+    }
+
+    /// Stops every request to another node that waits for its answer (they get the answer of a
+    /// time-out at once): the connection to the engine dropped, and answers sent meanwhile are
+    /// lost.
+    pub(crate) fn answers_lost(&self) {
+        self.pending.clear();
     }
 
     /// Hands an answer that came back to the request waiting for it (if it still waits).
@@ -333,7 +353,19 @@ impl Node {
         // Three times at most: a session that moved between the look-up and the request (its
         // old owner says it is not there, or has left the cluster since) is looked up again.
         for attempt in 0..3 {
-            match self.request(session, op, query, &body, patience).await {
+            let stopping = self.stopping.notified();
+            tokio::pin!(stopping);
+            stopping.as_mut().enable();
+            if self.stopped.load(Ordering::SeqCst) {
+                return Ok(on_timeout());
+            }
+            let asked = tokio::select! {
+                asked = self.request(session, op, query, &body, patience) => asked,
+                // This node shuts down: a forwarded request waiting here (a long poll held for
+                // up to the hold time) must not hold the shutdown up.
+                () = &mut stopping => Err(Unanswered::Timeout),
+            };
+            match asked {
                 Ok(answer) if answer.status == NOT_HERE.as_u16() => {}
                 Err(Unanswered::Dead) if attempt < 2 => {}
                 Ok(answer) => {

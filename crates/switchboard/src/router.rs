@@ -97,6 +97,7 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
             rooms: self.inner.rooms.clone(),
             max_message: self.inner.config.max_message,
             node: self.inner.node.clone(),
+            codec: self.inner.user_codec,
         }
     }
 
@@ -160,6 +161,7 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
         self.inner.shutting_down.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + self.inner.config.shutdown_grace;
         if let Some(node) = &self.inner.node {
+            node.stop_forwarding();
             crate::handover::hand_over_all(&self.inner, node, deadline).await;
         }
         for session in self.inner.registry.all() {

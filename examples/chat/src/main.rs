@@ -6,6 +6,13 @@
 //! the corner shows what is in use. The address can be changed with `--addr 127.0.0.1:8080` or the
 //! `CHAT_ADDR` environment variable.
 //!
+//! **As a cluster**: `cargo run -p chat -- --redis redis://127.0.0.1:6379 --addr 127.0.0.1:3001`,
+//! and a second node with `--addr 127.0.0.1:3002`, behind any load balancer (no stickiness
+//! needed; `docs/scale-out.md` has an nginx configuration). Rooms, presence and history are then
+//! shared through Redis: history in a list per room (`chat:history:{room}`) and the room list in
+//! a set (`chat:rooms`), under the backend's prefix. (Two lines said at the same moment on two
+//! nodes may be kept in the history in the other order than the one the room saw them in.)
+//!
 //! The protocol between page and server is a handful of named events (`emit` on one side, `on` on
 //! the other) over one Switchboard session:
 //!
@@ -26,7 +33,9 @@ use axum::Router;
 use axum::serve::ListenerExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use switchboard::{Hub, Message, Refusal, Session, Switchboard};
+use switchboard::{CloseReason, Hub, Message, Refusal, Session, Switchboard};
+use switchboard_redis::RedisBackend;
+use switchboard_redis::redis::{self, AsyncCommands as _};
 use tower_http::services::ServeDir;
 
 /// Longest nickname, in characters.
@@ -42,14 +51,15 @@ const HISTORY: usize = 50;
 /// Rooms that always exist.
 const DEFAULT_ROOMS: [&str; 3] = ["lobby", "rust", "random"];
 
-/// What the authentication hook attaches to each session: here, just the nickname.
-#[derive(Clone, Debug)]
+/// What the authentication hook attaches to each session: here, just the nickname. (In a
+/// cluster it moves with a session handed over to another node, hence serde.)
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct User {
     nick: String,
 }
 
 /// One line of a room's history.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Line {
     nick: String,
     text: String,
@@ -60,7 +70,17 @@ struct Line {
 #[derive(Clone)]
 struct Chat {
     hub: Hub<User>,
-    history: Arc<Mutex<HashMap<String, VecDeque<Line>>>>,
+    store: Store,
+}
+
+/// Where history and the room list live: in this process, or in Redis for a cluster.
+#[derive(Clone)]
+enum Store {
+    Local(Arc<Mutex<HashMap<String, VecDeque<Line>>>>),
+    Redis {
+        conn: redis::aio::ConnectionManager,
+        prefix: String,
+    },
 }
 
 #[tokio::main]
@@ -83,31 +103,44 @@ async fn run() -> Result<(), String> {
                 .unwrap_or_else(|_| "info,switchboard=info".into()),
         )
         .init();
-    let addr = address()?;
+    let Args { addr, redis } = args()?;
 
     // Who may open a session: anyone with a valid nickname. The page passes it as `auth` data;
     // a refusal reaches the page as a `close` event with code 4400 + status.
-    let realtime = Switchboard::builder()
-        .authenticate(|handshake| async move {
-            let nick = handshake
-                .auth()
-                .and_then(|auth| auth.get("nick"))
-                .and_then(|nick| nick.as_str())
-                .map(str::trim)
-                .unwrap_or_default();
-            valid_name(nick, MAX_NICK)
-                .then(|| User {
-                    nick: nick.to_string(),
-                })
-                .ok_or_else(|| {
-                    Refusal::forbidden(format!("a nickname has 1 to {MAX_NICK} characters"))
-                })
-        })
-        .build();
+    let builder = Switchboard::builder().authenticate(|handshake| async move {
+        let nick = handshake
+            .auth()
+            .and_then(|auth| auth.get("nick"))
+            .and_then(|nick| nick.as_str())
+            .map(str::trim)
+            .unwrap_or_default();
+        valid_name(nick, MAX_NICK)
+            .then(|| User {
+                nick: nick.to_string(),
+            })
+            .ok_or_else(|| Refusal::forbidden(format!("a nickname has 1 to {MAX_NICK} characters")))
+    });
+    // A node of a cluster shares sessions, rooms and presence with the others through Redis;
+    // alone, nothing external is needed.
+    let (realtime, store) = match redis {
+        Some(url) => {
+            let backend = RedisBackend::builder(&url)
+                .prefix("chat")
+                .connect()
+                .await
+                .map_err(|err| format!("cannot use Redis at {url}: {err}"))?;
+            let store = Store::Redis {
+                conn: backend.connection(),
+                prefix: backend.prefix().to_string(),
+            };
+            (builder.backend(backend).build(), store)
+        }
+        None => (builder.build(), Store::Local(Arc::default())),
+    };
 
     let chat = Chat {
         hub: realtime.hub(),
-        history: Arc::default(),
+        store,
     };
     let static_files = concat!(env!("CARGO_MANIFEST_DIR"), "/static");
     let app = Router::new()
@@ -125,7 +158,10 @@ async fn run() -> Result<(), String> {
         .local_addr()
         .map_err(|err| format!("cannot listen on {addr}: {err}"))?;
     // TCP_NODELAY: small realtime frames go out at once instead of waiting on Nagle's algorithm.
-    tracing::info!("chat on http://{local}");
+    match realtime.node_id() {
+        Some(node) => tracing::info!(node, "chat on http://{local}, a node of a cluster"),
+        None => tracing::info!("chat on http://{local}"),
+    }
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
@@ -133,12 +169,34 @@ async fn run() -> Result<(), String> {
     // (about 5 KB less per held long poll; docs/deployment.md, "Sizing memory").
     axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move {
-            tokio::signal::ctrl_c().await.ok();
-            // Tells every page the server is going away and releases waiting polls.
+            stop_signal().await;
+            // Alone: tells every page the server is going away and releases waiting polls. In a
+            // cluster: hands every session over to the other nodes first (a rolling deploy).
             realtime.shutdown().await;
         })
         .await
         .map_err(|err| format!("server failed: {err}"))
+}
+
+/// Ctrl-C, or SIGTERM (what deploy tools and `docker stop` send).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                tokio::signal::ctrl_c().await.ok();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.ok();
 }
 
 /// A listener on `addr` with a listen queue of 4096.
@@ -152,40 +210,68 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(4096)
 }
 
-/// The listening address: `--addr HOST:PORT`, else `CHAT_ADDR`, else 127.0.0.1:3000.
-fn address() -> Result<SocketAddr, String> {
+/// The command line.
+struct Args {
+    addr: SocketAddr,
+    /// The Redis URL of a cluster.
+    redis: Option<String>,
+}
+
+/// The listening address: `--addr HOST:PORT`, else `CHAT_ADDR`, else 127.0.0.1:3000; the Redis
+/// of a cluster: `--redis URL`, else `CHAT_REDIS`, else none.
+fn args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut addr = std::env::var("CHAT_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let mut redis = std::env::var("CHAT_REDIS").ok();
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value,
-            _ => return Err("usage: chat [--addr HOST:PORT] (or CHAT_ADDR=HOST:PORT)".into()),
+            ("--redis", Some(value)) => redis = Some(value),
+            _ => {
+                return Err(
+                    "usage: chat [--addr HOST:PORT] [--redis redis://HOST:PORT] \
+                     (or CHAT_ADDR, CHAT_REDIS)"
+                        .into(),
+                );
+            }
         }
     }
-    addr.parse()
-        .map_err(|err| format!("bad address {addr:?}: {err}"))
+    let addr = addr
+        .parse()
+        .map_err(|err| format!("bad address {addr:?}: {err}"))?;
+    Ok(Args { addr, redis })
 }
 
 /// A session's life: it runs as long as the page is connected (across transport changes), and
-/// its messages arrive here in order, exactly once.
+/// its messages arrive here in order, exactly once. In a cluster the session may move to
+/// another node (a WebSocket that landed there, a node that shut down): this handler then ends
+/// here and starts again there, with `handed_over()`, in the same room.
 async fn on_session(session: Session<User>, chat: Chat) {
     let nick = session.user().nick.clone();
-    session
-        .emit("welcome", &json!({ "nick": nick, "rooms": chat.rooms() }))
-        .ok();
-    let mut room = chat.enter(&session, None, "lobby");
+    let mut room = match session.rooms().into_iter().next() {
+        Some(room) if session.handed_over() => room,
+        _ => {
+            session
+                .emit(
+                    "welcome",
+                    &json!({ "nick": nick, "rooms": chat.rooms().await }),
+                )
+                .ok();
+            chat.enter(&session, None, "lobby").await
+        }
+    };
 
     while let Some(message) = session.recv().await {
         match message.event() {
             Some("join") => match message.decode::<Join>() {
-                Ok(join) => match chat.check_room(&join.room) {
-                    Ok(name) => room = chat.enter(&session, Some(&room), &name),
+                Ok(join) => match chat.check_room(&join.room).await {
+                    Ok(name) => room = chat.enter(&session, Some(&room), &name).await,
                     Err(problem) => tell(&session, &problem),
                 },
                 Err(_) => tell(&session, "join needs a room name"),
             },
             Some("say") => match message.decode::<Say>() {
-                Ok(say) => chat.say(&session, &room, say.text.trim()),
+                Ok(say) => chat.say(&session, &room, say.text.trim()).await,
                 Err(_) => tell(&session, "say needs text"),
             },
             // Typing indicators are chatter: low priority, so a burst of them costs one response
@@ -202,7 +288,10 @@ async fn on_session(session: Session<User>, chat: Chat) {
         }
     }
     // The session has ended (the page left for good, or its session expired): say goodbye.
-    chat.leave(&session, &room);
+    // A session that moved to another node goes on there, in its room.
+    if session.close_reason() != Some(CloseReason::HandedOver) {
+        chat.leave(&session, &room).await;
+    }
 }
 
 #[derive(Deserialize)]
@@ -232,24 +321,135 @@ fn now_ms() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
+impl Store {
+    fn key(prefix: &str, what: &str, room: &str) -> String {
+        format!("{prefix}:chat:{what}:{room}")
+    }
+
+    /// The room's last lines, oldest first.
+    async fn history(&self, room: &str) -> Vec<Line> {
+        match self {
+            Store::Local(history) => history
+                .lock()
+                .ok()
+                .and_then(|history| {
+                    history
+                        .get(room)
+                        .map(|lines| lines.iter().cloned().collect())
+                })
+                .unwrap_or_default(),
+            Store::Redis { conn, prefix } => {
+                let mut conn = conn.clone();
+                let lines: Vec<String> = conn
+                    .lrange(Self::key(prefix, "history", room), 0, -1)
+                    .await
+                    .unwrap_or_default();
+                lines
+                    .iter()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .collect()
+            }
+        }
+    }
+
+    /// Keeps `line` in the room's history (the last [`HISTORY`] lines).
+    async fn append(&self, room: &str, line: &Line) {
+        match self {
+            Store::Local(history) => {
+                if let Ok(mut history) = history.lock() {
+                    let lines = history.entry(room.to_string()).or_default();
+                    lines.push_back(line.clone());
+                    if lines.len() > HISTORY {
+                        lines.pop_front();
+                    }
+                }
+            }
+            Store::Redis { conn, prefix } => {
+                let key = Self::key(prefix, "history", room);
+                let Ok(text) = serde_json::to_string(line) else {
+                    return;
+                };
+                let mut conn = conn.clone();
+                let kept: redis::RedisResult<()> = redis::pipe()
+                    .rpush(&key, text)
+                    .ignore()
+                    .ltrim(&key, -(HISTORY as isize), -1)
+                    .ignore()
+                    .sadd(format!("{prefix}:chat:rooms"), room)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(err) = kept {
+                    tracing::warn!(error = %err, "line not kept in the history");
+                }
+            }
+        }
+    }
+
+    /// Forgets a room and its history.
+    async fn forget(&self, room: &str) {
+        match self {
+            Store::Local(history) => {
+                if let Ok(mut history) = history.lock() {
+                    history.remove(room);
+                }
+            }
+            Store::Redis { conn, prefix } => {
+                let mut conn = conn.clone();
+                let _: redis::RedisResult<()> = redis::pipe()
+                    .del(Self::key(prefix, "history", room))
+                    .ignore()
+                    .srem(format!("{prefix}:chat:rooms"), room)
+                    .ignore()
+                    .query_async(&mut conn)
+                    .await;
+            }
+        }
+    }
+
+    /// Remembers a room someone is in (a cluster's room list is shared).
+    async fn add_room(&self, room: &str) {
+        if let Store::Redis { conn, prefix } = self {
+            let mut conn = conn.clone();
+            let _: redis::RedisResult<()> = conn.sadd(format!("{prefix}:chat:rooms"), room).await;
+        }
+    }
+
+    /// The rooms the store knows of, besides those with members on this node.
+    async fn rooms(&self) -> Vec<String> {
+        match self {
+            Store::Local(_) => Vec::new(),
+            Store::Redis { conn, prefix } => {
+                let mut conn = conn.clone();
+                conn.smembers(format!("{prefix}:chat:rooms"))
+                    .await
+                    .unwrap_or_default()
+            }
+        }
+    }
+}
+
 impl Chat {
     /// The rooms to offer: the default ones and every room with someone in it.
-    fn rooms(&self) -> Vec<String> {
+    async fn rooms(&self) -> Vec<String> {
         let mut rooms: Vec<String> = DEFAULT_ROOMS.iter().map(|room| room.to_string()).collect();
         let mut others = self.hub.rooms();
+        others.extend(self.store.rooms().await);
         others.retain(|room| !rooms.contains(room));
         others.sort();
+        others.dedup();
         rooms.extend(others);
         rooms
     }
 
     /// Checks a room name a page asked for; `Err` says what is wrong.
-    fn check_room(&self, room: &str) -> Result<String, String> {
+    async fn check_room(&self, room: &str) -> Result<String, String> {
         let room = room.trim().to_lowercase();
         if !valid_name(&room, MAX_ROOM) {
             return Err(format!("a room name has 1 to {MAX_ROOM} characters"));
         }
-        if !self.rooms().contains(&room) && self.hub.rooms().len() >= MAX_ROOMS {
+        let rooms = self.rooms().await;
+        if !rooms.contains(&room) && rooms.len() >= MAX_ROOMS + DEFAULT_ROOMS.len() {
             return Err("there are too many rooms already".into());
         }
         Ok(room)
@@ -257,65 +457,57 @@ impl Chat {
 
     /// Moves a session into `room`: leaves the old one, joins, sends the newcomer the member list
     /// and the history, and tells the room.
-    fn enter(&self, session: &Session<User>, from: Option<&str>, room: &str) -> String {
+    async fn enter(&self, session: &Session<User>, from: Option<&str>, room: &str) -> String {
         if let Some(from) = from {
             if from == room {
                 return room.to_string();
             }
-            self.leave(session, from);
+            self.leave(session, from).await;
         }
-        let created = !self.rooms().iter().any(|known| known == room);
+        let created = !self.rooms().await.iter().any(|known| known == room);
         if session.join(room).is_err() {
             return from.unwrap_or("lobby").to_string();
         }
-        let history: Vec<Line> = self
-            .history
-            .lock()
-            .map(|history| {
-                history
-                    .get(room)
-                    .map(|lines| lines.iter().cloned().collect())
-            })
-            .unwrap_or_default()
-            .unwrap_or_default();
+        self.store.add_room(room).await;
+        // The room's broadcasts reach this node from now on, before anyone is told of the join.
+        self.hub.flush().await.ok();
+        let history = self.store.history(room).await;
         session
             .emit(
                 "joined",
-                &json!({ "room": room, "members": self.members(room), "history": history }),
+                &json!({ "room": room, "members": self.members(room).await, "history": history }),
             )
             .ok();
         let nick = &session.user().nick;
         self.notice(room, Some(session), &format!("{nick} joined"));
-        self.presence(room);
+        self.presence(room).await;
         if created {
             self.hub
                 .all()
-                .emit("rooms", &json!({ "rooms": self.rooms() }))
+                .emit("rooms", &json!({ "rooms": self.rooms().await }))
                 .ok();
         }
         room.to_string()
     }
 
     /// Takes a session out of `room` and tells the others.
-    fn leave(&self, session: &Session<User>, room: &str) {
+    async fn leave(&self, session: &Session<User>, room: &str) {
         session.leave(room);
         let nick = &session.user().nick;
         self.notice(room, None, &format!("{nick} left"));
-        self.presence(room);
+        self.presence(room).await;
         // A room nobody is in is forgotten (unless it is a default one), history included.
-        if self.hub.member_count(room) == 0 && !DEFAULT_ROOMS.contains(&room) {
-            if let Ok(mut history) = self.history.lock() {
-                history.remove(room);
-            }
+        if !DEFAULT_ROOMS.contains(&room) && self.members(room).await.is_empty() {
+            self.store.forget(room).await;
             self.hub
                 .all()
-                .emit("rooms", &json!({ "rooms": self.rooms() }))
+                .emit("rooms", &json!({ "rooms": self.rooms().await }))
                 .ok();
         }
     }
 
     /// Posts a message to the room, after checking it, and keeps it in the room's history.
-    fn say(&self, session: &Session<User>, room: &str, text: &str) {
+    async fn say(&self, session: &Session<User>, room: &str, text: &str) {
         if text.is_empty() {
             return;
         }
@@ -330,13 +522,7 @@ impl Chat {
             text: text.to_string(),
             ts: now_ms(),
         };
-        if let Ok(mut history) = self.history.lock() {
-            let lines = history.entry(room.to_string()).or_default();
-            lines.push_back(line.clone());
-            if lines.len() > HISTORY {
-                lines.pop_front();
-            }
-        }
+        self.store.append(room, &line).await;
         // One encoding, shared by every member's buffer; the sender gets it too, in order.
         let message = json!({ "room": room, "nick": line.nick, "text": line.text, "ts": line.ts });
         self.hub.to(room).emit("line", &message).ok();
@@ -357,20 +543,23 @@ impl Chat {
     }
 
     /// The room's member list, sent to everyone in it whenever it changes (presence).
-    fn presence(&self, room: &str) {
-        let members = self.members(room);
+    async fn presence(&self, room: &str) {
+        let members = self.members(room).await;
         self.hub
             .to(room)
             .emit("presence", &json!({ "room": room, "members": members }))
             .ok();
     }
 
-    fn members(&self, room: &str) -> Vec<String> {
+    /// The nicknames in the room, on every node.
+    async fn members(&self, room: &str) -> Vec<String> {
         let mut nicks: Vec<String> = self
             .hub
-            .members(room)
-            .iter()
-            .map(|session| session.user().nick.clone())
+            .presence(room)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|member| member.user.nick)
             .collect();
         nicks.sort_by_key(|nick| nick.to_lowercase());
         nicks
