@@ -527,7 +527,7 @@ var Connection = class extends Emitter {
     if (code === 4e3 || code === 4001 || FATAL.includes(code)) return this._end(code, reason);
     const name = transport.name;
     let next = name;
-    if (name === "websocket" && code !== 4100 && code < 4400) {
+    if (name === "websocket" && code !== 4100 && code !== 1012 && code < 4400) {
       if (opened && this._learn(code, idle)) {
       } else if (!opened || lifetime < options.earlyCloseWindow) {
         if (!opened && this._learned) this._learned = this._keepalive = void 0;

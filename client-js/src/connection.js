@@ -325,9 +325,10 @@ export class Connection extends Emitter {
     const name = transport.name;
     let next = name;
     // A socket superseded (4100) by a request of ours that was still on its way is no sign of a
-    // blocking network: it comes back on the same transport (so does a poll answered 409).
+    // blocking network: it comes back on the same transport (so does a poll answered 409), and
+    // so does one closed 1012 (the session moved to another server of a cluster, §5.1).
     // Codes from 4400 up are the server refusing after the upgrade worked: no proxy in the way.
-    if (name === "websocket" && code !== 4100 && code < 4400) {
+    if (name === "websocket" && code !== 4100 && code !== 1012 && code < 4400) {
       if (opened && this._learn(code, idle)) {
         // Killed for being idle, it seems: with keep-alives the next socket lives, so come back on
         // WebSocket (after the usual short backoff: clients cut off together come back spread out).

@@ -304,6 +304,21 @@ test("a socket that dies right after opening counts as blocked", async () => {
   conn.close();
 });
 
+test("a socket closed 1012 (its session moved to another server) comes back on WebSocket", async () => {
+  const { conn, calls } = setup({ earlyCloseWindow: 10000, backoff: { min: 1, max: 1, jitter: 0 } });
+  await until(() => FakeWebSocket.last());
+  const first = FakeWebSocket.last();
+  first.accept({ sid: SID });
+  first.deliver({ t: "m", s: 1, d: "x" });
+  first.drop(1012);
+  // Right after opening, but no proxy's doing: the same session, on a new socket.
+  await until(() => FakeWebSocket.last() !== first, 1000);
+  assert.match(FakeWebSocket.last().url, new RegExp(`sid=${SID}&ack=1`));
+  assert.equal(conn.transport, "websocket");
+  assert.ok(!calls.some((call) => /\/poll\?/.test(call.url)), "no fallback to polling");
+  conn.close();
+});
+
 test("long polls cut before the hold time lead to short polling", async () => {
   const { conn, calls } = setup({ transports: ["longpoll", "poll"], pollInterval: 10 });
   await answer(calls, /\/open\?/, 200, { t: "open", v: 1, sid: SID, resumed: false, ack: 0, ping: 25000, hold: 400, resume: 30000, max_message: 65536, max_body: 1048576 });
