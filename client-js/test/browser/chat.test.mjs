@@ -6,82 +6,18 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 
+import { chatLines, join, memberList, send, startChat } from "./chat.mjs";
 import { REPO_ROOT, cleanup, launchBrowser, report, scaled, startProxy } from "./harness.mjs";
 import { startNginx } from "./nginx.mjs";
-
-const CHAT_BIN = path.join(
-  process.env.CARGO_TARGET_DIR ? path.resolve(REPO_ROOT, process.env.CARGO_TARGET_DIR) : path.join(REPO_ROOT, "target"),
-  "debug",
-  "chat",
-);
-
-/** Starts the chat on an ephemeral port; resolves `{url, stop()}` once it listens. */
-export function startChat() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(CHAT_BIN, ["--addr", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
-    child.stdout.setEncoding("utf8");
-    child.stderr.setEncoding("utf8");
-    let output = "";
-    const timer = setTimeout(() => reject(new Error(`chat did not start:\n${output}`)), scaled(30000));
-    const onData = (chunk) => {
-      output += chunk;
-      const found = /chat on (http:\/\/127\.0\.0\.1:\d+)/.exec(output.replace(/\x1b\[[0-9;]*m/g, ""));
-      if (found) {
-        clearTimeout(timer);
-        resolve({
-          url: found[1],
-          stop: () =>
-            new Promise((done) => {
-              if (child.exitCode !== null) return done();
-              child.once("exit", done);
-              child.kill("SIGKILL");
-            }),
-        });
-      }
-    };
-    child.stdout.on("data", onData);
-    child.stderr.on("data", onData);
-    child.once("error", reject);
-    process.on("exit", () => child.kill("SIGKILL"));
-  });
-}
 
 const PEOPLE = [
   { nick: "민준", transport: "websocket" },
   { nick: "Ada 🚀", transport: "longpoll" },
   { nick: "Zoë", transport: "poll" },
 ];
-
-/** Opens the chat page, forced to `transport`, and logs in as `nick`. */
-async function join(browser, url, { nick, transport }) {
-  const page = await browser.context.newPage();
-  page.setDefaultTimeout(scaled(20000));
-  page.errors = [];
-  page.on("pageerror", (err) => page.errors.push(err.message));
-  await page.goto(`${url}/?transport=${transport}`);
-  await page.fill("#nick", nick);
-  await page.click("#login button");
-  await page.waitForFunction(
-    (expected) => document.querySelector("#badge").textContent.replace(/\s+/g, " ").trim() === `open · ${expected}`,
-    transport,
-  );
-  return page;
-}
-
-const chatLines = (page) =>
-  page.$$eval("#lines li:not(.notice)", (items) =>
-    items.map((li) => `${li.querySelector(".nick").textContent}: ${li.childNodes[1].textContent}`),
-  );
-const memberList = (page) => page.$$eval("#members li", (items) => items.map((li) => li.textContent));
-
-async function send(page, text) {
-  await page.fill("#text", text);
-  await page.click("#say button");
-}
 
 test("three people, one per transport, chat in one room", async (t) => {
   const defer = cleanup(t);

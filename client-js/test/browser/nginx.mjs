@@ -22,6 +22,7 @@ export const NGINX_BIN = process.env.NGINX_BIN || "/usr/sbin/nginx";
 export const NGINX_CONFIGS = {
   switchboard: path.join(REPO_ROOT, "docs", "nginx", "switchboard.conf"),
   noUpgrade: path.join(REPO_ROOT, "docs", "nginx", "no-upgrade.conf"),
+  cluster: path.join(REPO_ROOT, "docs", "nginx", "cluster.conf"),
 };
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -73,7 +74,7 @@ function readIfExists(file) {
 }
 
 /** One attempt on one port. Rejects with `{portInUse: true}` when the port was taken meanwhile. */
-async function launch(template, upstreamPort) {
+async function launch(template, upstreamPorts) {
   const port = await freePort();
   const prefix = fs.mkdtempSync(path.join(os.tmpdir(), "switchboard-nginx-"));
   // As root, nginx's workers run as an unprivileged user (nobody): they must be able to reach the
@@ -83,7 +84,8 @@ async function launch(template, upstreamPort) {
   fs.mkdirSync(path.join(prefix, "tmp"));
   const config = template
     .replaceAll("__PORT__", String(port))
-    .replaceAll("__UPSTREAM__", `127.0.0.1:${upstreamPort}`)
+    .replaceAll("__UPSTREAM__", `127.0.0.1:${upstreamPorts[0]}`)
+    .replaceAll("__UPSTREAM2__", `127.0.0.1:${upstreamPorts[1] ?? upstreamPorts[0]}`)
     .replaceAll("__PREFIX__", prefix);
   const left = /__[A-Z]+__/.exec(config);
   if (left) throw new Error(`nginx config: unknown placeholder ${left[0]}`);
@@ -169,22 +171,23 @@ async function launch(template, upstreamPort) {
 
 /**
  * Starts nginx with `config` (a path, or one of the keys of NGINX_CONFIGS) in front of the server
- * on 127.0.0.1:`upstreamPort`. Returns `{port, url, prefix, stop(), accessLog(), errorLog()}`.
+ * on 127.0.0.1:`upstreamPort` (or the servers on `upstreamPorts`, for the cluster configuration).
+ * Returns `{port, url, prefix, stop(), accessLog(), errorLog()}`.
  */
-export async function startNginx({ config, upstreamPort }) {
+export async function startNginx({ config, upstreamPort, upstreamPorts = [upstreamPort] }) {
   if (!fs.existsSync(NGINX_BIN)) {
     throw new Error(
       `nginx is not installed (${NGINX_BIN} is missing). The nginx tests need it: ` +
         "`sudo apt-get install nginx` (Debian/Ubuntu), or set NGINX_BIN; scripts/test.sh installs it.",
     );
   }
-  if (!Number.isInteger(upstreamPort)) throw new Error("startNginx: upstreamPort is required");
+  if (!upstreamPorts.every(Number.isInteger)) throw new Error("startNginx: upstreamPort is required");
   const file = NGINX_CONFIGS[config] ?? config;
   const template = fs.readFileSync(file, "utf8");
   let lastError;
   for (let attempt = 0; attempt < 5; attempt++) {
     try {
-      return await launch(template, upstreamPort);
+      return await launch(template, upstreamPorts);
     } catch (err) {
       lastError = err;
       if (!err.portInUse) break; // another process took the port between our check and nginx
