@@ -40,15 +40,14 @@ async fn redis_killed_and_restarted_under_traffic() {
     let mut accepted = Vec::new();
     let mut refused = Vec::new();
     let mut direct = 0usize;
-    let tick =
-        |phase: &str, i: usize, accepted: &mut Vec<String>, refused: &mut Vec<String>| {
-            let line = format!("{phase} {i} 📣");
-            match hub.to("room").send(&switchboard::Message::text(&line)) {
-                Ok(_) => accepted.push(line),
-                Err(switchboard::SendError::Backend(_)) => refused.push(line),
-                Err(err) => panic!("{err}"),
-            }
-        };
+    let tick = |phase: &str, i: usize, accepted: &mut Vec<String>, refused: &mut Vec<String>| {
+        let line = format!("{phase} {i} 📣");
+        match hub.to("room").send(&switchboard::Message::text(&line)) {
+            Ok(_) => accepted.push(line),
+            Err(switchboard::SendError::Backend(_)) => refused.push(line),
+            Err(err) => panic!("{err}"),
+        }
+    };
     // Before, during and after the outage, every 10 ms: a broadcast from node 0, and a direct
     // message to each session (which needs no Redis at all).
     for (phase, rounds) in [("before", 30), ("during", 100), ("after", 0)] {

@@ -281,3 +281,93 @@ async fn a_member_moving_between_nodes_misses_nothing_of_its_room() {
     let session = current.live().await;
     assert!(session.handed_over() && session.in_room("room"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_sends_and_close_by_key_reach_a_session_on_another_node_even_while_it_moves() {
+    const EACH: usize = 300;
+    let mut cluster = Cluster::start(3, |builder| builder).await;
+    let mut current = cluster.follow();
+    // A client whose every WebSocket lands on the next node (each one moves its session).
+    let mut mover = Client::builder(&cluster.proxy.base)
+        .transport(Transport::WebSocket)
+        .http_client(common::no_keep_alive())
+        .connect()
+        .await
+        .unwrap();
+    let key = current.live().await.key();
+    // Every node sends to it by key, all at once; it moves every 100 messages.
+    let senders: Vec<_> = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let hub = node.realtime.hub();
+            tokio::spawn(async move {
+                for i in 0..EACH {
+                    hub.session(key)
+                        .send(&switchboard::Message::text(format!("{n}/{i} ✉️")))
+                        .unwrap();
+                    if i % 8 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for i in 0..3 * EACH {
+        if i % 100 == 50 {
+            mover.switch(Transport::WebSocket).await.unwrap();
+        }
+        let message = tokio::time::timeout(Duration::from_secs(20), mover.recv())
+            .await
+            .unwrap_or_else(|_| panic!("direct message {i} did not arrive ({} so far)", got.len()))
+            .unwrap();
+        got.push(message.as_text().unwrap().to_string());
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    // Each node's messages: all of them, once, in the order that node sent them.
+    for n in 0..3 {
+        let from_n: Vec<&String> = got
+            .iter()
+            .filter(|text| text.starts_with(&format!("{n}/")))
+            .collect();
+        let expected: Vec<String> = (0..EACH).map(|i| format!("{n}/{i} ✉️")).collect();
+        assert_eq!(from_n, expected.iter().collect::<Vec<_>>());
+    }
+    assert!(current.handlers.load(std::sync::atomic::Ordering::SeqCst) >= 6);
+    // Closed by key from a node that does not hold it: the client is told, with the reason.
+    let holder = current.live().await;
+    let other = cluster
+        .nodes
+        .iter()
+        .find(|node| {
+            node.realtime
+                .hub()
+                .sessions()
+                .iter()
+                .all(|session| session.key() != key)
+        })
+        .unwrap();
+    other
+        .realtime
+        .hub()
+        .session(key)
+        .close("잘 가요 👋")
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), mover.recv())
+        .await
+        .unwrap();
+    match ended {
+        Err(switchboard_client::Error::SessionClosed { code, reason }) => {
+            assert_eq!((code, reason.as_str()), (4000, "잘 가요 👋"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        holder.closed().await,
+        switchboard::CloseReason::Closed("잘 가요 👋".into())
+    );
+}

@@ -194,6 +194,14 @@ fn broadcast<U>(inner: &Inner<U>, node: &Node, room: Option<Arc<str>>, bytes: By
     };
     broadcast.room = room;
     node.received(broadcast, |broadcast| {
+        if let Some(key) = broadcast.only {
+            node.all_mark
+                .store(broadcast.id, std::sync::atomic::Ordering::Relaxed);
+            if let Some(session) = inner.registry.by_key(key) {
+                hub::deliver_direct(&session, broadcast);
+            }
+            return;
+        }
         let target = match &broadcast.room {
             Some(room) => {
                 inner.rooms.mark(room, broadcast.id);

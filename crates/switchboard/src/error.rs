@@ -88,6 +88,9 @@ pub enum SendError {
     /// On a node of a cluster: the backend could not take the broadcast (its queue is full, or
     /// the shared engine is unreachable). Nobody received it.
     Backend(String),
+    /// No session has this key (a direct send on a single node, see
+    /// [`Hub::session`](crate::Hub::session)).
+    NoSuchSession,
 }
 
 impl fmt::Display for SendError {
@@ -100,6 +103,7 @@ impl fmt::Display for SendError {
             SendError::Overflow => write!(f, "session buffer overflowed; session closed"),
             SendError::Encode(why) => write!(f, "cannot encode message: {why}"),
             SendError::Backend(why) => write!(f, "broadcast not published: {why}"),
+            SendError::NoSuchSession => write!(f, "no session has this key"),
         }
     }
 }

@@ -452,6 +452,7 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
             Arc::downgrade(&inner.rooms),
         )));
         let mut overflowed = false;
+        let mut closed = None;
         {
             let mut gate = node.gate();
             let log = node.take_record(&mut gate, recorder);
@@ -469,7 +470,14 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
                     }
                     None => state.all_mark,
                 };
-                if delivered_by_giver(&log, at, mark) || entry.except == Some(key) {
+                if delivered_by_giver(&log, at, mark)
+                    || entry.except == Some(key)
+                    || entry.only.is_some_and(|only| only != key)
+                {
+                    continue;
+                }
+                if entry.close {
+                    closed = Some(entry.message.clone());
                     continue;
                 }
                 if session
@@ -490,6 +498,21 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
         inner.rooms.unhold(held);
         if overflowed {
             session.shared.close_overflowed();
+        }
+        // Closed by the application (from some node) while it moved: it ends here.
+        if let Some(reason) = closed {
+            crate::hub::deliver_direct(
+                &session,
+                &Recorded {
+                    room: None,
+                    id: 0,
+                    message: reason,
+                    except: None,
+                    priority: crate::session::Priority::Normal,
+                    only: Some(key),
+                    close: true,
+                },
+            );
         }
         self.started();
         (self.handler)(session.clone());
@@ -759,6 +782,8 @@ mod tests {
             message: EncodedMessage::new(&Message::text("x")),
             except: None,
             priority: Priority::Normal,
+            only: None,
+            close: false,
         };
         let log = vec![entry("a", 5), entry("b", 9), entry("a", 3), entry("a", 8)];
         // The giver's last one in room a was id 3: entries 0 and 2 were delivered, 3 was not.

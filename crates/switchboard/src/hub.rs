@@ -30,7 +30,7 @@ use crate::backend::{Backend, Topic};
 use crate::config::UserCodec;
 use crate::error::{JoinError, SendError};
 use crate::message::Message;
-use crate::node::Node;
+use crate::node::{Node, Recorded};
 use crate::protocol::EncodedMessage;
 use crate::session::registry::Registry;
 use crate::session::{Priority, Session, SessionKey};
@@ -440,6 +440,16 @@ impl<U> Hub<U> {
         }
     }
 
+    /// Targets one session by its key, wherever it is: on a node of a cluster, possibly on
+    /// another node (for example a user's session found through [`presence`](Self::presence)).
+    pub fn session(&self, key: SessionKey) -> Direct<'_, U> {
+        Direct {
+            hub: self,
+            key: key.0,
+            priority: Priority::Normal,
+        }
+    }
+
     /// Every session the server holds (ended ones included until they are forgotten).
     pub fn sessions(&self) -> Vec<Session<U>> {
         self.registry.all()
@@ -543,6 +553,127 @@ impl<U> Broadcast<'_, U> {
             .map_err(|err| SendError::Encode(err.to_string()))?
             .with_event(event);
         self.send(&message)
+    }
+}
+
+/// A direct send being set up (see [`Hub::session`]): optionally lower the priority, then
+/// [`send`](Direct::send), [`emit`](Direct::emit) or [`close`](Direct::close).
+pub struct Direct<'a, U> {
+    hub: &'a Hub<U>,
+    key: u64,
+    priority: Priority,
+}
+
+impl<U> fmt::Debug for Direct<'_, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Direct")
+            .field("key", &self.key)
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<U> Direct<'_, U> {
+    /// Sends at low priority (see [`Priority::Low`]).
+    pub fn low_priority(mut self) -> Self {
+        self.priority = Priority::Low;
+        self
+    }
+
+    /// Sends with the given priority.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sends `message` to the session, as [`Session::send_with`] would on its node.
+    ///
+    /// On a single node it fails with [`SendError::NoSuchSession`] when no session has this key
+    /// (and as `send_with` does otherwise). On a node of a cluster the message is published, in
+    /// order with this node's broadcasts, and buffered by whichever node holds the session when
+    /// it arrives (nothing, if none does); it fails only if the payload is too large or the
+    /// backend cannot take it ([`SendError::Backend`]).
+    pub fn send(self, message: &Message) -> Result<(), SendError> {
+        let encoded = EncodedMessage::new(message);
+        let max = self.hub.max_message;
+        if encoded.payload_len() > max {
+            return Err(SendError::TooLarge {
+                len: encoded.payload_len(),
+                max,
+            });
+        }
+        match &self.hub.node {
+            Some(node) => node
+                .publish_direct(self.key, &encoded, self.priority, false)
+                .map_err(|err| SendError::Backend(err.to_string())),
+            None => {
+                let session = self
+                    .hub
+                    .registry
+                    .by_key(self.key)
+                    .ok_or(SendError::NoSuchSession)?;
+                session
+                    .shared
+                    .push_or_close(&encoded, self.priority)
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Sends a named event whose payload is `data` as JSON (see [`send`](Self::send)).
+    pub fn emit<T: Serialize + ?Sized>(self, event: &str, data: &T) -> Result<(), SendError> {
+        let message = Message::json(data)
+            .map_err(|err| SendError::Encode(err.to_string()))?
+            .with_event(event);
+        self.send(&message)
+    }
+
+    /// Ends the session with a reason its client receives (close code 4000), as
+    /// [`Session::close`] would on its node; messages sent to it before (from this node) are
+    /// delivered first. Fails as [`send`](Self::send) does.
+    pub fn close(self, reason: impl Into<String>) -> Result<(), SendError> {
+        let reason = Message::text(reason.into());
+        match &self.hub.node {
+            Some(node) => node
+                .publish_direct(
+                    self.key,
+                    &EncodedMessage::new(&reason),
+                    Priority::Normal,
+                    true,
+                )
+                .map_err(|err| SendError::Backend(err.to_string())),
+            None => {
+                let session = self
+                    .hub
+                    .registry
+                    .by_key(self.key)
+                    .ok_or(SendError::NoSuchSession)?;
+                session.close(reason.as_text().unwrap_or_default());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Delivers a direct send (or close) that came through the backend to `session`, held here.
+pub(crate) fn deliver_direct<U>(session: &Session<U>, direct: &Recorded) {
+    if direct.close {
+        // The reason travels as the text of a JSON string message.
+        let reason = serde_json::from_str::<String>(
+            direct
+                .message
+                .tail_text()
+                .strip_prefix("\"d\":")
+                .and_then(|rest| rest.strip_suffix('}'))
+                .unwrap_or("\"closed\""),
+        )
+        .unwrap_or_else(|_| "closed".into());
+        session.close(reason);
+    } else {
+        session
+            .shared
+            .push_or_close(&direct.message, direct.priority)
+            .ok();
     }
 }
 

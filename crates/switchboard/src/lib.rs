@@ -114,7 +114,7 @@ mod transport;
 pub use auth::{Handshake, Refusal};
 pub use config::{Builder, Coalescing};
 pub use error::{CloseReason, JoinError, SendError};
-pub use hub::{Broadcast, Hub, Member};
+pub use hub::{Broadcast, Direct, Hub, Member};
 pub use message::{Message, Payload};
 pub use router::Switchboard;
 pub use session::{Priority, Session, SessionKey, TransportKind};

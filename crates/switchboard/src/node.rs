@@ -186,12 +186,16 @@ impl Unanswered {
 
 /// A broadcast received while a session is being taken in (see [`Node::record`]).
 pub(crate) struct Recorded {
-    /// The room, or `None` for a broadcast to everyone.
+    /// The room, or `None` for a broadcast to everyone (or to one session, `only`).
     pub(crate) room: Option<Arc<str>>,
     pub(crate) id: u64,
     pub(crate) message: EncodedMessage,
     pub(crate) except: Option<u64>,
     pub(crate) priority: Priority,
+    /// A direct send: only the session of this key.
+    pub(crate) only: Option<u64>,
+    /// Not a message: close the target session (`only`), with the message's text as reason.
+    pub(crate) close: bool,
 }
 
 /// Broadcasts to a set of rooms (and to everyone) received while a session is being taken in.
@@ -494,6 +498,8 @@ impl Node {
                 message: recorded.message.clone(),
                 except: recorded.except,
                 priority: recorded.priority,
+                only: recorded.only,
+                close: recorded.close,
             });
         }
     }
@@ -507,8 +513,40 @@ impl Node {
         priority: Priority,
     ) -> Result<(), BackendError> {
         let id = self.next_publication.fetch_add(1, Ordering::Relaxed);
+        let broadcast = Recorded {
+            room: None,
+            id,
+            message: message.clone(),
+            except,
+            priority,
+            only: None,
+            close: false,
+        };
+        self.backend.publish(topic, encode_broadcast(&broadcast))
+    }
+
+    /// Publishes a direct send to (or, with `close`, the close of) the session of `key`,
+    /// wherever it is: on the channel to everyone, so that it keeps its place among this node's
+    /// other publications, and every node delivers it if the session is there.
+    pub(crate) fn publish_direct(
+        &self,
+        key: u64,
+        message: &EncodedMessage,
+        priority: Priority,
+        close: bool,
+    ) -> Result<(), BackendError> {
+        let id = self.next_publication.fetch_add(1, Ordering::Relaxed);
+        let direct = Recorded {
+            room: None,
+            id,
+            message: message.clone(),
+            except: None,
+            priority,
+            only: Some(key),
+            close,
+        };
         self.backend
-            .publish(topic, encode_broadcast(id, message, except, priority))
+            .publish(crate::backend::Topic::All, encode_broadcast(&direct))
     }
 }
 
@@ -598,8 +636,8 @@ fn unavailable(err: &BackendError) -> Response {
 // request:   1, id u64, from (u16 len), op u8 (1 receive, 2 send, 3 prepare, 4 hand over,
 //            5 adopt), key u64, query (u32 len), body (rest)
 // answer:    2, id u64, status u16, header count u8, headers (name u8 len, value u16 len), body (rest)
-// broadcast: id u64, priority u8 (0 normal, 1 low), except u64 (0: none), payload length u32,
-//            tail (rest)
+// broadcast: id u64, close u8 (0 or 1), priority u8 (0 normal, 1 low), except u64 (0: none),
+//            only u64 (0: every target), payload length u32, tail (rest)
 // rooms:     count u16, names (u16 len)
 
 fn encode_request(id: u64, from: &str, op: Op, key: u64, query: &str, body: &[u8]) -> Bytes {
@@ -685,22 +723,20 @@ pub(crate) fn decode_node_message(mut bytes: Bytes) -> Option<NodeMessage> {
 }
 
 /// A broadcast as published: its id (unique cluster-wide), the encoded message, the key of the
-/// session left out, and the priority.
-pub(crate) fn encode_broadcast(
-    id: u64,
-    message: &EncodedMessage,
-    except: Option<u64>,
-    priority: Priority,
-) -> Bytes {
-    let tail = message.tail_text();
-    let mut out = BytesMut::with_capacity(21 + tail.len());
-    out.put_u64(id);
-    out.put_u8(match priority {
+/// session left out, the priority, and for a direct send the key of its one session (and
+/// whether it is a close).
+pub(crate) fn encode_broadcast(broadcast: &Recorded) -> Bytes {
+    let tail = broadcast.message.tail_text();
+    let mut out = BytesMut::with_capacity(30 + tail.len());
+    out.put_u64(broadcast.id);
+    out.put_u8(u8::from(broadcast.close));
+    out.put_u8(match broadcast.priority {
         Priority::Normal => 0,
         Priority::Low => 1,
     });
-    out.put_u64(except.unwrap_or(0));
-    out.put_u32(message.payload_len() as u32);
+    out.put_u64(broadcast.except.unwrap_or(0));
+    out.put_u64(broadcast.only.unwrap_or(0));
+    out.put_u32(broadcast.message.payload_len() as u32);
     out.put_slice(tail.as_bytes());
     out.freeze()
 }
@@ -708,12 +744,18 @@ pub(crate) fn encode_broadcast(
 /// A published broadcast, decoded (its room left empty): `None` if it does not parse.
 pub(crate) fn decode_broadcast(mut bytes: Bytes) -> Option<Recorded> {
     let id = take_u64(&mut bytes)?;
+    let close = match take_u8(&mut bytes)? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
     let priority = match take_u8(&mut bytes)? {
         0 => Priority::Normal,
         1 => Priority::Low,
         _ => return None,
     };
     let except = take_u64(&mut bytes)?;
+    let only = take_u64(&mut bytes)?;
     let payload_len = take_u32(&mut bytes)? as usize;
     let tail = std::str::from_utf8(&bytes).ok()?;
     Some(Recorded {
@@ -722,6 +764,8 @@ pub(crate) fn decode_broadcast(mut bytes: Bytes) -> Option<Recorded> {
         message: EncodedMessage::from_tail(tail, payload_len),
         except: (except != 0).then_some(except),
         priority,
+        only: (only != 0).then_some(only),
+        close,
     })
 }
 
@@ -820,13 +864,27 @@ mod tests {
         assert_eq!(decoded.body, answer.body);
 
         let message = EncodedMessage::new(&Message::binary(vec![0u8, 159, 255]).with_event("e"));
-        let decoded =
-            decode_broadcast(encode_broadcast(5, &message, Some(3), Priority::Low)).unwrap();
+        let broadcast = Recorded {
+            room: None,
+            id: 5,
+            message: message.clone(),
+            except: Some(3),
+            priority: Priority::Low,
+            only: Some(8),
+            close: true,
+        };
+        let decoded = decode_broadcast(encode_broadcast(&broadcast)).unwrap();
         assert_eq!(decoded.message.tail_text(), message.tail_text());
         assert_eq!(decoded.message.payload_len(), 3);
         assert_eq!(
-            (decoded.id, decoded.except, decoded.priority),
-            (5, Some(3), Priority::Low)
+            (
+                decoded.id,
+                decoded.except,
+                decoded.priority,
+                decoded.only,
+                decoded.close
+            ),
+            (5, Some(3), Priority::Low, Some(8), true)
         );
         let rooms = ["로비", "", "emoji 🎉"];
         assert_eq!(decode_rooms(encode_rooms(&rooms)).unwrap(), rooms);
@@ -839,15 +897,16 @@ mod tests {
             assert!(decode_node_message(request.slice(..cut)).is_none(), "{cut}");
         }
         assert!(decode_node_message(Bytes::from_static(&[9, 0, 0, 0, 0, 0, 0, 0, 1])).is_none());
-        assert!(
-            decode_broadcast(Bytes::from_static(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]))
-                .is_none()
-        );
-        assert!(
-            decode_broadcast(Bytes::from_static(&[
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff
-            ]))
-            .is_none()
-        );
+        let id = [0u8; 8];
+        let keys = [0u8; 16];
+        let len = [0u8, 0, 0, 1];
+        let bad_close = [&id[..], &[2, 0], &keys, &len, b"x"].concat();
+        assert!(decode_broadcast(Bytes::from(bad_close)).is_none());
+        let bad_priority = [&id[..], &[0, 2], &keys, &len, b"x"].concat();
+        assert!(decode_broadcast(Bytes::from(bad_priority)).is_none());
+        let bad_text = [&id[..], &[0, 0], &keys, &len, &[0xff]].concat();
+        assert!(decode_broadcast(Bytes::from(bad_text)).is_none());
+        let good = [&id[..], &[0, 0], &keys, &len, b"x"].concat();
+        assert!(decode_broadcast(Bytes::from(good)).is_some());
     }
 }

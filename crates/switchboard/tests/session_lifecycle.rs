@@ -496,3 +496,41 @@ async fn a_broadcast_that_overflows_a_slow_member_closes_only_that_member() {
     );
     assert_eq!(hub.to("room").send(&Message::text("after")).unwrap(), 1);
 }
+
+#[tokio::test]
+async fn a_session_can_be_sent_to_and_closed_by_its_key() {
+    let mut server = start_default().await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    let hub = server.realtime.hub();
+    hub.session(session.key())
+        .send(&Message::text("키로 보냄 🔑"))
+        .unwrap();
+    hub.session(session.key())
+        .low_priority()
+        .emit("e", &json!({"n": 1}))
+        .unwrap();
+    let (_, frames) = get(&http, server.poll_url(&sid, 0, false)).await;
+    assert_eq!(frames[0]["d"], "키로 보냄 🔑");
+    // The low-priority one may be held back briefly; it comes at the latest after max_delay.
+    hub.session(session.key()).close("안녕히").unwrap();
+    assert_eq!(session.closed().await, CloseReason::Closed("안녕히".into()));
+    let (_, frames) = get(&http, server.poll_url(&sid, 1, false)).await;
+    let last = frames.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["t"].as_str(), last["code"].as_u64()),
+        (Some("close"), Some(4000))
+    );
+    assert_eq!(last["reason"], "안녕히");
+    // No such key: said so, nothing else happens.
+    let unknown = switchboard::SessionKey(session.key().0 + 1_000);
+    assert_eq!(
+        hub.session(unknown).send(&Message::text("x")),
+        Err(SendError::NoSuchSession)
+    );
+    assert_eq!(
+        hub.session(unknown).close("x"),
+        Err(SendError::NoSuchSession)
+    );
+}

@@ -17,9 +17,10 @@ pub(crate) struct Registry<U> {
     count: AtomicUsize,
     /// The cluster backend, told when a session is forgotten.
     backend: Option<Arc<dyn Backend>>,
-    /// On a node of a cluster: session ids by key, for requests other nodes forward here (they
-    /// name sessions by key, so that ids never travel between nodes).
-    by_key: Option<DashMap<u64, SessionId>>,
+    /// Session ids by key: for direct sends by key ([`Hub::session`](crate::Hub::session)),
+    /// and on a node of a cluster for requests other nodes forward here (they name sessions by
+    /// key, so that ids never travel between nodes).
+    by_key: DashMap<u64, SessionId>,
 }
 
 impl<U> Registry<U> {
@@ -33,14 +34,14 @@ impl<U> Registry<U> {
             sessions: DashMap::new(),
             next_key: AtomicU64::new(first),
             count: AtomicUsize::new(0),
-            by_key: backend.as_ref().map(|_| DashMap::new()),
+            by_key: DashMap::new(),
             backend,
         }
     }
 
-    /// The session whose key is `key` (on a node of a cluster).
+    /// The session whose key is `key`.
     pub(crate) fn by_key(&self, key: u64) -> Option<Session<U>> {
-        let sid = *self.by_key.as_ref()?.get(&key)?;
+        let sid = *self.by_key.get(&key)?;
         self.get(&sid)
     }
 
@@ -48,9 +49,7 @@ impl<U> Registry<U> {
     /// it exists already, and refusing it would end it).
     pub(crate) fn adopt(&self, session: Session<U>) {
         self.count.fetch_add(1, Ordering::AcqRel);
-        if let Some(by_key) = &self.by_key {
-            by_key.insert(session.shared.key, session.shared.sid);
-        }
+        self.by_key.insert(session.shared.key, session.shared.sid);
         self.sessions.insert(session.shared.sid, session);
     }
 
@@ -59,9 +58,7 @@ impl<U> Registry<U> {
     pub(crate) fn forget_moved(&self, sid: &SessionId) {
         if let Some((_, session)) = self.sessions.remove(sid) {
             self.count.fetch_sub(1, Ordering::AcqRel);
-            if let Some(by_key) = &self.by_key {
-                by_key.remove(&session.shared.key);
-            }
+            self.by_key.remove(&session.shared.key);
         }
     }
 
@@ -91,9 +88,7 @@ impl<U> Registry<U> {
         if let Some((_, session)) = self.sessions.remove(sid) {
             self.count.fetch_sub(1, Ordering::AcqRel);
             let key = session.shared.key;
-            if let Some(by_key) = &self.by_key {
-                by_key.remove(&key);
-            }
+            self.by_key.remove(&key);
             if let Some(backend) = &self.backend {
                 backend.release(SessionRef(*sid.as_bytes()), key);
             }
@@ -217,9 +212,9 @@ impl<U> Reservation<U> {
     /// Puts the session into the registry.
     pub(crate) fn insert(mut self, session: Session<U>) {
         self.used = true;
-        if let Some(by_key) = &self.registry.by_key {
-            by_key.insert(session.shared.key, session.shared.sid);
-        }
+        self.registry
+            .by_key
+            .insert(session.shared.key, session.shared.sid);
         self.registry.sessions.insert(session.shared.sid, session);
     }
 }
