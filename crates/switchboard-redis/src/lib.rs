@@ -122,10 +122,20 @@ const REBUILD: Duration = Duration::from_secs(15);
 const HANDOVER_TTL: Duration = Duration::from_secs(10);
 
 /// Connects a node to Redis; see [`RedisBackend::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisBackendBuilder {
     url: String,
     prefix: String,
+    root_certificates: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("RedisBackendBuilder")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisBackendBuilder {
@@ -133,6 +143,14 @@ impl RedisBackendBuilder {
     /// Default: `switchboard`.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// With a `rediss://` URL: trust these root certificates (PEM) for the Redis server's
+    /// certificate instead of the system's (a private certificate authority). Needs the `tls`
+    /// feature (on by default).
+    pub fn tls_root_certificates(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificates = Some(pem.into());
         self
     }
 
@@ -150,7 +168,9 @@ impl RedisBackendBuilder {
 /// there.
 ///
 /// The URL is redis-rs's: `redis://[:password@]host:port[/db]`, with a user as
-/// `redis://user:password@host:port`.
+/// `redis://user:password@host:port`, and `rediss://…` for TLS (the `tls` feature, on by
+/// default; see [`RedisBackendBuilder::tls_root_certificates`] for a private certificate
+/// authority).
 pub struct RedisBackend {
     shared: Arc<Shared>,
 }
@@ -321,6 +341,7 @@ impl RedisBackend {
         RedisBackendBuilder {
             url: url.into(),
             prefix: "switchboard".into(),
+            root_certificates: None,
         }
     }
 
@@ -337,7 +358,7 @@ impl RedisBackend {
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(settings);
-        let client = redis::Client::open(info).map_err(redis_error)?;
+        let client = client(info, builder.root_certificates)?;
         let names = Arc::new(Names::new(&builder.prefix));
         let id = random_id().ok_or_else(|| BackendError::new("no random numbers for a node id"))?;
         let node_channel = names.node_channel(&id);
@@ -382,6 +403,41 @@ impl RedisBackend {
         tracing::info!(node = %shared.id, number, prefix = %shared.names.prefix, "cluster node connected to Redis");
         Ok(Self { shared })
     }
+}
+
+/// The redis-rs client for `info`, with `root_certificates` trusted for TLS if given.
+#[cfg(feature = "tls")]
+fn client(
+    info: redis::ConnectionInfo,
+    root_certificates: Option<Vec<u8>>,
+) -> Result<redis::Client, BackendError> {
+    // rustls needs a process-wide crypto provider; the application may have installed one
+    // already, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match root_certificates {
+        Some(root_cert) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        )
+        .map_err(redis_error),
+        None => redis::Client::open(info).map_err(redis_error),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn client(
+    info: redis::ConnectionInfo,
+    root_certificates: Option<Vec<u8>>,
+) -> Result<redis::Client, BackendError> {
+    if root_certificates.is_some() {
+        return Err(BackendError::new(
+            "TLS root certificates given, but switchboard-redis was built without its `tls` feature",
+        ));
+    }
+    redis::Client::open(info).map_err(redis_error)
 }
 
 fn now_ms() -> u64 {

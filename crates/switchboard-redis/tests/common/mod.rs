@@ -18,6 +18,10 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     pub url: String,
+    /// Arguments beyond the port and persistence ones (TLS, a password).
+    extra: Vec<String>,
+    /// Whether it listens for TLS on `port` (then the readiness check is a TCP connect).
+    tls: bool,
 }
 
 /// A port nothing listens on right now.
@@ -32,31 +36,57 @@ fn free_port() -> u16 {
 impl Redis {
     /// Starts Redis on a free port, with no persistence.
     pub async fn start() -> Self {
+        Self::start_with(Vec::new(), false).await
+    }
+
+    /// Starts Redis with more arguments; `tls`: it listens with TLS on the port (the arguments
+    /// name the certificates), and the URL is `rediss://`.
+    pub async fn start_with(extra: Vec<String>, tls: bool) -> Self {
         let port = free_port();
+        let scheme = if tls { "rediss" } else { "redis" };
         let mut redis = Self {
             child: None,
             port,
-            url: format!("redis://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            extra,
+            tls,
         };
         redis.spawn().await;
         redis
     }
 
     async fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let listen: [&str; 4] = if self.tls {
+            ["--port", "0", "--tls-port", &port]
+        } else {
+            ["--port", &port, "--bind", "127.0.0.1"]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
         for _ in 0..500 {
+            if self.tls {
+                if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
             if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)).await {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 stream.write_all(b"PING\r\n").await.ok();
                 let mut answer = [0u8; 7];
-                if stream.read_exact(&mut answer).await.is_ok() && &answer == b"+PONG\r\n" {
+                // `-NOAUTH`: it is up, and wants a password.
+                if stream.read_exact(&mut answer).await.is_ok()
+                    && (&answer == b"+PONG\r\n" || answer.starts_with(b"-NOAUTH"))
+                {
                     return;
                 }
             }
@@ -108,6 +138,15 @@ impl Node {
             .connect()
             .await
             .unwrap();
+        Self::with_backend(backend, sessions, configure).await
+    }
+
+    /// Starts a node on `backend`, mounted at `/rt`, with the settings `configure` makes.
+    pub async fn with_backend(
+        backend: RedisBackend,
+        sessions: mpsc::Sender<Session>,
+        configure: impl FnOnce(Builder<()>) -> Builder<()>,
+    ) -> Self {
         let realtime = configure(Switchboard::builder()).backend(backend).build();
         let app = axum::Router::new().nest(
             "/rt",
