@@ -15,6 +15,9 @@
 //! - [`Hub`]: rooms, broadcast and presence; a broadcast is encoded once and shared by every
 //!   recipient's buffer.
 //! - [`Switchboard::router`]: the axum router, configured through [`Builder`].
+//! - [`backend`]: the seam to the other nodes of a cluster (`switchboard-redis` implements it on
+//!   Redis; `docs/scale-out.md`). Without a backend the server is a single node that needs nothing
+//!   external.
 //!
 //! # Example
 //!
