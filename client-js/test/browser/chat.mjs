@@ -7,6 +7,7 @@ import net from "node:net";
 import path from "node:path";
 
 import { REPO_ROOT, scaled } from "./harness.mjs";
+import { freePort } from "./nginx.mjs";
 
 const CHAT_BIN = path.join(
   process.env.CARGO_TARGET_DIR ? path.resolve(REPO_ROOT, process.env.CARGO_TARGET_DIR) : path.join(REPO_ROOT, "target"),
@@ -48,18 +49,6 @@ export function startChat({ addr = "127.0.0.1:0", args = [] } = {}) {
     child.stderr.on("data", onData);
     child.once("error", reject);
     process.on("exit", () => child.kill("SIGKILL"));
-  });
-}
-
-/** A port that was free a moment ago on 127.0.0.1. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
   });
 }
 

@@ -42,7 +42,7 @@ process.on("exit", () => {
 });
 
 /** A port that was free a moment ago on 127.0.0.1. */
-function freePort() {
+export function freePort() {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once("error", reject);

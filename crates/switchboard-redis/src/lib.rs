@@ -398,7 +398,7 @@ impl RedisBackend {
             stopped: AtomicBool::new(false),
         });
         shared.write_alive().await.map_err(redis_error)?;
-        tokio::spawn(run_queue(shared.clone(), jobs));
+        tokio::spawn(run_queue(Arc::downgrade(&shared), jobs));
         tokio::spawn(keep_alive(Arc::downgrade(&shared)));
         tracing::info!(node = %shared.id, number, prefix = %shared.names.prefix, "cluster node connected to Redis");
         Ok(Self { shared })
@@ -582,108 +582,113 @@ async fn keep_alive(shared: std::sync::Weak<Shared>) {
 
 /// Does the queued work in order: consecutive publications and releases go out as one pipeline;
 /// a subscription change waits for what came before it.
-async fn run_queue(shared: Arc<Shared>, mut jobs: mpsc::Receiver<Job>) {
-    let release = redis::Script::new(RELEASE);
-    let mut batch = Vec::with_capacity(BATCH);
-    while jobs.recv_many(&mut batch, BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        let mut releases = Vec::new();
-        let mut pending = 0;
+///
+/// It holds the backend weakly: once the backend is dropped, the queue's sender goes with it and
+/// the task ends.
+async fn run_queue(shared: std::sync::Weak<Shared>, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch = Batch {
+        pipe: redis::pipe(),
+        pending: 0,
+        releases: Vec::new(),
+        release: redis::Script::new(RELEASE),
+    };
+    let mut received = Vec::with_capacity(BATCH);
+    while jobs.recv_many(&mut received, BATCH).await > 0 {
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
         let mut conn = shared.conn.clone();
-        for job in batch.drain(..) {
+        for job in received.drain(..) {
             match job {
                 Job::Publish(channel, payload) => {
-                    pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
-                    pending += 1;
+                    batch
+                        .pipe
+                        .cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(&payload[..])
+                        .ignore();
+                    batch.pending += 1;
                 }
-                Job::Release(key, value) => releases.push((key, value)),
+                Job::Release(key, value) => batch.releases.push((key, value)),
                 Job::Presence(room, entry) => {
                     let key = shared.names.presence(&room);
                     if entry.is_empty() {
-                        pipe.cmd("HDEL").arg(&key).arg(&shared.id).ignore();
+                        batch.pipe.cmd("HDEL").arg(&key).arg(&shared.id).ignore();
                     } else {
-                        pipe.cmd("HSET")
+                        batch
+                            .pipe
+                            .cmd("HSET")
                             .arg(&key)
                             .arg(&shared.id)
                             .arg(&entry[..])
                             .ignore();
-                        pipe.cmd("PEXPIRE")
+                        batch
+                            .pipe
+                            .cmd("PEXPIRE")
                             .arg(&key)
                             .arg(PRESENCE_TTL.as_millis() as u64)
                             .ignore();
                     }
-                    pending += 1;
+                    batch.pending += 1;
                 }
-                other => {
-                    flush_pipe(
-                        &shared,
-                        &mut conn,
-                        &mut pipe,
-                        &mut pending,
-                        &release,
-                        &mut releases,
-                    )
-                    .await;
-                    match other {
-                        Job::Subscribe(room) => {
-                            let result = conn.subscribe(shared.names.room_channel(&room)).await;
-                            if let Err(err) = shared.result(result) {
-                                tracing::warn!(%err, "room subscription failed; renewed when Redis is back");
-                                shared.pushes.lost.store(true, Ordering::SeqCst);
-                            }
-                        }
-                        Job::Unsubscribe(room) => {
-                            let result = conn.unsubscribe(shared.names.room_channel(&room)).await;
-                            shared.result(result).ok();
-                        }
-                        Job::Flush(done) => {
-                            let result = if shared.pushes.healthy.load(Ordering::SeqCst) {
-                                Ok(())
-                            } else {
-                                Err(BackendError::new("redis is unreachable"))
-                            };
-                            done.send(result).ok();
-                        }
-                        Job::Publish(..) | Job::Release(..) | Job::Presence(..) => {}
+                Job::Subscribe(room) => {
+                    batch.send(&shared, &mut conn).await;
+                    let result = conn.subscribe(shared.names.room_channel(&room)).await;
+                    if let Err(err) = shared.result(result) {
+                        tracing::warn!(%err, "room subscription failed; renewed when Redis is back");
+                        shared.pushes.lost.store(true, Ordering::SeqCst);
                     }
+                }
+                Job::Unsubscribe(room) => {
+                    batch.send(&shared, &mut conn).await;
+                    let result = conn.unsubscribe(shared.names.room_channel(&room)).await;
+                    shared.result(result).ok();
+                }
+                Job::Flush(done) => {
+                    batch.send(&shared, &mut conn).await;
+                    let result = if shared.pushes.healthy.load(Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err(BackendError::new("redis is unreachable"))
+                    };
+                    done.send(result).ok();
                 }
             }
         }
-        flush_pipe(
-            &shared,
-            &mut conn,
-            &mut pipe,
-            &mut pending,
-            &release,
-            &mut releases,
-        )
-        .await;
+        batch.send(&shared, &mut conn).await;
     }
 }
 
-async fn flush_pipe(
-    shared: &Shared,
-    conn: &mut ConnectionManager,
-    pipe: &mut redis::Pipeline,
-    pending: &mut usize,
-    release: &redis::Script,
-    releases: &mut Vec<(String, String)>,
-) {
-    if *pending > 0 {
-        let result: redis::RedisResult<()> = pipe.query_async(conn).await;
-        if let Err(err) = shared.result(result) {
-            tracing::warn!(%err, publications = *pending, "publications lost: Redis did not take them");
+/// Queued work gathered into one pipeline (publications, presence writes) and one script call
+/// (releases of ownership records).
+struct Batch {
+    pipe: redis::Pipeline,
+    /// Commands in `pipe`.
+    pending: usize,
+    /// Ownership records to release: key and the value that names this node.
+    releases: Vec<(String, String)>,
+    release: redis::Script,
+}
+
+impl Batch {
+    /// Sends what was gathered, and starts again empty.
+    async fn send(&mut self, shared: &Shared, conn: &mut ConnectionManager) {
+        if self.pending > 0 {
+            let result: redis::RedisResult<()> = self.pipe.query_async(conn).await;
+            if let Err(err) = shared.result(result) {
+                tracing::warn!(%err, publications = self.pending, "publications lost: Redis did not take them");
+            }
+            self.pipe.clear();
+            self.pending = 0;
         }
-        pipe.clear();
-        *pending = 0;
-    }
-    if !releases.is_empty() {
-        let mut invocation = release.prepare_invoke();
-        for (key, value) in releases.drain(..) {
-            invocation.key(key).arg(value);
+        if !self.releases.is_empty() {
+            let mut invocation = self.release.prepare_invoke();
+            for (key, value) in self.releases.drain(..) {
+                invocation.key(key).arg(value);
+            }
+            let result: redis::RedisResult<u64> = invocation.invoke_async(conn).await;
+            shared.result(result).ok();
         }
-        let result: redis::RedisResult<u64> = invocation.invoke_async(conn).await;
-        shared.result(result).ok();
     }
 }
 

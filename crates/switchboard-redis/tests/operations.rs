@@ -237,17 +237,8 @@ async fn two_applications_share_one_redis_under_their_prefixes() {
         .to("lobby")
         .send(&switchboard::Message::text("two"))
         .unwrap();
-    let next = async |client: &mut Client| {
-        tokio::time::timeout(Duration::from_secs(10), client.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .as_text()
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(next(&mut one).await, "one");
-    assert_eq!(next(&mut two).await, "two");
+    assert_eq!(common::next_text(&mut one).await, "one");
+    assert_eq!(common::next_text(&mut two).await, "two");
     assert_eq!(
         one.recv_timeout(Duration::from_millis(200)).await.unwrap(),
         None

@@ -163,19 +163,13 @@ async fn except_and_all_work_from_any_node() {
     hub1.all()
         .send(&switchboard::Message::text("모두에게"))
         .unwrap();
-    let recv = async |client: &mut Client| {
-        tokio::time::timeout(Duration::from_secs(10), client.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .as_text()
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(recv(&mut a).await, "not for b 🙈");
-    assert_eq!(recv(&mut a).await, "모두에게");
+    assert_eq!(common::next_text(&mut a).await, "not for b 🙈");
+    assert_eq!(common::next_text(&mut a).await, "모두에게");
     // Two nodes' publications: Redis orders them, either way.
-    let mut for_b = [recv(&mut b).await, recv(&mut b).await];
+    let mut for_b = [
+        common::next_text(&mut b).await,
+        common::next_text(&mut b).await,
+    ];
     for_b.sort();
     assert_eq!(for_b, ["not for a 🙉", "모두에게"]);
     // After the last member on node 0 leaves, node 0 no longer hears the room.
@@ -184,7 +178,7 @@ async fn except_and_all_work_from_any_node() {
     hub1.to("pair")
         .send(&switchboard::Message::text("b only"))
         .unwrap();
-    assert_eq!(recv(&mut b).await, "b only");
+    assert_eq!(common::next_text(&mut b).await, "b only");
     assert_eq!(
         a.recv_timeout(Duration::from_millis(200)).await.unwrap(),
         None

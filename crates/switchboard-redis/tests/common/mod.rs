@@ -430,3 +430,14 @@ impl Cluster {
         }
     }
 }
+
+/// The next message of `client` as text (at most 10 s).
+pub async fn next_text(client: &mut switchboard_client::Client) -> String {
+    tokio::time::timeout(Duration::from_secs(10), client.recv())
+        .await
+        .expect("no message within 10 s")
+        .unwrap()
+        .as_text()
+        .unwrap()
+        .to_string()
+}
