@@ -26,6 +26,7 @@
 pub mod clients;
 pub mod payload;
 pub mod proto;
+pub mod redis;
 pub mod report;
 pub mod scenarios;
 pub mod serve;
