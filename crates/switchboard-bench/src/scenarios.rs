@@ -1330,7 +1330,7 @@ struct Cost {
 
 /// The session of the cost measurement, on whatever transport.
 enum CostClient {
-    Ws(proto::Driver),
+    Ws(Box<proto::Driver>),
     Poll {
         http: Http,
         sid: String,
@@ -1366,7 +1366,7 @@ impl CostClient {
                     .await
                     {
                         Ok(d) if d.opened.as_ref().is_some_and(|o| o.resumed) => {
-                            return Ok(CostClient::Ws(d));
+                            return Ok(CostClient::Ws(Box::new(d)));
                         }
                         Ok(_) => return Err("node 1 opened a new session instead".into()),
                         Err(_) => sleep(Duration::from_millis(50)).await,
