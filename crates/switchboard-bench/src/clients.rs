@@ -203,8 +203,17 @@ impl WsRole {
 /// Opens `n` WebSocket clients of `kind` (client `i` from [`proto::source_addr`]`(i)`).
 /// Returns the connected drivers (with their index) and the number that failed.
 pub async fn connect_many(kind: Kind, port: u16, n: usize) -> (Vec<(usize, Driver)>, usize) {
+    connect_spread(kind, &[port], n).await
+}
+
+/// Like [`connect_many`], with client `i` on `ports[i % ports.len()]` (the nodes of a cluster).
+pub async fn connect_spread(kind: Kind, ports: &[u16], n: usize) -> (Vec<(usize, Driver)>, usize) {
+    if ports.is_empty() {
+        return (Vec::new(), n);
+    }
     let results: Vec<(usize, Result<Driver, Error>)> = futures_util::stream::iter(0..n)
         .map(|i| async move {
+            let port = ports.get(i % ports.len()).copied().unwrap_or_default();
             let mut last = Err(Error::from("not tried"));
             for attempt in 0..3u64 {
                 last = Driver::connect(kind, port, proto::source_addr(i)).await;

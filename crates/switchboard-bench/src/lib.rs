@@ -9,7 +9,9 @@
 //! 3. open-loop echo round trips;
 //! 4. polling: long polling with and without low-priority coalescing, and short polling
 //!    (Switchboard);
-//! 5. a reconnect storm with resume (Switchboard).
+//! 5. a reconnect storm with resume (Switchboard);
+//! 6. a cluster of two nodes on one Redis: fan-out against socketioxide with its Redis adapter,
+//!    cross-node broadcast latency, and Redis commands and bytes per message (issue 10).
 //!
 //! Modules:
 //!
@@ -20,12 +22,14 @@
 //! - [`payload`]: timestamped, indexed benchmark payloads;
 //! - [`stats`]: shared latency histograms;
 //! - [`clients`]: client tasks (WebSocket, long and short polling) and their counters;
-//! - [`scenarios`]: the five scenarios and their sizes ([`scenarios::Plan`]);
+//! - [`redis`]: a `redis-server` of the harness's own and its `INFO` counters;
+//! - [`scenarios`]: the six scenarios and their sizes ([`scenarios::Plan`]);
 //! - [`report`]: tables and JSON.
 
 pub mod clients;
 pub mod payload;
 pub mod proto;
+pub mod redis;
 pub mod report;
 pub mod scenarios;
 pub mod serve;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use switchboard_client::raw::Http;
+use switchboard_client::{ClientFrame, Message, ServerFrame};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep};
@@ -12,6 +13,7 @@ use tokio::time::{Instant, sleep};
 use crate::Error;
 use crate::clients::{self, Cmd, PollMode, Shared, WsRole};
 use crate::payload;
+use crate::redis::{Delta as RedisDelta, RedisServer};
 use crate::report::Table;
 use crate::server::{Kind, Server};
 use crate::{proto, sys};
@@ -45,6 +47,18 @@ pub struct Plan {
     pub storm_clients: usize,
     /// Reconnect storm broadcast rate per second.
     pub storm_rate: u64,
+    /// Cluster fan-out clients over 2 nodes (scenario 6a).
+    pub cluster_clients: usize,
+    /// Cluster fan-out messages sent (scenario 6a).
+    pub cluster_messages: u64,
+    /// Broadcast latency receivers (scenario 6b).
+    pub cluster_receivers: usize,
+    /// Broadcast latency rate per second (scenario 6b).
+    pub cluster_rate: u64,
+    /// Broadcast latency duration in seconds (scenario 6b).
+    pub cluster_secs: u64,
+    /// Messages each way of the Redis cost measurement (scenario 6c).
+    pub cluster_cost_messages: u64,
     /// Wait before reading RSS once sessions are opened or gone.
     pub settle: Duration,
 }
@@ -66,6 +80,12 @@ impl Plan {
             poll_secs: 5,
             storm_clients: 200,
             storm_rate: 50,
+            cluster_clients: 1_000,
+            cluster_messages: 1_000,
+            cluster_receivers: 100,
+            cluster_rate: 1_000,
+            cluster_secs: 5,
+            cluster_cost_messages: 500,
             settle: Duration::from_millis(1500),
         }
     }
@@ -86,6 +106,12 @@ impl Plan {
             poll_secs: 10,
             storm_clients: 1_000,
             storm_rate: 50,
+            cluster_clients: 10_000,
+            cluster_messages: 1_000,
+            cluster_receivers: 100,
+            cluster_rate: 1_000,
+            cluster_secs: 10,
+            cluster_cost_messages: 2_000,
             settle: Duration::from_millis(1500),
         }
     }
@@ -106,6 +132,12 @@ impl Plan {
             poll_secs: 1,
             storm_clients: 20,
             storm_rate: 50,
+            cluster_clients: 20,
+            cluster_messages: 50,
+            cluster_receivers: 10,
+            cluster_rate: 200,
+            cluster_secs: 1,
+            cluster_cost_messages: 20,
             settle: Duration::from_millis(300),
         }
     }
@@ -958,5 +990,809 @@ pub async fn storm(plan: &Plan, problems: &mut Problems) -> Table {
     }
     t.note("caught up: resumed on a new socket and holding every broadcast sent before the drop; times are from the drop.");
     t.note("the abrupt drop is a TCP RST (SO_LINGER 0), no close frame; each client resumes with sid and ack = last seq received.");
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. cluster (issue 10)
+
+/// A cluster under test: one `redis-server` of its own and two nodes of `kind` on it
+/// (`--redis URL`).
+#[derive(Debug)]
+struct Cluster {
+    redis: RedisServer,
+    nodes: Vec<Server>,
+}
+
+impl Cluster {
+    async fn start(kind: Kind) -> Result<Cluster, Error> {
+        let redis = RedisServer::start().await?;
+        let url = redis.url();
+        let mut nodes = Vec::new();
+        for _ in 0..2 {
+            nodes.push(Server::start(kind, &["--redis", &url]).await?);
+        }
+        Ok(Cluster { redis, nodes })
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(Server::port).collect()
+    }
+
+    /// CPU seconds of both nodes together.
+    fn cpu(&self) -> Result<f64, Error> {
+        self.nodes.iter().map(Server::cpu).sum()
+    }
+
+    async fn stop(self) {
+        for node in self.nodes {
+            node.stop().await;
+        }
+        self.redis.stop().await;
+    }
+}
+
+/// Result of one cluster fan-out run.
+#[derive(Debug, Clone, Default)]
+struct ClusterFanOut {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    cpu_per_m: f64,
+    redis_cpu_per_m: f64,
+    load_cpu_per_m: f64,
+    lost: u64,
+    dups: u64,
+    reordered: u64,
+    secs: f64,
+    commands_per_delivery: f64,
+    in_per_delivery: f64,
+    out_per_delivery: f64,
+    commands_per_broadcast: f64,
+    commands: String,
+}
+
+/// Fan-out over the two nodes of a cluster: client `i` on node `i % 2`, client 0 (on node 0)
+/// sends `m` broadcasts back to back, every client counts what it gets.
+async fn cluster_fanout_one(
+    kind: Kind,
+    n: usize,
+    m: u64,
+    limit: Duration,
+) -> Result<ClusterFanOut, Error> {
+    let cluster = Cluster::start(kind).await?;
+    let ports = cluster.ports();
+    let (drivers, failed) = clients::connect_spread(kind, &ports, n).await;
+    if failed > 0 {
+        cluster.stop().await;
+        return Err(format!("{failed} of {n} connections failed").into());
+    }
+    let shared = Arc::new(Shared::default());
+    let (stop, stop_rx) = watch::channel(false);
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let mut cmd_rx = Some(cmd_rx);
+    let mut set = JoinSet::new();
+    for (i, d) in drivers {
+        let role = WsRole::counted(ports.get(i % ports.len()).copied().unwrap_or_default());
+        let cmds = if i == 0 { cmd_rx.take() } else { None };
+        clients::spawn_ws(&mut set, d, i, shared.clone(), stop_rx.clone(), cmds, role);
+    }
+    if !clients::warm_up(&cmd_tx, &shared, n as u64, Duration::from_secs(30)).await {
+        clients::stop_all(&stop, &mut set).await;
+        cluster.stop().await;
+        return Err("warm-up broadcast did not reach every client".into());
+    }
+    sleep(Duration::from_millis(200)).await;
+    let before = cluster.redis.counters().await?;
+    let cpu0 = cluster.cpu()?;
+    let redis_cpu0 = cluster.redis.cpu()?;
+    let load_cpu0 = sys::cpu_seconds(std::process::id())?;
+    let t0 = payload::now_ns();
+    let expected = n as u64 * m;
+    cmd_tx
+        .send(Cmd::Burst { first: 1, count: m })
+        .map_err(|_| "sender task is gone")?;
+    let complete = wait_until(
+        limit,
+        Duration::from_secs(10),
+        || shared.deliveries.load(Ordering::Relaxed) >= expected,
+        || shared.deliveries.load(Ordering::Relaxed),
+    )
+    .await;
+    let cpu1 = cluster.cpu()?;
+    let redis_cpu1 = cluster.redis.cpu()?;
+    let load_cpu1 = sys::cpu_seconds(std::process::id())?;
+    let after = cluster.redis.counters().await?;
+    if !complete {
+        eprintln!("  {kind}: not every delivery arrived before the time limit");
+    }
+    clients::stop_all(&stop, &mut set).await;
+    cluster.stop().await;
+    let delivered = shared.deliveries.load(Ordering::Relaxed);
+    let last = shared.last_ns.load(Ordering::Relaxed);
+    let secs = last.saturating_sub(t0) as f64 / 1e9;
+    let s = shared.lat.summary();
+    let redis = before.delta(&after);
+    let per_delivery = |x: u64| x as f64 / delivered.max(1) as f64;
+    let per_m = |cpu: f64| cpu / (delivered.max(1) as f64 / 1e6);
+    Ok(ClusterFanOut {
+        rate: delivered as f64 / secs.max(1e-9),
+        p50: s.p50_ms,
+        p99: s.p99_ms,
+        cpu_per_m: per_m(cpu1 - cpu0),
+        redis_cpu_per_m: per_m(redis_cpu1 - redis_cpu0),
+        load_cpu_per_m: per_m(load_cpu1 - load_cpu0),
+        lost: expected.saturating_sub(delivered),
+        dups: shared.app_dups.load(Ordering::Relaxed),
+        reordered: shared.out_of_order.load(Ordering::Relaxed),
+        secs,
+        commands_per_delivery: per_delivery(redis.commands()),
+        in_per_delivery: per_delivery(redis.net_in),
+        out_per_delivery: per_delivery(redis.net_out),
+        commands_per_broadcast: redis.commands() as f64 / m.max(1) as f64,
+        commands: redis.describe(),
+    })
+}
+
+/// Where the latency run's servers and receivers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LatencySetup {
+    /// One plain `sb_server` (no Redis): sender and receivers on it.
+    Single,
+    /// Two nodes: the sender on node 0, the receivers on node 1.
+    CrossNode,
+    /// Two nodes: the sender and the receivers on node 0 (the broadcast still goes through
+    /// Redis and back).
+    SameNode,
+}
+
+/// Result of one broadcast latency run.
+#[derive(Debug, Clone, Copy, Default)]
+struct BroadcastLatency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    lost: u64,
+    cpu: f64,
+}
+
+/// Open-loop broadcasts (`rate` per second for `secs`) from one sender to `receivers` clients.
+async fn cluster_latency_one(
+    setup: LatencySetup,
+    receivers: usize,
+    rate: u64,
+    secs: u64,
+) -> Result<BroadcastLatency, Error> {
+    let (cluster, single) = match setup {
+        LatencySetup::Single => (None, Some(Server::start(Kind::Switchboard, &[]).await?)),
+        LatencySetup::CrossNode | LatencySetup::SameNode => {
+            (Some(Cluster::start(Kind::Switchboard).await?), None)
+        }
+    };
+    let ports = match (&cluster, &single) {
+        (Some(c), _) => c.ports(),
+        (None, Some(s)) => vec![s.port()],
+        (None, None) => return Err("no server".into()),
+    };
+    let sender_port = ports.first().copied().unwrap_or_default();
+    let receiver_port = match setup {
+        LatencySetup::CrossNode => ports.get(1).copied().unwrap_or_default(),
+        LatencySetup::Single | LatencySetup::SameNode => sender_port,
+    };
+    let cpu = || -> Result<f64, Error> {
+        match (&cluster, &single) {
+            (Some(c), _) => c.cpu(),
+            (None, Some(s)) => s.cpu(),
+            (None, None) => Ok(0.0),
+        }
+    };
+    let result = async {
+        let (drivers, failed) =
+            clients::connect_spread(Kind::Switchboard, &[receiver_port], receivers).await;
+        if failed > 0 {
+            return Err(Error::from(format!(
+                "{failed} of {receivers} connections failed"
+            )));
+        }
+        let sender = proto::Driver::connect(
+            Kind::Switchboard,
+            sender_port,
+            proto::source_addr(receivers),
+        )
+        .await?;
+        let shared = Arc::new(Shared::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let mut set = JoinSet::new();
+        for (i, d) in drivers {
+            let role = WsRole::counted(receiver_port);
+            clients::spawn_ws(&mut set, d, i, shared.clone(), stop_rx.clone(), None, role);
+        }
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let role = WsRole::uncounted(sender_port);
+        let (sh, st) = (shared.clone(), stop_rx.clone());
+        clients::spawn_ws(&mut set, sender, receivers, sh, st, Some(cmd_rx), role);
+        if !clients::warm_up(&cmd_tx, &shared, receivers as u64, Duration::from_secs(30)).await {
+            clients::stop_all(&stop, &mut set).await;
+            return Err("warm-up broadcast did not reach every receiver".into());
+        }
+        sleep(Duration::from_millis(200)).await;
+        let cpu0 = cpu()?;
+        // open loop: broadcast k is due at start + k/rate, timestamped with its due time
+        let total = rate * secs;
+        let start_ns = payload::now_ns();
+        let start = Instant::now();
+        let mut k = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while k < total {
+            tick.tick().await;
+            let elapsed = start.elapsed().as_nanos() as u64;
+            let due = (elapsed as u128 * rate as u128 / 1_000_000_000) as u64;
+            while k < total && k <= due {
+                let ts = start_ns + (k as u128 * 1_000_000_000 / rate as u128) as u64;
+                let _ = cmd_tx.send(Cmd::Raw(payload::make('b', ts, k + 1)));
+                k += 1;
+            }
+        }
+        let expected = total * receivers as u64;
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            || shared.deliveries.load(Ordering::Relaxed) >= expected,
+            || shared.deliveries.load(Ordering::Relaxed),
+        )
+        .await;
+        let cpu1 = cpu()?;
+        clients::stop_all(&stop, &mut set).await;
+        let got = shared.deliveries.load(Ordering::Relaxed);
+        let s = shared.lat.summary();
+        Ok(BroadcastLatency {
+            p50: s.p50_ms,
+            p99: s.p99_ms,
+            p999: s.p999_ms,
+            max: s.max_ms,
+            lost: expected.saturating_sub(got),
+            cpu: cpu1 - cpu0,
+        })
+    }
+    .await;
+    if let Some(c) = cluster {
+        c.stop().await;
+    }
+    if let Some(s) = single {
+        s.stop().await;
+    }
+    result
+}
+
+/// The transports of the Redis cost measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CostTransport {
+    /// A WebSocket that lands on node 1 and takes the session over from node 0.
+    WebSocket,
+    /// Long polls and POSTs to node 1 for a session node 0 owns.
+    LongPoll,
+    /// Short polls and POSTs to node 1 for a session node 0 owns.
+    ShortPoll,
+}
+
+/// What Redis did for one phase, per message, with the background (liveness records and the
+/// like, measured while idle) taken out.
+#[derive(Debug, Clone, Copy, Default)]
+struct PerMessage {
+    commands: f64,
+    net_in: f64,
+    net_out: f64,
+}
+
+impl PerMessage {
+    fn of(delta: &RedisDelta, secs: f64, background: &Background, messages: u64) -> PerMessage {
+        let k = messages.max(1) as f64;
+        PerMessage {
+            commands: (delta.commands() as f64 - background.commands * secs).max(0.0) / k,
+            net_in: (delta.net_in as f64 - background.net_in * secs).max(0.0) / k,
+            net_out: (delta.net_out as f64 - background.net_out * secs).max(0.0) / k,
+        }
+    }
+
+    fn minus(self, other: PerMessage) -> PerMessage {
+        PerMessage {
+            commands: self.commands - other.commands,
+            net_in: self.net_in - other.net_in,
+            net_out: self.net_out - other.net_out,
+        }
+    }
+}
+
+/// Redis's work per second with the cluster idle.
+#[derive(Debug, Clone, Copy, Default)]
+struct Background {
+    commands: f64,
+    net_in: f64,
+    net_out: f64,
+}
+
+/// Result of one transport's cost measurement.
+#[derive(Debug, Clone, Default)]
+struct Cost {
+    /// Client → server: one message per request (or frame), the server takes it and answers
+    /// nothing.
+    up: PerMessage,
+    /// Server → client: (echo round trips) − (client → server).
+    down: PerMessage,
+    /// HTTP GETs per echoed message (polls).
+    gets_per_echo: f64,
+    background: Background,
+    echo_commands: String,
+    lost: u64,
+}
+
+/// The session of the cost measurement, on whatever transport.
+enum CostClient {
+    Ws(Box<proto::Driver>),
+    Poll {
+        http: Http,
+        sid: String,
+        seq: u64,
+        rx: u64,
+        wait: bool,
+        gets: u64,
+    },
+}
+
+impl CostClient {
+    /// Opens the session on node 0 (`ports[0]`), then moves every request to node 1.
+    async fn open(transport: CostTransport, ports: &[u16]) -> Result<CostClient, Error> {
+        let (p0, p1) = match ports {
+            [p0, p1, ..] => (*p0, *p1),
+            _ => return Err("the cluster has fewer than 2 nodes".into()),
+        };
+        let src = proto::source_addr(0);
+        match transport {
+            CostTransport::WebSocket => {
+                let d = proto::Driver::connect(Kind::Switchboard, p0, src).await?;
+                let sid = d.opened.as_ref().map(|o| o.sid.clone()).ok_or("no sid")?;
+                let rx = d.rx;
+                d.drop_abruptly();
+                // the resume lands on node 1, which takes the session over
+                for _ in 0..100 {
+                    match proto::Driver::connect_resume(
+                        Kind::Switchboard,
+                        p1,
+                        src,
+                        Some((&sid, rx)),
+                    )
+                    .await
+                    {
+                        Ok(d) if d.opened.as_ref().is_some_and(|o| o.resumed) => {
+                            return Ok(CostClient::Ws(Box::new(d)));
+                        }
+                        Ok(_) => return Err("node 1 opened a new session instead".into()),
+                        Err(_) => sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                Err("the WebSocket on node 1 could not resume the session".into())
+            }
+            CostTransport::LongPoll | CostTransport::ShortPoll => {
+                let https = clients::http_clients()?;
+                let client = https.first().cloned().ok_or("no HTTP client")?;
+                let sid = Http::with_client(&proto::sb_base(p0), client.clone())
+                    .open(None)
+                    .await?
+                    .sid;
+                Ok(CostClient::Poll {
+                    http: Http::with_client(&proto::sb_base(p1), client),
+                    sid,
+                    seq: 0,
+                    rx: 0,
+                    wait: transport == CostTransport::LongPoll,
+                    gets: 0,
+                })
+            }
+        }
+    }
+
+    /// Sends one payload (one WebSocket frame, or one POST answered by the owner).
+    async fn send(&mut self, text: &str) -> Result<(), Error> {
+        match self {
+            CostClient::Ws(d) => d.send(&[text.to_owned()]).await,
+            CostClient::Poll { http, sid, seq, .. } => {
+                *seq += 1;
+                let frame = ClientFrame::msg(*seq, Message::text(text));
+                http.post(sid, &[frame]).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Receives until the payload `want` arrives (at most 10 s; short polls every 2 ms).
+    async fn recv_until(&mut self, want: &str) -> Result<(), Error> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if Instant::now() > deadline {
+                return Err(format!("no echo of {want:?} within 10 s").into());
+            }
+            match self {
+                CostClient::Ws(d) => {
+                    let got = tokio::time::timeout(Duration::from_secs(10), d.recv())
+                        .await
+                        .map_err(|_| "echo timed out")??;
+                    match got {
+                        Some(p) if p == want => return Ok(()),
+                        Some(_) => {}
+                        None => return Err("socket closed".into()),
+                    }
+                }
+                CostClient::Poll {
+                    http,
+                    sid,
+                    rx,
+                    wait,
+                    gets,
+                    ..
+                } => {
+                    *gets += 1;
+                    let mut found = false;
+                    for f in http.poll(sid, *rx, *wait).await? {
+                        if let ServerFrame::Msg { seq, message } = f
+                            && seq > *rx
+                        {
+                            *rx = seq;
+                            found |= message.as_text() == Some(want);
+                        }
+                    }
+                    if found {
+                        return Ok(());
+                    }
+                    if !*wait {
+                        sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn gets(&self) -> u64 {
+        match self {
+            CostClient::Ws(_) => 0,
+            CostClient::Poll { gets, .. } => *gets,
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            CostClient::Ws(d) => d.close().await,
+            CostClient::Poll { http, sid, .. } => {
+                let _ = http.post(&sid, &[ClientFrame::Close]).await;
+            }
+        }
+    }
+}
+
+/// Redis commands and bytes per message for one transport whose requests land off the owner.
+async fn cluster_cost_one(transport: CostTransport, k: u64) -> Result<Cost, Error> {
+    let cluster = Cluster::start(Kind::Switchboard).await?;
+    let result = async {
+        let mut client = CostClient::open(transport, &cluster.ports()).await?;
+        // steady state: the handover (WebSocket) and the owner lookups (polls) are behind us
+        for i in 0..5 {
+            let p = payload::make('e', 0, i + 1);
+            client.send(&p).await?;
+            client.recv_until(&p).await?;
+        }
+        let redis = &cluster.redis;
+        // what the idle cluster costs per second (liveness records, ownership refreshes)
+        let idle = Duration::from_secs(2);
+        let c0 = redis.counters().await?;
+        sleep(idle).await;
+        let c1 = redis.counters().await?;
+        let bg = c0.delta(&c1);
+        let secs = idle.as_secs_f64();
+        let background = Background {
+            commands: bg.commands() as f64 / secs,
+            net_in: bg.net_in as f64 / secs,
+            net_out: bg.net_out as f64 / secs,
+        };
+        // client → server: payloads the server takes and does not answer (`n|…`)
+        let a0 = redis.counters().await?;
+        let t = Instant::now();
+        for i in 0..k {
+            client.send(&payload::make('n', 0, i + 1)).await?;
+        }
+        if transport == CostTransport::WebSocket {
+            // nothing answers them: give the server a moment to have read them all
+            sleep(Duration::from_millis(200)).await;
+        }
+        let up_secs = t.elapsed().as_secs_f64();
+        let a1 = redis.counters().await?;
+        // echo round trips: client → server and server → client
+        let gets0 = client.gets();
+        let b0 = redis.counters().await?;
+        let t = Instant::now();
+        let mut lost = 0;
+        for i in 0..k {
+            let p = payload::make('e', 0, 100 + i);
+            client.send(&p).await?;
+            if client.recv_until(&p).await.is_err() {
+                lost += 1;
+            }
+        }
+        let echo_secs = t.elapsed().as_secs_f64();
+        let b1 = redis.counters().await?;
+        let gets = client.gets() - gets0;
+        client.close().await;
+        let up = PerMessage::of(&a0.delta(&a1), up_secs, &background, k);
+        let echo_delta = b0.delta(&b1);
+        let echo = PerMessage::of(&echo_delta, echo_secs, &background, k);
+        Ok(Cost {
+            up,
+            down: echo.minus(up),
+            gets_per_echo: gets as f64 / k.max(1) as f64,
+            background,
+            echo_commands: echo_delta.describe(),
+            lost,
+        })
+    }
+    .await;
+    cluster.stop().await;
+    result
+}
+
+/// Scenario 6: Switchboard as a cluster of two nodes on one Redis (issue 10): fan-out against
+/// socketioxide with its Redis adapter, cross-node broadcast latency, and what Redis does per
+/// message.
+pub async fn cluster(plan: &Plan, problems: &mut Problems) -> Vec<Table> {
+    vec![
+        cluster_fanout(plan, problems).await,
+        cluster_latency(plan, problems).await,
+        cluster_cost(plan, problems).await,
+    ]
+}
+
+async fn cluster_fanout(plan: &Plan, problems: &mut Problems) -> Table {
+    let (n, m) = (plan.cluster_clients, plan.cluster_messages);
+    let mut t = Table::new(
+        "cluster_fanout",
+        &format!(
+            "6a. cluster fan-out: {n} WebSocket clients over 2 nodes on one Redis, {m} broadcasts of 100 B back to back from node 0"
+        ),
+        &["switchboard", "peer"],
+    );
+    let mut results = Vec::new();
+    for kind in [Kind::Switchboard, Kind::Peer] {
+        eprintln!("[cluster] fan-out {kind}: {n} clients on 2 nodes x {m} messages");
+        let run = cluster_fanout_one(kind, n, m, plan.phase_limit()).await;
+        let r = problems.keep(format!("cluster fan-out {kind}"), run);
+        if let Some(r) = &r {
+            if r.lost > 0 {
+                problems.add(format!(
+                    "cluster fan-out {kind}: {} deliveries lost",
+                    r.lost
+                ));
+            }
+            if r.dups > 0 {
+                problems.add(format!(
+                    "cluster fan-out {kind}: {} duplicate deliveries",
+                    r.dups
+                ));
+            }
+            t.note(format!(
+                "{kind}: Redis commands during the burst: {}",
+                r.commands
+            ));
+        }
+        results.push(r);
+    }
+    let col =
+        |f: &dyn Fn(&ClusterFanOut) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
+    t.row("deliveries/s", "msg/s", 0, col(&|r| r.rate));
+    t.row("latency p50", "ms", 2, col(&|r| r.p50));
+    t.row("latency p99", "ms", 2, col(&|r| r.p99));
+    t.row(
+        "server CPU (both nodes) per 1M deliveries",
+        "s",
+        2,
+        col(&|r| r.cpu_per_m),
+    );
+    t.row(
+        "Redis CPU per 1M deliveries",
+        "s",
+        2,
+        col(&|r| r.redis_cpu_per_m),
+    );
+    t.row(
+        "load generator CPU per 1M deliveries",
+        "s",
+        2,
+        col(&|r| r.load_cpu_per_m),
+    );
+    t.row("first send to last delivery", "s", 2, col(&|r| r.secs));
+    t.row(
+        "Redis commands per broadcast",
+        "",
+        2,
+        col(&|r| r.commands_per_broadcast),
+    );
+    t.row(
+        "Redis commands per delivered message",
+        "",
+        4,
+        col(&|r| r.commands_per_delivery),
+    );
+    t.row(
+        "Redis bytes in per delivered message",
+        "B",
+        2,
+        col(&|r| r.in_per_delivery),
+    );
+    t.row(
+        "Redis bytes out per delivered message",
+        "B",
+        2,
+        col(&|r| r.out_per_delivery),
+    );
+    t.row(
+        &format!("deliveries lost (of {})", n as u64 * m),
+        "",
+        0,
+        col(&|r| r.lost as f64),
+    );
+    t.row("duplicate deliveries", "", 0, col(&|r| r.dups as f64));
+    t.row(
+        "out-of-order deliveries",
+        "",
+        0,
+        col(&|r| r.reordered as f64),
+    );
+    t.note("client i is on node i % 2; the sender is client 0 (node 0) and receives its own broadcasts. switchboard: sb_server --redis URL (RedisBackend, every node delivers what Redis hands back, the sender's too); peer: peer --redis URL (socketioxide-redis 0.4.1: delivers locally, publishes to the other nodes).");
+    t.note("Redis counters (INFO commandstats, INFO stats) are read just before the burst and once every delivery arrived; bytes in: what Redis read from the nodes, out: what it wrote to them (replies and pub/sub pushes). The load generator, both nodes and Redis share the 2 cores.");
+    t
+}
+
+async fn cluster_latency(plan: &Plan, problems: &mut Problems) -> Table {
+    let (n, r, s) = (plan.cluster_receivers, plan.cluster_rate, plan.cluster_secs);
+    let mut t = Table::new(
+        "cluster_latency",
+        &format!(
+            "6b. broadcast latency (Switchboard): 1 sender, {n} receivers, open loop {r} broadcasts/s for {s} s"
+        ),
+        &["single node", "cross-node", "2 nodes, same node"],
+    );
+    let mut results = Vec::new();
+    for setup in [
+        LatencySetup::Single,
+        LatencySetup::CrossNode,
+        LatencySetup::SameNode,
+    ] {
+        eprintln!("[cluster] latency {setup:?}: {n} receivers, {r}/s, {s} s");
+        let run = cluster_latency_one(setup, n, r, s).await;
+        let l = problems.keep(format!("cluster latency {setup:?}"), run);
+        if let Some(l) = &l
+            && l.lost > 0
+        {
+            problems.add(format!("cluster latency {setup:?}: {} lost", l.lost));
+        }
+        results.push(l);
+    }
+    let col =
+        |f: &dyn Fn(&BroadcastLatency) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
+    t.row("send to receive p50", "ms", 3, col(&|l| l.p50));
+    t.row("send to receive p99", "ms", 3, col(&|l| l.p99));
+    t.row("send to receive p99.9", "ms", 3, col(&|l| l.p999));
+    t.row("send to receive max", "ms", 3, col(&|l| l.max));
+    let base = results
+        .first()
+        .and_then(|r| r.as_ref())
+        .map(|l| (l.p50, l.p99));
+    let over = |pick: fn((f64, f64)) -> f64| -> Vec<Option<f64>> {
+        results
+            .iter()
+            .map(|r| {
+                let l = r.as_ref()?;
+                Some(pick((l.p50, l.p99)) - pick(base?))
+            })
+            .collect()
+    };
+    t.row("p50 over single node", "ms", 3, over(|(p50, _)| p50));
+    t.row("p99 over single node", "ms", 3, over(|(_, p99)| p99));
+    t.row("server CPU (all nodes)", "s", 2, col(&|l| l.cpu));
+    t.row("deliveries lost", "", 0, col(&|l| l.lost as f64));
+    t.note("single node: a plain sb_server (no Redis); cross-node: the sender on node 0, the receivers on node 1 of a 2-node cluster; 2 nodes, same node: sender and receivers on node 0 of that cluster (the broadcast still goes to Redis and back).");
+    t.note("latency runs from each broadcast's scheduled send time (open loop) to its arrival at a receiver; the sender is in the room too, its own copies are not counted.");
+    t
+}
+
+async fn cluster_cost(plan: &Plan, problems: &mut Problems) -> Table {
+    let k = plan.cluster_cost_messages;
+    let mut t = Table::new(
+        "cluster_redis",
+        &format!(
+            "6c. Redis work per message (Switchboard, 2 nodes), session owned by node 0, requests to node 1, {k} messages each way"
+        ),
+        &["websocket", "long poll", "short poll"],
+    );
+    let mut results = Vec::new();
+    for transport in [
+        CostTransport::WebSocket,
+        CostTransport::LongPoll,
+        CostTransport::ShortPoll,
+    ] {
+        eprintln!("[cluster] Redis cost {transport:?}: {k} messages");
+        let run = cluster_cost_one(transport, k).await;
+        let c = problems.keep(format!("cluster Redis cost {transport:?}"), run);
+        if let Some(c) = &c {
+            if c.lost > 0 {
+                problems.add(format!(
+                    "cluster Redis cost {transport:?}: {} echoes lost",
+                    c.lost
+                ));
+            }
+            t.note(format!(
+                "{transport:?}: Redis commands during the {k} echo round trips: {}",
+                c.echo_commands
+            ));
+        }
+        results.push(c);
+    }
+    let col = |f: &dyn Fn(&Cost) -> f64| results.iter().map(|r| r.as_ref().map(f)).collect();
+    t.row(
+        "client→server: Redis commands per message",
+        "",
+        3,
+        col(&|c| c.up.commands),
+    );
+    t.row(
+        "client→server: Redis bytes in per message",
+        "B",
+        1,
+        col(&|c| c.up.net_in),
+    );
+    t.row(
+        "client→server: Redis bytes out per message",
+        "B",
+        1,
+        col(&|c| c.up.net_out),
+    );
+    t.row(
+        "server→client: Redis commands per message",
+        "",
+        3,
+        col(&|c| c.down.commands),
+    );
+    t.row(
+        "server→client: Redis bytes in per message",
+        "B",
+        1,
+        col(&|c| c.down.net_in),
+    );
+    t.row(
+        "server→client: Redis bytes out per message",
+        "B",
+        1,
+        col(&|c| c.down.net_out),
+    );
+    t.row(
+        "HTTP GETs per echoed message",
+        "",
+        2,
+        col(&|c| c.gets_per_echo),
+    );
+    t.row(
+        "idle background: Redis commands/s",
+        "1/s",
+        1,
+        col(&|c| c.background.commands),
+    );
+    t.row(
+        "idle background: Redis bytes in+out/s",
+        "B/s",
+        0,
+        col(&|c| c.background.net_in + c.background.net_out),
+    );
+    t.row("echoes lost", "", 0, col(&|c| c.lost as f64));
+    t.note("websocket: opened on node 0, dropped, resumed on node 1, which takes the session over once; measured after that. polls: opened with POST /open on node 0, every GET /poll and POST /poll sent to node 1, which forwards it to node 0.");
+    t.note("client→server: one 100 B message per POST (per frame on the WebSocket) that the server takes and does not answer; server→client: echo round trips (e|…, one at a time) minus client→server. Long poll: wait=1 after each POST; short poll: wait=0 every 2 ms until the echo is there.");
+    t.note("per message = (Redis counters after − before − idle background × duration) / messages; the background (liveness and ownership records of 2 nodes) is measured over 2 s idle just before. A room broadcast's cost per delivered message is in table 6a.");
     t
 }

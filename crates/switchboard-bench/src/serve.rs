@@ -30,6 +30,23 @@ pub fn port_only(usage: &str) -> Result<u16, String> {
     Ok(port)
 }
 
+/// Parses a command line that takes `--port N` (default 0: ephemeral) and `--redis URL` (default:
+/// none, a single node).
+pub fn port_and_redis(usage: &str) -> Result<(u16, Option<String>), String> {
+    let mut port = 0;
+    let mut redis = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--port" => port = flag_value(&arg, args.next(), usage)?,
+            "--redis" => redis = Some(flag_value(&arg, args.next(), usage)?),
+            "-h" | "--help" => return Err(usage.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{usage}")),
+        }
+    }
+    Ok((port, redis))
+}
+
 /// The exit code for a parsed command line's outcome and the server's: 2 for a bad command line
 /// (the message is printed), 1 for a server error, 0 otherwise.
 pub fn exit_code(name: &str, outcome: Result<std::io::Result<()>, String>) -> ExitCode {

@@ -1,4 +1,5 @@
-//! Runs `load --smoke` (tiny numbers, every scenario, all three servers) and asserts that it
+//! Runs `load --smoke` (tiny numbers, every scenario, all three servers, the cluster scenario on a
+//! `redis-server` it starts itself) and asserts that it
 //! succeeds: every server starts, every message arrives exactly once.
 
 use std::process::Command;
@@ -25,6 +26,9 @@ fn load_smoke_run_succeeds() {
         "3. echo round trip",
         "4. polling",
         "5. reconnect storm",
+        "6a. cluster fan-out",
+        "6b. broadcast latency",
+        "6c. Redis work per message",
     ] {
         assert!(stdout.contains(table), "no table {table:?} in\n{stdout}");
     }

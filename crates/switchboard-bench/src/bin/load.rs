@@ -1,7 +1,7 @@
 //! `load`: the Switchboard benchmark harness.
 //!
 //! ```text
-//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm] [--sb-unbatched] [--read-buffer BYTES]
+//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster] [--sb-unbatched] [--read-buffer BYTES]
 //! ```
 //!
 //! Switchboard WebSocket clients ask for batches (`batch=1`) like the JavaScript and Rust
@@ -12,6 +12,9 @@
 //! Starts the server binaries found next to itself, runs the scenarios, prints one table per
 //! scenario and writes all results as JSON to `PATH` (if given). `--smoke` runs tiny numbers and
 //! exits with status 1 if any message was lost or duplicated or any server failed.
+//!
+//! The `cluster` scenario starts `redis-server` (from the `PATH`, or `$REDIS_SERVER`) on a free
+//! port of 127.0.0.1 for each run, and stops it afterwards.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -22,7 +25,7 @@ use switchboard_bench::scenarios::{self, Plan, Problems};
 use switchboard_bench::{Error, sys};
 
 /// The scenarios, in the order they run (`--only` picks some).
-const SCENARIOS: [&str; 5] = ["idle", "fanout", "echo", "poll", "storm"];
+const SCENARIOS: [&str; 6] = ["idle", "fanout", "echo", "poll", "storm", "cluster"];
 
 /// Parsed command line.
 #[derive(Debug)]
@@ -65,7 +68,7 @@ fn parse_args() -> Result<Args, Error> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm] [--sb-unbatched] [--read-buffer BYTES]"
+                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster] [--sb-unbatched] [--read-buffer BYTES]"
                 );
                 std::process::exit(0);
             }
@@ -114,15 +117,18 @@ async fn run(args: Args) -> Result<bool, Error> {
     let mut problems = Problems::default();
     let mut tables: Vec<Table> = Vec::new();
     for name in SCENARIOS.into_iter().filter(|name| wanted(name)) {
-        let table = match name {
-            "idle" => scenarios::idle(&plan, &mut problems).await,
-            "fanout" => scenarios::fanout(&plan, &mut problems).await,
-            "echo" => scenarios::echo(&plan, &mut problems).await,
-            "poll" => scenarios::long_poll(&plan, &mut problems).await,
-            _ => scenarios::storm(&plan, &mut problems).await,
+        let new = match name {
+            "idle" => vec![scenarios::idle(&plan, &mut problems).await],
+            "fanout" => vec![scenarios::fanout(&plan, &mut problems).await],
+            "echo" => vec![scenarios::echo(&plan, &mut problems).await],
+            "poll" => vec![scenarios::long_poll(&plan, &mut problems).await],
+            "storm" => vec![scenarios::storm(&plan, &mut problems).await],
+            _ => scenarios::cluster(&plan, &mut problems).await,
         };
-        print!("{}", table.render());
-        tables.push(table);
+        for table in new {
+            print!("{}", table.render());
+            tables.push(table);
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!("\nload: {} run finished in {elapsed:.1} s", plan.mode);

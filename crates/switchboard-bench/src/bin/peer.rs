@@ -22,10 +22,14 @@
 //! The load generator starts it as a child process:
 //!
 //! ```text
-//! peer [--port N]
+//! peer [--port N] [--redis URL]
 //! ```
 //!
 //! - `--port N`: port on 127.0.0.1 (default 0: ephemeral).
+//! - `--redis URL`: run as one node of a cluster on the Redis at `URL`, through socketioxide's own
+//!   Redis adapter (socketioxide-redis with its `redis` driver, RESP3, channel prefix `bench-sio`).
+//!   Its stream of messages from Redis is raised from 1024 to [`MAX_BUFFER`] like the socket
+//!   buffer, since the adapter drops what does not fit. Default: a single node, no Redis.
 //!
 //! Like the other two servers it sets TCP_NODELAY on every accepted connection and runs on a
 //! multi-threaded tokio runtime. When ready it prints `listening on 127.0.0.1:PORT` on stdout; it
@@ -36,37 +40,75 @@ use std::process::ExitCode;
 use axum::Router;
 use axum::routing::get;
 use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Data, SocketRef};
+use socketioxide::layer::SocketIoLayer;
+use socketioxide_redis::drivers::redis::redis_client;
+use socketioxide_redis::{RedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
-const USAGE: &str = "usage: peer [--port N]";
+const USAGE: &str = "usage: peer [--port N] [--redis URL]";
 
 /// Packets each socket may have waiting to be written.
 const MAX_BUFFER: usize = 65536;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let outcome = match switchboard_bench::serve::port_only(USAGE) {
-        Ok(port) => Ok(serve(port).await),
+    let outcome = match switchboard_bench::serve::port_and_redis(USAGE) {
+        Ok((port, redis)) => Ok(serve(port, redis).await),
         Err(usage) => Err(usage),
     };
     switchboard_bench::serve::exit_code("peer", outcome)
 }
 
-async fn serve(port: u16) -> std::io::Result<()> {
-    let (layer, io) = SocketIo::builder()
-        .max_buffer_size(MAX_BUFFER)
-        .build_layer();
-    io.ns("/", async |socket: SocketRef| {
-        socket.join("all");
-        socket.on("e", async |socket: SocketRef, Data(text): Data<String>| {
-            socket.emit("e", &text).ok();
-        });
-        socket.on("b", async |io: SocketIo, Data(text): Data<String>| {
-            io.to("all").emit("b", &text).await.ok();
-        });
-    });
-    let app = Router::new()
-        .route("/", get(async || "peer: Socket.IO at /socket.io/"))
-        .layer(layer);
+async fn serve(port: u16, redis: Option<String>) -> std::io::Result<()> {
+    let builder = SocketIo::builder().max_buffer_size(MAX_BUFFER);
+    let app = match redis {
+        None => {
+            let (layer, io) = builder.build_layer();
+            io.ns("/", on_connect);
+            app(layer)
+        }
+        Some(url) => {
+            let failed = |e: redis_client::RedisError| {
+                std::io::Error::other(format!("cannot connect to Redis at {url}: {e}"))
+            };
+            let client =
+                redis_client::Client::open(format!("{url}?protocol=resp3")).map_err(failed)?;
+            let config = RedisAdapterConfig::new()
+                .with_prefix("bench-sio")
+                .with_stream_buffer(MAX_BUFFER);
+            let adapter = RedisAdapterCtr::new_with_redis_config(&client, config)
+                .await
+                .map_err(failed)?;
+            let (layer, io) = builder
+                .with_adapter::<RedisAdapter<_>>(adapter)
+                .build_layer();
+            io.ns("/", on_connect)
+                .await
+                .map_err(|e| std::io::Error::other(format!("Redis adapter: {e}")))?;
+            app(layer)
+        }
+    };
     switchboard_bench::serve::run(port, app, || {}).await
+}
+
+/// The router: Socket.IO at `/socket.io/` (the layer), a plain text at `/`.
+fn app<A: Adapter>(layer: SocketIoLayer<A>) -> Router {
+    Router::new()
+        .route("/", get(async || "peer: Socket.IO at /socket.io/"))
+        .layer(layer)
+}
+
+/// Every socket joins the room; `e` is echoed to its sender, `b` broadcast to the room.
+async fn on_connect<A: Adapter>(socket: SocketRef<A>) {
+    socket.join("all");
+    socket.on(
+        "e",
+        async |socket: SocketRef<A>, Data(text): Data<String>| {
+            socket.emit("e", &text).ok();
+        },
+    );
+    socket.on("b", async |io: SocketIo<A>, Data(text): Data<String>| {
+        io.to("all").emit("b", &text).await.ok();
+    });
 }

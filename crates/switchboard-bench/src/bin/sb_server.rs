@@ -9,10 +9,13 @@
 //! The load generator starts it as a child process:
 //!
 //! ```text
-//! sb_server [--port N] [--coalescing-ms N] [--low]
+//! sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL]
 //! ```
 //!
 //! - `--port N`: port on 127.0.0.1 (default 0: ephemeral).
+//! - `--redis URL`: run as one node of a cluster on the Redis at `URL`
+//!   ([`RedisBackend`](switchboard_redis::RedisBackend), prefix `bench`); every node started with the
+//!   same `URL` shares the room. Default: a single node, no Redis.
 //! - `--coalescing-ms N`: the longest a low-priority message may be held back
 //!   ([`Coalescing::max_delay`]); the other coalescing thresholds keep their defaults.
 //! - `--low`: broadcasts go out at [`Priority::Low`](switchboard::Priority::Low), so they may be
@@ -29,7 +32,7 @@ use axum::Router;
 use switchboard::{Coalescing, Hub, Session, Switchboard};
 use switchboard_bench::serve::{exit_code, flag_value, run};
 
-const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low]";
+const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL]";
 
 /// The command line.
 #[derive(Debug, Default)]
@@ -37,6 +40,7 @@ struct Args {
     port: u16,
     coalescing_ms: Option<u64>,
     low: bool,
+    redis: Option<String>,
 }
 
 impl Args {
@@ -50,6 +54,7 @@ impl Args {
                     args.coalescing_ms = Some(flag_value(&arg, iter.next(), USAGE)?)
                 }
                 "--low" => args.low = true,
+                "--redis" => args.redis = Some(flag_value(&arg, iter.next(), USAGE)?),
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
@@ -74,6 +79,14 @@ async fn serve(args: Args) -> std::io::Result<()> {
             max_delay: Duration::from_millis(ms),
             ..Coalescing::default()
         });
+    }
+    if let Some(url) = &args.redis {
+        let backend = switchboard_redis::RedisBackend::builder(url.as_str())
+            .prefix("bench")
+            .connect()
+            .await
+            .map_err(|e| std::io::Error::other(format!("cannot connect to Redis at {url}: {e}")))?;
+        builder = builder.backend(backend);
     }
     let realtime = builder.build();
     let hub = realtime.hub();
