@@ -27,6 +27,11 @@ pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Forwarded requests waiting for their answers, at most, on one node.
 pub(crate) const MAX_PENDING: usize = 10_000;
 
+/// Owners of other nodes' sessions remembered, at most (then the memory starts again empty):
+/// a forwarded request to a known owner costs one Redis round trip less. An entry is dropped
+/// when its owner says the session is not there, or has died.
+const MAX_CACHED_OWNERS: usize = 100_000;
+
 /// How often a node rewrites the ownership records of its sessions.
 pub(crate) const REFRESH_PERIOD: Duration = Duration::from_secs(10);
 
@@ -209,6 +214,8 @@ pub(crate) struct Recorder {
 pub(crate) struct Node {
     pub(crate) backend: Arc<dyn Backend>,
     pending: DashMap<u64, oneshot::Sender<Answer>>,
+    /// The owners of sessions other nodes hold, as last looked up (see [`MAX_CACHED_OWNERS`]).
+    owners: DashMap<SessionRef, Owner>,
     next_id: AtomicU64,
     /// Numbers this node's publications (with the node's number in the high bits).
     next_publication: AtomicU64,
@@ -231,6 +238,7 @@ impl Node {
         Self {
             backend,
             pending: DashMap::new(),
+            owners: DashMap::new(),
             next_id: AtomicU64::new(1),
             next_publication: AtomicU64::new(first),
             incoming: DashMap::new(),
@@ -279,18 +287,39 @@ impl Node {
         body: &[u8],
         patience: Duration,
     ) -> Result<Answer, Unanswered> {
-        let owner = match self.backend.owner(session).await {
-            Ok(Some(owner)) => owner,
-            Ok(None) => {
-                tracing::debug!("request for a session without an owner record");
-                return Err(Unanswered::Gone);
-            }
-            Err(err) => return Err(Unanswered::Unavailable(err)),
+        let cached = self.owners.get(&session).map(|owner| owner.clone());
+        let owner = match cached {
+            Some(owner) => owner,
+            None => match self.backend.owner(session).await {
+                Ok(Some(owner)) => {
+                    if self.owners.len() >= MAX_CACHED_OWNERS {
+                        self.owners.clear();
+                    }
+                    self.owners.insert(session, owner.clone());
+                    owner
+                }
+                Ok(None) => {
+                    tracing::debug!("request for a session without an owner record");
+                    return Err(Unanswered::Gone);
+                }
+                Err(err) => return Err(Unanswered::Unavailable(err)),
+            },
         };
         if owner.node == self.id() {
+            self.owners.remove(&session);
             return Err(Unanswered::Here(owner.key));
         }
-        self.request_from(&owner, op, query, body, patience).await
+        let answer = self.request_from(&owner, op, query, body, patience).await;
+        // The session moved, or its owner died: look it up again next time.
+        let stale = match &answer {
+            Ok(answer) => answer.status == NOT_HERE.as_u16(),
+            Err(Unanswered::Dead | Unanswered::Gone) => true,
+            Err(_) => false,
+        };
+        if stale {
+            self.owners.remove(&session);
+        }
+        answer
     }
 
     /// [`request`](Self::request) to a known owner.
