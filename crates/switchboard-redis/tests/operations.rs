@@ -260,3 +260,66 @@ async fn two_applications_share_one_redis_under_their_prefixes() {
         .unwrap();
     assert_eq!(answer.status(), 404);
 }
+
+/// A writer for the test's tracing subscriber: everything goes into one shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_a_session_handler_logs_names_its_node() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Global: the session's handler runs in a task of its own, on any worker thread. (Other tests
+    // of this file log into the same buffer; this one looks for its own line.)
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("this test sets the global tracing subscriber (run it without RUST_LOG)");
+    let redis = Redis::start().await;
+    let backend = RedisBackend::connect(redis.url.clone()).await.unwrap();
+    let realtime = switchboard::Switchboard::builder().backend(backend).build();
+    let node = realtime.node_id().unwrap().to_string();
+    let app = axum::Router::new().nest(
+        "/rt",
+        realtime.router(|session| async move {
+            tracing::info!("handler says hello");
+            session.closed().await;
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+    let _client = Client::connect(&format!("http://{addr}/rt"), Transport::WebSocket)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+        if let Some(line) = text
+            .lines()
+            .find(|line| line.contains("handler says hello"))
+        {
+            assert!(line.contains(&format!("node={node}")), "{line}");
+            assert!(line.contains("session{key="), "{line}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

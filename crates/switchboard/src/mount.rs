@@ -246,7 +246,7 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let span = match node {
-        Some(node) => tracing::info_span!("session", key = session.shared.key, node),
+        Some(node) => tracing::info_span!("session", key = session.shared.key, node = %node),
         None => tracing::info_span!("session", key = session.shared.key),
     };
     tokio::spawn(

@@ -1,6 +1,6 @@
 //! This node's link to the rest of its cluster, when it has a [`Backend`]: forwarding requests to
 //! the node that owns their session and waiting for the answer, and the byte formats of what
-//! nodes send each other (`docs/scale-out.md`, "Request paths").
+//! nodes send each other (`docs/scale-out.md`, "How it works").
 //!
 //! Nothing here knows transports: the router's cluster layer ([`crate::cluster`]) decides what to
 //! forward and runs what was forwarded here.
@@ -91,7 +91,8 @@ const REQUEST: u8 = 1;
 const ANSWER: u8 = 2;
 
 /// The status a node answers a request about a session it does not hold (and is not taking
-/// in) with: the asker looks the owner up again, once (the session may just have moved).
+/// in) with: the asker looks the owner up again (the session may just have moved), at most
+/// twice more.
 pub(crate) const NOT_HERE: StatusCode = StatusCode::MISDIRECTED_REQUEST;
 
 /// A node message, decoded.
@@ -368,7 +369,7 @@ impl Node {
 
     /// Forwards a poll or POST for `session`, which this node does not hold, to its owner, and
     /// answers with the owner's answer; `on_timeout` makes the answer when none comes within
-    /// `patience`. `Ok(())`: the owner record names this node, which has just taken the session
+    /// `patience`. `Err(())`: the owner record names this node, which has just taken the session
     /// in, so the request is for the caller to run here.
     ///
     /// No owner, or an owner that is no longer alive: `404 unknown_session`, as for a session
