@@ -215,7 +215,8 @@ where
         .route("/client.js", get(client_js))
 }
 
-/// Refuses requests whose `Origin` is not allowed (`docs/protocol.md` §13).
+/// Refuses requests whose `Origin` is not allowed (`docs/protocol.md` §13), and requests that
+/// declare a body (`Content-Length`) larger than `max_body`, before reading it.
 ///
 /// A plain tower layer rather than `middleware::from_fn`: the check is synchronous, so the
 /// allowed request goes straight to the inner service and the only future left is the inner
@@ -258,6 +259,18 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        if declared_too_large(request.headers(), self.config.max_body) {
+            // Refused before a byte of the body is read: a client that declares 10 GB and sends
+            // nothing gets its answer now, not when it gives up (`docs/protocol.md` §7).
+            tracing::debug!(
+                path = request.uri().path(),
+                "request body declared too large"
+            );
+            return Either::Right(ready(Ok(ApiError::too_large(
+                "declared request body exceeds the size limit",
+            )
+            .into_response())));
+        }
         if origin_allowed(&self.config.origins, request.headers()) {
             Either::Left(self.inner.call(request))
         } else {
@@ -269,6 +282,16 @@ where
             Either::Right(ready(Ok(ApiError::origin_not_allowed().into_response())))
         }
     }
+}
+
+/// Whether the request declares a body larger than `max` bytes. (A `Content-Length` that does
+/// not parse is left to the HTTP layer, which refuses it.)
+fn declared_too_large(headers: &HeaderMap, max: usize) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > max as u64)
 }
 
 fn origin_allowed(origins: &Origins, headers: &HeaderMap) -> bool {

@@ -443,3 +443,58 @@ async fn session_ids_are_random_hex_and_never_in_debug_output() {
     }
     assert!(version_nibbles.len() > 4, "{version_nibbles:?}");
 }
+
+/// Writes `head` (request line and headers) on a raw connection, sends no body, and returns the
+/// status line of the answer, or `None` if none came within `wait`.
+async fn status_without_body(
+    addr: std::net::SocketAddr,
+    head: &str,
+    wait: Duration,
+) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(wait, stream.read(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer[..read]).into_owned();
+    text.lines().next().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_declared_body_above_the_limit_is_refused_before_any_of_it_is_sent() {
+    let mut server = start_default().await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    for path in [
+        format!("/rt/poll?v=1&sid={sid}"),
+        "/rt/open?v=1".to_string(),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 10000000000\r\n\r\n",
+            server.addr
+        );
+        let status = status_without_body(server.addr, &head, Duration::from_secs(10)).await;
+        assert_eq!(
+            status.as_deref(),
+            Some("HTTP/1.1 413 Payload Too Large"),
+            "{path}"
+        );
+    }
+    // Exactly the limit is not refused up front: the server waits for the body (a refusal would
+    // come within milliseconds, as above).
+    let exact = format!(
+        "POST /rt/poll?v=1&sid={sid} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        1024 * 1024
+    );
+    assert_eq!(
+        status_without_body(server.addr, &exact, Duration::from_secs(1)).await,
+        None
+    );
+    assert_session_works(&http, &server, &sid, &session, 1).await;
+}
