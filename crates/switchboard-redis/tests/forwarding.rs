@@ -243,3 +243,39 @@ async fn a_session_that_ended_is_unknown_on_every_node() {
         assert_eq!(body["error"], "unknown_session");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_body_for_another_nodes_session_is_refused_as_such_not_as_unknown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::start(2, |builder| builder).await;
+    let http = no_keep_alive();
+    let open: serde_json::Value = http
+        .post(format!("{}/open?v=1", cluster.nodes[0].base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sid = open["sid"].as_str().unwrap();
+    // Chunked, so no length is declared up front: the body is found too large while read.
+    let mut stream = tokio::net::TcpStream::connect(cluster.nodes[1].addr)
+        .await
+        .unwrap();
+    // Above max_body (1 MiB by default).
+    let chunk = "x".repeat(1_100_000);
+    let request = format!(
+        "POST /rt/poll?v=1&sid={sid} HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        cluster.nodes[1].addr,
+        chunk.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .ok();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+}

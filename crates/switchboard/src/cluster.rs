@@ -94,7 +94,10 @@ pub(crate) async fn send<U: Clone + Send + Sync + 'static>(
                 Err(()) => transport::poll::send(State(mounted), uri, Ok(body)).await,
             }
         }
-        (_, body) => transport::poll::send(State(mounted), uri, body).await,
+        // Unreadable here: the owner could not read it either (and the local transport, which
+        // does not hold the session, would answer 404 and reset the client).
+        (Some(_), Err(rejection)) => transport::poll::body_error(rejection).into_response(),
+        (None, body) => transport::poll::send(State(mounted), uri, body).await,
     }
 }
 

@@ -17,7 +17,8 @@ use crate::protocol::{self, ClientFrame, FrameError, OpenInfo};
 use crate::session::{AttachError, TransportKind};
 use crate::transport::{Params, json_response};
 
-fn body_error(rejection: BytesRejection) -> ApiError {
+/// The answer to a body that could not be read (too large, or broken off).
+pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::too_large("request body exceeds the size limit")
     } else {
