@@ -110,6 +110,39 @@ test("three people, one per transport, chat in one room", async (t) => {
   report({ scenario: "chat-three-transports", screenshot: path.relative(REPO_ROOT, shot) });
 });
 
+test("the chat page is served with security headers, and works under its content security policy", async (t) => {
+  // Issue 11, item 6: a CSP without 'unsafe-inline', nosniff, no framing by other sites.
+  const defer = cleanup(t);
+  const chat = await startChat();
+  defer(() => chat.stop());
+  const browser = await launchBrowser();
+  defer(() => browser.close());
+  const page = await browser.context.newPage();
+  page.setDefaultTimeout(scaled(20000));
+  const violations = [];
+  page.on("console", (message) => {
+    if (/Content Security Policy/i.test(message.text())) violations.push(message.text());
+  });
+  const response = await page.goto(`${chat.url}/`);
+  const headers = response.headers();
+  const csp = headers["content-security-policy"] || "";
+  assert.match(csp, /default-src 'self'/);
+  assert.match(csp, /script-src 'self'(;|$)/);
+  assert.match(csp, /frame-ancestors 'none'/);
+  assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
+  assert.equal(headers["x-content-type-options"], "nosniff");
+  assert.equal(headers["x-frame-options"], "DENY");
+  // The page's own scripts, styles and WebSocket are allowed: it logs in and talks.
+  await page.fill("#nick", "보안 🛡️");
+  await page.click("#login button");
+  await page.waitForFunction(() => document.querySelector("#badge").textContent.replace(/\s+/g, " ").trim() === "open · websocket");
+  await send(page, "CSP 아래에서도 됩니다 ✅");
+  await page.waitForFunction(() => [...document.querySelectorAll("#lines li")].some((li) => li.textContent.includes("CSP 아래에서도 됩니다 ✅")));
+  // style.css applied (body is a flex column there; the browser's default is block).
+  assert.equal(await page.evaluate(() => getComputedStyle(document.body).display), "flex");
+  assert.deepEqual(violations, []);
+});
+
 test("a nickname that breaks the rules is refused with a clear message", async (t) => {
   const defer = cleanup(t);
   const chat = await startChat();
