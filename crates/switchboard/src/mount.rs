@@ -217,6 +217,7 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
             inner: self.inner.clone(),
             session: session.clone(),
             generation,
+            rejected: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -274,6 +275,8 @@ pub(crate) struct Attached<U> {
     inner: Arc<Inner<U>>,
     session: Session<U>,
     generation: u64,
+    /// Frames of this transport the server rejected (see [`Attached::rejected`]).
+    rejected: std::sync::atomic::AtomicU32,
 }
 
 impl<U> Attached<U> {
@@ -285,6 +288,13 @@ impl<U> Attached<U> {
     /// The transport's generation (see [`Shared::attach`]).
     pub(crate) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Counts one more frame of this transport that the server rejected; returns how many so far.
+    pub(crate) fn rejected(&self) -> u32 {
+        self.rejected
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
     }
 }
 

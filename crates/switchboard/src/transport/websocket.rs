@@ -31,6 +31,12 @@ use crate::transport::Params;
 const SUPERSEDED: u16 = 4100;
 const HEARTBEAT_TIMEOUT: u16 = 4101;
 const WRITE_TIMEOUT: u16 = 4102;
+const REJECTED_FRAMES: u16 = 4103;
+
+/// Frames of one socket the server rejects (malformed, too large a payload, binary) before it
+/// closes the socket with `4103` (`docs/protocol.md` §5.1): a broken or hostile client costs a
+/// bounded amount of work and one log line per connection, not one per frame.
+const REJECTED_FRAME_BUDGET: u32 = 64;
 const MOVED: u16 = 1012;
 
 /// Most client frames read in one burst before they are delivered and acknowledged.
@@ -445,12 +451,11 @@ async fn on_wake<U>(
     last_heard: &mut Instant,
     next_ping: &mut Instant,
 ) -> bool {
-    let (session, generation) = (transport.session(), transport.generation());
-    let shared = &session.shared;
+    let shared = &transport.session().shared;
     let config = &shared.config;
     match wake {
         Wake::Incoming(incoming) => {
-            if handle_incoming(socket, session, generation, batch, incoming)
+            if handle_incoming(socket, transport, batch, incoming)
                 .await
                 .is_err()
             {
@@ -511,7 +516,7 @@ async fn take_step<U>(
     step: Step,
     last_heard: &mut Instant,
 ) -> bool {
-    let (session, generation) = (transport.session(), transport.generation());
+    let session = transport.session();
     let (messages, closing) = match step {
         Step::Superseded => {
             let close = vec![close_message(SUPERSEDED, "superseded")];
@@ -544,9 +549,7 @@ async fn take_step<U>(
         return false;
     }
     if let Some(incoming) = socket.recv().now_or_never() {
-        let handled = Box::pin(handle_incoming(
-            socket, session, generation, batch, incoming,
-        ));
+        let handled = Box::pin(handle_incoming(socket, transport, batch, incoming));
         if handled.await.is_err() {
             return false;
         }
@@ -577,16 +580,59 @@ fn read_burst(socket: &mut WebSocket, first: WsMessage) -> Vec<WsMessage> {
     burst
 }
 
+/// Counts a rejected frame of `transport`'s socket and logs it: the first at `info`, the
+/// others at `debug`. `true` once the socket has gone past [`REJECTED_FRAME_BUDGET`]: the caller
+/// closes it `4103` (the session lives on).
+fn over_budget<U>(transport: &mount::Attached<U>, why: &str) -> bool {
+    let key = transport.session().shared.key;
+    let count = transport.rejected();
+    if count == 1 {
+        tracing::info!(
+            session = key,
+            error = why,
+            "rejected a WebSocket frame (the next ones on this socket are logged at debug)"
+        );
+    } else {
+        tracing::debug!(
+            session = key,
+            error = why,
+            count,
+            "rejected a WebSocket frame"
+        );
+    }
+    if count <= REJECTED_FRAME_BUDGET {
+        return false;
+    }
+    tracing::info!(
+        session = key,
+        count,
+        "closing a WebSocket that sent too many rejected frames"
+    );
+    true
+}
+
+/// Writes the replies gathered so far (the error frames of the frames before), then closes the
+/// socket `4103`.
+async fn close_rejected(
+    socket: &mut WebSocket,
+    replies: Outgoing,
+    config: &crate::config::Config,
+) -> Result<(), ()> {
+    let messages = replies.into_messages(Some(close_message(REJECTED_FRAMES, "rejected_frames")));
+    let _ = write_all(socket, messages, config.write_timeout).await;
+    Err(())
+}
+
 /// Handles what the socket yielded and whatever else the client has already sent: acknowledgements
 /// and heartbeats at once, messages delivered in order and then acknowledged with one `ack` frame.
 /// `Err` means the socket is finished.
 async fn handle_incoming<U>(
     socket: &mut WebSocket,
-    session: &Session<U>,
-    generation: u64,
+    transport: &mount::Attached<U>,
     batch: bool,
     incoming: Option<Result<WsMessage, axum::Error>>,
 ) -> Result<(), ()> {
+    let (session, generation) = (transport.session(), transport.generation());
     let Some(Ok(first)) = incoming else {
         tracing::debug!(
             session = session.shared.key,
@@ -622,7 +668,9 @@ async fn handle_incoming<U>(
                 Ok(ClientFrame::Pong | ClientFrame::Unknown) => {}
                 Ok(ClientFrame::Close) => close = true,
                 Err(err) => {
-                    tracing::info!(session = shared.key, error = %err, "rejected a WebSocket frame");
+                    if over_budget(transport, &err.to_string()) {
+                        return close_rejected(socket, replies, &shared.config).await;
+                    }
                     let code = match err {
                         protocol::FrameError::Malformed(_) => "malformed_frame",
                         protocol::FrameError::TooLarge { .. } => "payload_too_large",
@@ -631,11 +679,11 @@ async fn handle_incoming<U>(
                 }
             },
             WsMessage::Binary(_) => {
-                tracing::info!(session = shared.key, "rejected a binary WebSocket message");
-                replies.frame(&protocol::error_frame(
-                    "malformed_frame",
-                    "binary WebSocket messages are not part of protocol v1; send payloads base64-encoded in b",
-                ));
+                let why = "binary WebSocket messages are not part of protocol v1; send payloads base64-encoded in b";
+                if over_budget(transport, why) {
+                    return close_rejected(socket, replies, &shared.config).await;
+                }
+                replies.frame(&protocol::error_frame("malformed_frame", why));
             }
             WsMessage::Ping(_) | WsMessage::Pong(_) => {}
             WsMessage::Close(_) => {
