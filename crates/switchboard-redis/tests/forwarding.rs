@@ -179,15 +179,7 @@ async fn ten_thousand_messages_from_the_client_across_three_nodes_round_robin() 
 async fn a_session_that_ended_is_unknown_on_every_node() {
     let mut cluster = Cluster::start(3, |builder| builder).await;
     let http = no_keep_alive();
-    let open: serde_json::Value = http
-        .post(format!("{}/open?v=1", cluster.proxy.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sid = open["sid"].as_str().unwrap().to_string();
+    let sid = common::open(&http, &cluster.proxy.base).await;
     let session = cluster.next_session().await;
     // Every node answers a short poll of the session.
     for node in &cluster.nodes {
@@ -249,15 +241,7 @@ async fn an_unreadable_body_for_another_nodes_session_is_refused_as_such_not_as_
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cluster = Cluster::start(2, |builder| builder).await;
     let http = no_keep_alive();
-    let open: serde_json::Value = http
-        .post(format!("{}/open?v=1", cluster.nodes[0].base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sid = open["sid"].as_str().unwrap();
+    let sid = common::open(&http, &cluster.nodes[0].base).await;
     // Chunked, so no length is declared up front: the body is found too large while read.
     let mut stream = tokio::net::TcpStream::connect(cluster.nodes[1].addr)
         .await

@@ -48,24 +48,13 @@ async fn two_nodes_talk(backends: [RedisBackend; 2]) {
     }
     // A session opened on node 0, polled through node 1: forwarded to node 0.
     let http = reqwest::Client::new();
-    let open: serde_json::Value = http
-        .post(format!("{}/open?v=1", nodes[0].base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sid = common::open(&http, &nodes[0].base).await;
     let polled = sessions.recv().await.unwrap();
     polled
         .send(switchboard::Message::text("forwarded"))
         .unwrap();
     let frames: serde_json::Value = http
-        .get(format!(
-            "{}/poll?v=1&sid={}&wait=0",
-            nodes[1].base,
-            open["sid"].as_str().unwrap()
-        ))
+        .get(format!("{}/poll?v=1&sid={}&wait=0", nodes[1].base, sid))
         .send()
         .await
         .unwrap()

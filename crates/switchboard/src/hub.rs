@@ -349,6 +349,19 @@ impl<U> fmt::Debug for Hub<U> {
 }
 
 impl<U> Hub<U> {
+    /// `message` encoded once for every recipient; refused if its payload exceeds the message
+    /// size limit.
+    fn encode(&self, message: &Message) -> Result<EncodedMessage, SendError> {
+        let encoded = EncodedMessage::new(message);
+        if encoded.payload_len() > self.max_message {
+            return Err(SendError::TooLarge {
+                len: encoded.payload_len(),
+                max: self.max_message,
+            });
+        }
+        Ok(encoded)
+    }
+
     /// Targets the members of `room`.
     pub fn to<'a>(&'a self, room: &'a str) -> Broadcast<'a, U> {
         Broadcast {
@@ -514,14 +527,7 @@ impl<U> Broadcast<'_, U> {
     /// Fails, sending nothing, if the payload exceeds the message size limit, or (on a node of a
     /// cluster) if the backend cannot take the publication ([`SendError::Backend`]).
     pub fn send(self, message: &Message) -> Result<usize, SendError> {
-        let encoded = EncodedMessage::new(message);
-        let max = self.hub.max_message;
-        if encoded.payload_len() > max {
-            return Err(SendError::TooLarge {
-                len: encoded.payload_len(),
-                max,
-            });
-        }
+        let encoded = self.hub.encode(message)?;
         let Some(node) = &self.hub.node else {
             return Ok(deliver(
                 &self.hub.registry,
@@ -594,14 +600,7 @@ impl<U> Direct<'_, U> {
     /// it arrives (nothing, if none does); it fails only if the payload is too large or the
     /// backend cannot take it ([`SendError::Backend`]).
     pub fn send(self, message: &Message) -> Result<(), SendError> {
-        let encoded = EncodedMessage::new(message);
-        let max = self.hub.max_message;
-        if encoded.payload_len() > max {
-            return Err(SendError::TooLarge {
-                len: encoded.payload_len(),
-                max,
-            });
-        }
+        let encoded = self.hub.encode(message)?;
         match &self.hub.node {
             Some(node) => node
                 .publish_direct(self.key, &encoded, self.priority, false)

@@ -441,3 +441,16 @@ pub async fn next_text(client: &mut switchboard_client::Client) -> String {
         .unwrap()
         .to_string()
 }
+
+/// `POST {base}/open`: a new polling session's id.
+pub async fn open(http: &reqwest::Client, base: &str) -> String {
+    let open: serde_json::Value = http
+        .post(format!("{base}/open?v=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    open["sid"].as_str().unwrap().to_string()
+}
