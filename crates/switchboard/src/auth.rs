@@ -15,6 +15,10 @@ pub struct Handshake {
     pub(crate) uri: Uri,
     pub(crate) auth: Option<serde_json::Value>,
     pub(crate) transport: TransportKind,
+    /// The address the connection came from, if the server knows it (see
+    /// [`client_addr`](Self::client_addr)).
+    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub(crate) client_addr: Option<std::net::IpAddr>,
 }
 
 impl Handshake {
@@ -33,6 +37,14 @@ impl Handshake {
     /// the client sent none, or sent `null` (`docs/protocol.md` §4).
     pub fn auth(&self) -> Option<&serde_json::Value> {
         self.auth.as_ref()
+    }
+
+    /// The client's address: the connection's peer, or, when the peer is one of the
+    /// [trusted proxies](crate::Builder::trusted_proxies), the client address the proxies
+    /// forwarded. `None` when the server does not know the peer (an app served by
+    /// `axum::serve` without `ConnectInfo`; [`serve`](crate::serve) always tells it).
+    pub fn client_addr(&self) -> Option<std::net::IpAddr> {
+        self.client_addr
     }
 
     /// The transport that opens the session.

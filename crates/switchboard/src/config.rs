@@ -13,6 +13,7 @@ use crate::auth::{AuthHook, Handshake, Refusal};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::address::{AddressConfig, Net};
 use crate::backend::Backend;
 
 /// Thresholds after which held-back low-priority messages are released.
@@ -79,6 +80,8 @@ pub(crate) struct Config {
     pub(crate) ws_read_buffer: usize,
     pub(crate) ws_write_buffer: usize,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) handshake_window: Duration,
+    pub(crate) addresses: AddressConfig,
 }
 
 impl Default for Config {
@@ -101,6 +104,8 @@ impl Default for Config {
             ws_read_buffer: 4 * 1024,
             ws_write_buffer: 4 * 1024,
             shutdown_grace: Duration::from_secs(5),
+            handshake_window: Duration::from_secs(10),
+            addresses: AddressConfig::default(),
         }
     }
 }
@@ -321,6 +326,67 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
     /// Default: 100 000.
     pub fn max_sessions(mut self, sessions: usize) -> Self {
         self.config.max_sessions = sessions;
+        self
+    }
+
+    /// How long a new session may go without a transport attaching or a `POST` arriving before it
+    /// expires: a client that opens sessions and never uses them holds each for this long rather
+    /// than the whole [resume window](Self::resume_window). Once a session has been used, the
+    /// resume window applies. Default: 10 s (never longer than the resume window).
+    pub fn handshake_window(mut self, window: Duration) -> Self {
+        self.config.handshake_window = capped(window);
+        self
+    }
+
+    /// Most sessions one client address may hold at once (an IPv4 address, or an IPv6 /64
+    /// network); further opens from it are refused with `429 address_session_limit` (WebSocket:
+    /// close `4429`) and `Retry-After: 5`. Ended sessions count until they are forgotten.
+    /// Default: 1000, room for a large office behind one NAT address. `usize::MAX`: no cap.
+    ///
+    /// The limits per address need the client's address: serve the app with
+    /// [`serve`](crate::serve), or with axum's `into_make_service_with_connect_info`. Behind a
+    /// reverse proxy, list it in [`trusted_proxies`](Self::trusted_proxies), or every client
+    /// counts as the proxy's address.
+    pub fn sessions_per_address(mut self, sessions: usize) -> Self {
+        self.config.addresses.max_sessions = sessions.max(1);
+        self
+    }
+
+    /// How fast one client address may open sessions: `per_second` on average, and up to `burst`
+    /// at once. Past it, opens are refused with `429 open_rate_limited` (WebSocket: close `4429`)
+    /// and `Retry-After` (seconds until the next open is allowed). Resuming a session is not
+    /// opening one. Default: 10 per second, bursts of 100. `per_second` 0: no rate limit.
+    pub fn open_rate_per_address(mut self, per_second: u32, burst: u32) -> Self {
+        self.config.addresses.opens_per_second = per_second;
+        self.config.addresses.burst = burst.max(1);
+        self
+    }
+
+    /// The reverse proxies whose `Forwarded` or `X-Forwarded-For` headers are believed, as
+    /// networks (`10.0.0.0/8`, `2001:db8::/32`) or single addresses (`127.0.0.1`). A request
+    /// whose connection comes from one of them counts as coming from the nearest address in
+    /// those headers that is not a trusted proxy (read from the right: each proxy appends the
+    /// address it received the request from, so what a client writes itself is ignored). From
+    /// anyone else the headers are ignored. Default: none, the connection's peer is the client.
+    ///
+    /// # Panics
+    ///
+    /// If an entry is not an address or network: a mistyped trust list would otherwise make
+    /// every client count as the proxy, or trust nobody, without a word.
+    pub fn trusted_proxies<I, S>(mut self, proxies: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.config.addresses.trusted = proxies
+            .into_iter()
+            .map(|proxy| {
+                let proxy = proxy.as_ref();
+                Net::parse(proxy).unwrap_or_else(|| {
+                    panic!("trusted_proxies: {proxy:?} is not an address or network (a.b.c.d/n)")
+                })
+            })
+            .collect();
         self
     }
 

@@ -534,7 +534,7 @@ fn delivered_by_giver(log: &[Recorded], at: usize, mark: u64) -> bool {
 }
 
 fn unavailable(err: &BackendError) -> ApiError {
-    tracing::warn!(error = %err, "session not taken over");
+    crate::logs::warn_limited!(error = %err, "session not taken over");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "backend_unavailable",

@@ -15,6 +15,8 @@
 //! - [`Hub`]: rooms, broadcast and presence; a broadcast is encoded once and shared by every
 //!   recipient's buffer.
 //! - [`Switchboard::router`]: the axum router, configured through [`Builder`].
+//! - [`serve`]: serving the app with connection-level limits (time-outs, header size, connection
+//!   count), in place of `axum::serve`.
 //! - [`backend`]: the seam to the other nodes of a cluster (`switchboard-redis` implements it on
 //!   Redis; `docs/scale-out.md`). Without a backend the server is a single node that needs nothing
 //!   external.
@@ -36,7 +38,8 @@
 //!         realtime.router(move |session| on_session(session, hub.clone())),
 //!     );
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//!     axum::serve(listener, app)
+//!     // Like `axum::serve`, with time-outs and limits on every connection (see `serve`).
+//!     switchboard::serve(listener, app)
 //!         .with_graceful_shutdown(async move {
 //!             tokio::signal::ctrl_c().await.ok();
 //!             realtime.shutdown().await;
@@ -99,6 +102,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod address;
 mod auth;
 pub mod backend;
 mod cluster;
@@ -106,11 +110,13 @@ mod config;
 mod error;
 mod handover;
 mod hub;
+mod logs;
 mod message;
 mod mount;
 mod node;
 pub mod protocol;
 mod router;
+mod serve;
 mod session;
 mod transport;
 
@@ -120,6 +126,7 @@ pub use error::{CloseReason, JoinError, SendError};
 pub use hub::{Broadcast, Direct, Hub, Member};
 pub use message::{Message, Payload};
 pub use router::Switchboard;
+pub use serve::{Serve, serve};
 pub use session::{Priority, Session, SessionKey, TransportKind};
 
 /// The README's code blocks, compiled as doc tests so that they cannot rot.

@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use tokio::sync::Notify;
 use tracing::Instrument as _;
 
+use crate::address::Addresses;
 use crate::auth::{AuthHook, Handshake};
 use crate::backend::Backend;
 use crate::config::{Config, UserCodec};
@@ -44,6 +45,10 @@ pub(crate) struct Inner<U> {
     pub(crate) handler: OnceLock<Handler<U>>,
     /// How user data moves with a session handed over to another node.
     pub(crate) user_codec: Option<UserCodec<U>>,
+    /// Sessions and opens per client address.
+    pub(crate) addresses: Arc<Addresses>,
+    /// Whether the missing client address has been logged (see [`Mounted::open_session`]).
+    unknown_address_logged: AtomicBool,
 }
 
 /// The per-router state: the shared core plus the application's session handler.
@@ -70,6 +75,8 @@ impl<U> Inner<U> {
         user_codec: Option<UserCodec<U>>,
     ) -> Self {
         Self {
+            addresses: Arc::new(Addresses::new(config.addresses.clone())),
+            unknown_address_logged: AtomicBool::new(false),
             config: Arc::new(config),
             registry: Arc::new(Registry::new(backend.clone())),
             rooms: Arc::new(RoomIndex::new(backend.clone())),
@@ -108,17 +115,35 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
 
     /// Opens a new session: checks the limits, runs the authentication hook, registers the
     /// session and starts the application's handler for it.
-    pub(crate) async fn open_session(&self, handshake: Handshake) -> Result<Session<U>, ApiError> {
+    pub(crate) async fn open_session(
+        &self,
+        mut handshake: Handshake,
+    ) -> Result<Session<U>, ApiError> {
         let inner = &self.inner;
         if inner.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::shutting_down());
         }
+        // The per-address limits come first: a refusal there costs no session and no hook call.
+        handshake.client_addr = inner.addresses.client(handshake.peer, &handshake.headers);
+        let address = match handshake.client_addr {
+            Some(addr) => Some(inner.addresses.admit(addr)?),
+            None => {
+                if !inner.unknown_address_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the client address of a new session is unknown, so the limits per \
+                         address do not apply: serve the app with switchboard::serve (or with \
+                         ConnectInfo<SocketAddr>)"
+                    );
+                }
+                None
+            }
+        };
         let reservation = inner
             .registry
             .reserve(inner.config.max_sessions)
             .ok_or_else(ApiError::session_limit)?;
         let user = (inner.auth)(handshake).await.map_err(|refusal| {
-            tracing::info!(
+            crate::logs::info_limited!(
                 status = refusal.status.as_u16(),
                 "session refused by authentication hook"
             );
@@ -134,13 +159,16 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
         })?;
         let key = inner.registry.next_key();
         let sid_ref = crate::backend::SessionRef(*sid.as_bytes());
-        let shared = Arc::new(Shared::new(
-            key,
-            sid,
-            user,
-            inner.config.clone(),
-            Arc::downgrade(&inner.rooms),
-        ));
+        let shared = Arc::new(
+            Shared::new(
+                key,
+                sid,
+                user,
+                inner.config.clone(),
+                Arc::downgrade(&inner.rooms),
+            )
+            .counted_for(address),
+        );
         let session = Session::from_shared(shared);
         reservation.insert(session.clone());
         // `shutdown` sets its flag before it snapshots the sessions, and we registered before

@@ -652,7 +652,7 @@ impl Drop for Forget<'_> {
 }
 
 fn unavailable(err: &BackendError) -> Response {
-    tracing::warn!(error = %err, "request for another node's session not forwarded");
+    crate::logs::warn_limited!(error = %err, "request for another node's session not forwarded");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "backend_unavailable",

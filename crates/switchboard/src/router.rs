@@ -274,7 +274,7 @@ where
         if origin_allowed(&self.config.origins, request.headers()) {
             Either::Left(self.inner.call(request))
         } else {
-            tracing::info!(
+            crate::logs::info_limited!(
                 origin = ?request.headers().get(header::ORIGIN),
                 path = request.uri().path(),
                 "request from a disallowed origin refused"

@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::serve::ListenerExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchboard::{CloseReason, Hub, Message, Refusal, Session, Switchboard};
@@ -157,17 +156,15 @@ async fn run() -> Result<(), String> {
     let local = listener
         .local_addr()
         .map_err(|err| format!("cannot listen on {addr}: {err}"))?;
-    // TCP_NODELAY: small realtime frames go out at once instead of waiting on Nagle's algorithm.
     match realtime.node_id() {
         Some(node) => tracing::info!(node, "chat on http://{local}, a node of a cluster"),
         None => tracing::info!("chat on http://{local}"),
     }
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    // `into_make_service`: every connection shares the router instead of keeping its own copy
-    // (about 5 KB less per held long poll; docs/deployment.md, "Sizing memory").
-    axum::serve(listener, app.into_make_service())
+    // `switchboard::serve` rather than `axum::serve`: it bounds how long a client may take to
+    // send its headers and its body, how large the headers may be and how many connections are
+    // open, and sets TCP_NODELAY (docs/deployment.md, "Hostile clients"). It shares the router
+    // between connections, as `into_make_service` does.
+    switchboard::serve(listener, app)
         .with_graceful_shutdown(async move {
             stop_signal().await;
             // Alone: tells every page the server is going away and releases waiting polls. In a

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use crate::address::AddressSlot;
 use crate::config::Config;
 use crate::error::{CloseReason, JoinError, SendError};
 use crate::hub::RoomIndex;
@@ -36,6 +37,9 @@ pub(crate) struct Shared<U> {
     /// Wakes the application and inbound deliveries: a message received or taken, takeover, close.
     inbound: Notify,
     inbound_lock: tokio::sync::Mutex<()>,
+    /// Counts the session against its client's address while it exists (see
+    /// [`Addresses`](crate::address::Addresses)).
+    _address: Option<AddressSlot>,
     /// The session came from another node of the cluster (see [`Shared::restore`]).
     pub(crate) handed_over: bool,
 }
@@ -74,6 +78,9 @@ struct State {
     waiting: bool,
     /// A POST is in progress (see [`Shared::begin_post`]).
     post_busy: bool,
+    /// A transport has attached or a POST has come: the session is in use, and expires after
+    /// the resume window rather than the handshake window.
+    used: bool,
     close: Option<CloseReason>,
     low: Option<LowPending>,
     acked: u64,
@@ -158,6 +165,7 @@ impl<U> Shared<U> {
                 released: 0,
                 waiting: false,
                 post_busy: false,
+                used: false,
                 low: None,
                 inbox: VecDeque::new(),
                 in_seq: 0,
@@ -172,7 +180,14 @@ impl<U> Shared<U> {
             inbound: Notify::new(),
             inbound_lock: tokio::sync::Mutex::new(()),
             handed_over: false,
+            _address: None,
         }
+    }
+
+    /// The same new session, counted against its client's address by `address`.
+    pub(crate) fn counted_for(mut self, address: Option<AddressSlot>) -> Self {
+        self._address = address;
+        self
     }
 
     /// A session handed over from another node, as it was there (its rooms are joined by the
@@ -258,7 +273,7 @@ impl<U> Shared<U> {
 
     /// Closes the session after [`push`](Self::push) reported an overflow.
     pub(crate) fn close_overflowed(&self) {
-        tracing::info!(
+        crate::logs::info_limited!(
             session = self.key,
             "outbound buffer overflow; closing session"
         );
@@ -374,6 +389,7 @@ impl<U> Shared<U> {
             return Err(AttachError::Stale);
         }
         state.att = att;
+        state.used = true;
         state.generation += 1;
         let generation = state.generation;
         let previous = state.attached.replace((generation, kind));
@@ -415,6 +431,7 @@ impl<U> Shared<U> {
         if state.attached.is_none() && state.close.is_none() {
             state.since = now;
         }
+        state.used = true;
         Ok(())
     }
 
@@ -614,7 +631,18 @@ impl<U> Shared<U> {
     fn expiry_due(&self, state: &State, now: Instant) -> bool {
         state.close.is_none()
             && state.attached.is_none()
-            && state.since + self.config.resume_window <= now
+            && state.since + self.open_window(state) <= now
+    }
+
+    /// How long the open session whose state is `state` lives with nothing attached: the resume
+    /// window once it has been used, the (shorter) handshake window before.
+    fn open_window(&self, state: &State) -> std::time::Duration {
+        let config = &self.config;
+        if state.used || self.handed_over {
+            config.resume_window
+        } else {
+            config.handshake_window.min(config.resume_window)
+        }
     }
 
     /// Ends the open session whose locked state is `state` (the lock is released before the rooms
@@ -711,10 +739,10 @@ impl<U> Shared<U> {
         if state.attached.is_some() {
             return Expiry::Keep;
         }
-        match (&state.close, state.since + window <= now) {
-            (Some(_), true) => Expiry::Remove,
-            (None, true) => Expiry::Expire,
-            (_, false) => Expiry::Keep,
+        match &state.close {
+            Some(_) if state.since + window <= now => Expiry::Remove,
+            None if state.since + self.open_window(&state) <= now => Expiry::Expire,
+            _ => Expiry::Keep,
         }
     }
 

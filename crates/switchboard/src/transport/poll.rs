@@ -4,9 +4,12 @@
 //! delivered, so a bad batch changes nothing. Message frames are delivered by sequence number:
 //! a retried POST whose answer was lost is recognised and its messages are not delivered twice.
 
+use std::net::SocketAddr;
+
+use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
@@ -21,21 +24,41 @@ use crate::transport::{Params, json_response};
 pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::too_large("request body exceeds the size limit")
+    } else if timed_out(&rejection) {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive within the body time-out",
+        )
     } else {
         ApiError::bad_request(format!("unreadable body: {}", rejection.body_text()))
     }
 }
 
+/// Whether the body broke off because [`serve`](crate::serve)'s body time-out passed.
+fn timed_out(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(err) = source {
+        if err.is::<crate::serve::BodyTimedOut>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 pub(crate) async fn open<U: Clone + Send + Sync + 'static>(
     State(mounted): State<Mounted<U>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match open_session(mounted, headers, uri, body).await {
+    let peer = peer.map(|Extension(ConnectInfo(peer))| peer);
+    match open_session(mounted, peer, headers, uri, body).await {
         Ok(response) => response,
         Err(err) => {
-            tracing::info!(error = err.code, "session open refused");
+            crate::logs::info_limited!(error = err.code, "session open refused");
             err.into_response()
         }
     }
@@ -43,6 +66,7 @@ pub(crate) async fn open<U: Clone + Send + Sync + 'static>(
 
 async fn open_session<U: Clone + Send + Sync + 'static>(
     mounted: Mounted<U>,
+    peer: Option<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
@@ -67,6 +91,8 @@ async fn open_session<U: Clone + Send + Sync + 'static>(
             uri,
             auth,
             transport: TransportKind::LongPoll,
+            peer,
+            client_addr: None,
         })
         .await?;
     let config = &session.shared.config;
@@ -95,7 +121,7 @@ pub(crate) async fn send<U: Clone + Send + Sync + 'static>(
             if err.status == StatusCode::NOT_FOUND || err.status == StatusCode::TOO_MANY_REQUESTS {
                 tracing::debug!(error = err.code, "POST refused");
             } else {
-                tracing::info!(error = err.code, message = %err.message, "POST refused");
+                crate::logs::info_limited!(error = err.code, message = %err.message, "POST refused");
             }
             err.into_response()
         }

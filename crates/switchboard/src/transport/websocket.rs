@@ -8,11 +8,13 @@
 //! Read and write buffers are sized by the configuration (4 KiB each by default) rather than
 //! axum's 128 KiB, which would dominate the memory of an idle connection.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::Extension;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::Either;
@@ -50,10 +52,12 @@ const BATCH_BYTES: usize = 16 * 1024;
 
 pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
     State(mounted): State<Mounted<U>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     uri: Uri,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let peer = peer.map(|Extension(ConnectInfo(peer))| peer);
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
@@ -65,7 +69,7 @@ pub(crate) async fn upgrade<U: Clone + Send + Sync + 'static>(
     let max_frame = max_frame(&config);
     // Not run before the upgrade has succeeded (futures are lazy); boxed, so that the request it
     // holds is freed once the session is known (see `serve`).
-    let attaching = Box::pin(attach(mounted.clone(), headers, uri));
+    let attaching = Box::pin(attach(mounted.clone(), peer, headers, uri));
     upgrade
         .read_buffer_size(config.ws_read_buffer)
         .write_buffer_size(config.ws_write_buffer)
@@ -104,7 +108,7 @@ fn serve<U: Clone + Send + Sync + 'static>(
                 Either::Left(run(socket, transport, opening).instrument(span))
             }
             Err(err) => {
-                tracing::info!(error = err.code, "WebSocket session refused");
+                crate::logs::info_limited!(error = err.code, "WebSocket session refused");
                 Either::Right(refuse(socket, err))
             }
         }
@@ -159,6 +163,7 @@ struct Opening {
 /// Resolves the session a new socket is for: resumed (`sid`) or newly opened.
 async fn attach<U: Clone + Send + Sync + 'static>(
     mounted: Mounted<U>,
+    peer: Option<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Attached<U>, ApiError> {
@@ -199,6 +204,8 @@ async fn attach<U: Clone + Send + Sync + 'static>(
             uri,
             auth,
             transport: TransportKind::WebSocket,
+            peer,
+            client_addr: None,
         })
         .await?;
     Ok(Attached {
@@ -587,7 +594,7 @@ fn over_budget<U>(transport: &mount::Attached<U>, why: &str) -> bool {
     let key = transport.session().shared.key;
     let count = transport.rejected();
     if count == 1 {
-        tracing::info!(
+        crate::logs::info_limited!(
             session = key,
             error = why,
             "rejected a WebSocket frame (the next ones on this socket are logged at debug)"
@@ -603,7 +610,7 @@ fn over_budget<U>(transport: &mount::Attached<U>, why: &str) -> bool {
     if count <= REJECTED_FRAME_BUDGET {
         return false;
     }
-    tracing::info!(
+    crate::logs::info_limited!(
         session = key,
         count,
         "closing a WebSocket that sent too many rejected frames"
@@ -650,7 +657,7 @@ async fn handle_incoming<U>(
     for incoming in burst {
         match incoming {
             WsMessage::Text(frame) if frame.len() > max_frame => {
-                tracing::info!(
+                crate::logs::info_limited!(
                     session = shared.key,
                     len = frame.len(),
                     "WebSocket frame too large"

@@ -26,8 +26,32 @@ pub struct TestServer<U: Clone + Send + Sync + 'static = ()> {
 }
 
 impl<U: Clone + Send + Sync + 'static> TestServer<U> {
-    /// Starts `realtime` mounted at `/rt` on an ephemeral port.
+    /// Starts `realtime` mounted at `/rt` on an ephemeral port, served by `axum::serve`.
     pub async fn start(realtime: Switchboard<U>) -> Self {
+        Self::start_with(realtime, |listener, app| async move {
+            axum::serve(listener, app).await.unwrap();
+        })
+        .await
+    }
+
+    /// Starts `realtime` mounted at `/rt` on an ephemeral port, served by `switchboard::serve`
+    /// with the limits `limits` sets.
+    pub async fn start_served(
+        realtime: Switchboard<U>,
+        limits: impl FnOnce(switchboard::Serve) -> switchboard::Serve + Send + 'static,
+    ) -> Self {
+        Self::start_with(realtime, |listener, app| async move {
+            limits(switchboard::serve(listener, app)).await.unwrap();
+        })
+        .await
+    }
+
+    /// Starts `realtime` mounted at `/rt` on an ephemeral port, served by `run`.
+    pub async fn start_with<F, Fut>(realtime: Switchboard<U>, run: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, axum::Router) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (tx, sessions) = mpsc::channel(1024);
         let app = axum::Router::new().nest(
             "/rt",
@@ -43,9 +67,7 @@ impl<U: Clone + Send + Sync + 'static> TestServer<U> {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        tokio::spawn(run(listener, app));
         Self {
             addr,
             base: format!("http://{addr}/rt"),
