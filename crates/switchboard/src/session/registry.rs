@@ -57,6 +57,7 @@ impl<U> Registry<U> {
     /// now, so it is left alone.
     pub(crate) fn forget_moved(&self, sid: &SessionId) {
         if let Some((_, session)) = self.sessions.remove(sid) {
+            session.shared.release_address();
             self.count.fetch_sub(1, Ordering::AcqRel);
             self.by_key.remove(&session.shared.key);
         }
@@ -86,6 +87,7 @@ impl<U> Registry<U> {
     /// Forgets a session (it has ended and its close frame was delivered, or it expired).
     pub(crate) fn remove(&self, sid: &SessionId) {
         if let Some((_, session)) = self.sessions.remove(sid) {
+            session.shared.release_address();
             self.count.fetch_sub(1, Ordering::AcqRel);
             let key = session.shared.key;
             self.by_key.remove(&key);

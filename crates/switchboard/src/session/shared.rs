@@ -37,9 +37,6 @@ pub(crate) struct Shared<U> {
     /// Wakes the application and inbound deliveries: a message received or taken, takeover, close.
     inbound: Notify,
     inbound_lock: tokio::sync::Mutex<()>,
-    /// Counts the session against its client's address while it exists (see
-    /// [`Addresses`](crate::address::Addresses)).
-    _address: Option<AddressSlot>,
     /// The session came from another node of the cluster (see [`Shared::restore`]).
     pub(crate) handed_over: bool,
 }
@@ -96,6 +93,9 @@ struct State {
     /// Once it has ended: when it ended. (One field for both keeps every session 16 bytes smaller.)
     since: Instant,
     rooms: Vec<Arc<str>>,
+    /// Counts the session against its client's address while the registry holds it (see
+    /// [`Addresses`](crate::address::Addresses)).
+    address: Option<AddressSlot>,
 }
 
 #[derive(Clone, Copy)]
@@ -175,19 +175,30 @@ impl<U> Shared<U> {
                 since: Instant::now(),
                 close: None,
                 rooms: Vec::new(),
+                address: None,
             }),
             outbound: Notify::new(),
             inbound: Notify::new(),
             inbound_lock: tokio::sync::Mutex::new(()),
             handed_over: false,
-            _address: None,
         }
     }
 
-    /// The same new session, counted against its client's address by `address`.
+    /// The same new session, counted against its client's address by `address` until it is
+    /// forgotten (see [`release_address`](Self::release_address)).
     pub(crate) fn counted_for(mut self, address: Option<AddressSlot>) -> Self {
-        self._address = address;
+        self.state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .address = address;
         self
+    }
+
+    /// Stops counting the session against its client's address: the registry has forgotten it.
+    pub(crate) fn release_address(&self) {
+        // Taken out under the lock, dropped (which takes the per-address map's lock) after it.
+        let address = self.state().address.take();
+        drop(address);
     }
 
     /// A session handed over from another node, as it was there (its rooms are joined by the
