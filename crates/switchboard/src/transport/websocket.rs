@@ -626,8 +626,26 @@ async fn close_rejected(
     config: &crate::config::Config,
 ) -> Result<(), ()> {
     let messages = replies.into_messages(Some(close_message(REJECTED_FRAMES, "rejected_frames")));
-    let _ = write_all(socket, messages, config.write_timeout).await;
+    if write_all(socket, messages, config.write_timeout).await {
+        linger(socket).await;
+    }
     Err(())
+}
+
+/// After the server's close frame, reads (and drops) what the client still sends until its own
+/// close frame, for at most a second. Closing a socket with unread bytes in its receive buffer
+/// makes the kernel send a reset, and a client that gets the reset before it has read the close
+/// frame loses the frame, and with it the reason (a client still sending fast, as one that
+/// floods bad frames does).
+async fn linger(socket: &mut WebSocket) {
+    let _ = timeout(Duration::from_secs(1), async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Handles what the socket yielded and whatever else the client has already sent: acknowledgements
@@ -663,7 +681,9 @@ async fn handle_incoming<U>(
                     "WebSocket frame too large"
                 );
                 let close = close_message(1009, "payload_too_large");
-                let _ = timeout(Duration::from_millis(100), socket.send(close)).await;
+                if let Ok(Ok(())) = timeout(Duration::from_millis(100), socket.send(close)).await {
+                    linger(socket).await;
+                }
                 return Err(());
             }
             WsMessage::Text(frame) => match protocol::decode_frame(frame.as_str(), max_message) {
