@@ -124,6 +124,7 @@ pub use auth::{Handshake, Refusal};
 pub use config::{Builder, Coalescing};
 pub use error::{CloseReason, JoinError, SendError};
 pub use hub::{Broadcast, Direct, Hub, Member};
+pub use logs::QUIET_DEPENDENCIES;
 pub use message::{Message, Payload};
 pub use router::Switchboard;
 pub use serve::{Serve, serve};

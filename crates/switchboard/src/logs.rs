@@ -6,6 +6,36 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Filter directives (`target=level`, comma-separated, as `RUST_LOG` and tracing-subscriber's
+/// `EnvFilter` read them) that keep what no log should hold out of the dependencies' output:
+/// at `trace`, tungstenite writes every WebSocket frame it sends and receives, the open frame
+/// (which carries the session id) and every payload included; and hyper warns once per
+/// connection that timed out, which a client opening connections could multiply.
+///
+/// Add them *after* the application's own directives, so that they win even over
+/// `RUST_LOG=trace` (a directive for the same target replaces the one before). Switchboard's
+/// own lines name sessions by their key (`session=17`), never by id, at every level.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // With tracing-subscriber and its `env-filter` feature:
+/// use tracing_subscriber::EnvFilter;
+///
+/// let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// for directive in switchboard::QUIET_DEPENDENCIES.split(',') {
+///     filter = filter.add_directive(directive.parse()?);
+/// }
+/// tracing_subscriber::fmt().with_env_filter(filter).init();
+/// # Ok(())
+/// # }
+/// ```
+///
+/// An application's own request logging must leave out the query strings of the mount point's
+/// URLs: polls carry the session id there (`GET /poll?sid=…`). tower-http's `TraceLayer`, for
+/// one, records the whole URI by default.
+pub const QUIET_DEPENDENCIES: &str =
+    "tungstenite=debug,tokio_tungstenite=debug,hyper=error,hyper_util=error";
+
 /// How often a budget lets a line through.
 pub(crate) const PERIOD: Duration = Duration::from_secs(10);
 

@@ -96,12 +96,18 @@ async fn main() -> ExitCode {
 /// Sets up and serves the chat until Ctrl-C; `Err` says what went wrong (a bad address, a port
 /// that is taken).
 async fn run() -> Result<(), String> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,switchboard=info".into()),
-        )
-        .init();
+    // RUST_LOG as given (default: info), then Switchboard's directives for its dependencies,
+    // which win over it: no session id and no payload in the log at any level, and no line an
+    // attacker can multiply (docs/deployment.md, "Hostile clients").
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for directive in switchboard::QUIET_DEPENDENCIES.split(',') {
+        match directive.parse() {
+            Ok(directive) => filter = filter.add_directive(directive),
+            Err(err) => return Err(format!("log filter {directive:?}: {err}")),
+        }
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     let Args { addr, redis } = args()?;
 
     // Who may open a session: anyone with a valid nickname. The page passes it as `auth` data;
