@@ -64,6 +64,8 @@ pub(crate) enum Origins {
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) origins: Origins,
+    /// The `Host` values requests may carry (lowercase; without a port: any port); `None`: any.
+    pub(crate) hosts: Option<Vec<String>>,
     pub(crate) ping_interval: Duration,
     pub(crate) ping_timeout: Duration,
     pub(crate) write_timeout: Duration,
@@ -88,6 +90,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             origins: Origins::SameOrigin,
+            hosts: None,
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
             write_timeout: Duration::from_secs(20),
@@ -250,6 +253,29 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
     /// credentials (cookies) of its visitors.
     pub fn allow_any_origin(mut self) -> Self {
         self.config.origins = Origins::Any;
+        self
+    }
+
+    /// Accepts only requests whose `Host` header names one of `hosts`: `example.com` (any port),
+    /// `example.com:8443` (that port only), `[::1]`. Other requests get `403 host_not_allowed`
+    /// (WebSocket: refused before the upgrade) and change nothing. Default: any host.
+    ///
+    /// This is the defence against DNS rebinding: a page on `evil.example` whose name the
+    /// attacker points at your server's address (`127.0.0.1` for a server on a developer's
+    /// machine) is same-origin with itself, so the `Origin` check cannot see it; but its
+    /// requests say `Host: evil.example`. List every name the server is reached by (behind a
+    /// proxy, the public names the proxy passes on).
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config.hosts = Some(
+            hosts
+                .into_iter()
+                .map(|host| host.into().trim().to_ascii_lowercase())
+                .collect(),
+        );
         self
     }
 

@@ -203,6 +203,14 @@ impl ApiError {
         )
     }
 
+    pub(crate) fn host_not_allowed() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            "this server does not answer to this host name",
+        )
+    }
+
     pub(crate) fn session_limit() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -271,6 +271,16 @@ where
             )
             .into_response())));
         }
+        if let Some(hosts) = &self.config.hosts
+            && !host_allowed(hosts, request.headers())
+        {
+            crate::logs::info_limited!(
+                host = ?request.headers().get(header::HOST),
+                path = request.uri().path(),
+                "request for a host not in the allow-list refused"
+            );
+            return Either::Right(ready(Ok(ApiError::host_not_allowed().into_response())));
+        }
         if origin_allowed(&self.config.origins, request.headers()) {
             Either::Left(self.inner.call(request))
         } else {
@@ -292,6 +302,25 @@ fn declared_too_large(headers: &HeaderMap, max: usize) -> bool {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().parse::<u64>().ok())
         .is_some_and(|length| length > max as u64)
+}
+
+/// Whether the `Host` header names one of `hosts` (see [`Builder::allowed_hosts`]).
+fn host_allowed(hosts: &[String], headers: &HeaderMap) -> bool {
+    let Some(host) = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .map(str::to_ascii_lowercase)
+    else {
+        return false;
+    };
+    // The name without its port: `example.com:80` → `example.com`, `[::1]:80` → `[::1]`.
+    let name = match host.rfind(':') {
+        Some(colon) if !host[colon..].contains(']') => &host[..colon],
+        _ => host.as_str(),
+    };
+    hosts
+        .iter()
+        .any(|allowed| *allowed == host || *allowed == name)
 }
 
 fn origin_allowed(origins: &Origins, headers: &HeaderMap) -> bool {
@@ -503,6 +532,33 @@ mod tests {
             &headers(Some("https://evil.test"), "a.test")
         ));
         assert!(!origin_allowed(&same, &headers(Some("null"), "a.test")));
+    }
+
+    #[test]
+    fn allowed_hosts_match_with_any_port_or_the_listed_one() {
+        let hosts: Vec<String> = ["localhost", "[::1]", "chat.example:8443"]
+            .map(String::from)
+            .to_vec();
+        for allowed in [
+            "localhost",
+            "LOCALHOST:3000",
+            "[::1]:3000",
+            "[::1]",
+            "chat.example:8443",
+        ] {
+            assert!(host_allowed(&hosts, &headers(None, allowed)), "{allowed}");
+        }
+        for refused in [
+            "evil.example",
+            "evil.example:3000",
+            "chat.example",
+            "chat.example:443",
+            "localhost.evil.example",
+            "[::2]:3000",
+        ] {
+            assert!(!host_allowed(&hosts, &headers(None, refused)), "{refused}");
+        }
+        assert!(!host_allowed(&hosts, &HeaderMap::new()));
     }
 
     #[test]

@@ -13,6 +13,15 @@
 //! a set (`chat:rooms`), under the backend's prefix. (Two lines said at the same moment on two
 //! nodes may be kept in the history in the other order than the one the room saw them in.)
 //!
+//! **Hardened**: the pages carry a content security policy without inline code, no-sniff and
+//! no-framing headers; each client address may be in at most five rooms of its own choosing at
+//! once (so one client cannot take every room); served by `switchboard::serve` (time-outs and
+//! connection limits) with Switchboard's per-address session limits. On a loopback address the
+//! chat answers only to `localhost`, `127.0.0.1` and `[::1]` (against DNS rebinding); add public
+//! names with `--allowed-host NAME` (or `CHAT_ALLOWED_HOSTS=a,b`), and name a reverse proxy in
+//! front with `--trusted-proxy 10.0.0.0/8` (or `CHAT_TRUSTED_PROXIES`) so that clients count by
+//! their own addresses.
+//!
 //! The protocol between page and server is a handful of named events (`emit` on one side, `on` on
 //! the other) over one Switchboard session:
 //!
@@ -24,7 +33,7 @@
 //! | | `rooms {rooms}`, `problem {text}` |
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -47,6 +56,9 @@ const MAX_ROOM: usize = 32;
 const MAX_ROOMS: usize = 100;
 /// Messages of history kept per room and shown to whoever joins.
 const HISTORY: usize = 50;
+/// Most rooms other than the default ones that the sessions of one client address may be in at
+/// once: one client with many sessions cannot take every room.
+const ROOMS_PER_CLIENT: usize = 5;
 /// Rooms that always exist.
 const DEFAULT_ROOMS: [&str; 3] = ["lobby", "rust", "random"];
 
@@ -55,6 +67,8 @@ const DEFAULT_ROOMS: [&str; 3] = ["lobby", "rust", "random"];
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct User {
     nick: String,
+    /// The client's address (`None` if unknown), for the limit on rooms per client.
+    addr: Option<IpAddr>,
 }
 
 /// One line of a room's history.
@@ -70,6 +84,9 @@ struct Line {
 struct Chat {
     hub: Hub<User>,
     store: Store,
+    /// The rooms (other than the default ones) each client address's sessions on this node
+    /// are in, with how many of its sessions are in each.
+    rooms_by_client: Arc<Mutex<HashMap<IpAddr, HashMap<String, usize>>>>,
 }
 
 /// Where history and the room list live: in this process, or in Redis for a cluster.
@@ -108,11 +125,37 @@ async fn run() -> Result<(), String> {
         }
     }
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    let Args { addr, redis } = args()?;
+    let Args {
+        addr,
+        redis,
+        allowed_hosts,
+        trusted_proxies,
+    } = args()?;
 
     // Who may open a session: anyone with a valid nickname. The page passes it as `auth` data;
     // a refusal reaches the page as a `close` event with code 4400 + status.
-    let builder = Switchboard::builder().authenticate(|handshake| async move {
+    let mut builder = Switchboard::builder();
+    // On a loopback address only the loopback names (DNS rebinding: a foreign page whose name
+    // points at 127.0.0.1 says so in its Host header); elsewhere the names the operator lists.
+    let mut hosts = allowed_hosts;
+    if addr.ip().is_loopback() {
+        hosts.extend(["localhost", "127.0.0.1", "[::1]"].map(String::from));
+    }
+    if !hosts.is_empty() {
+        builder = builder.allowed_hosts(hosts);
+    }
+    if !trusted_proxies.is_empty() {
+        for proxy in &trusted_proxies {
+            if !valid_network(proxy) {
+                return Err(format!(
+                    "--trusted-proxy {proxy:?} is not an address or network"
+                ));
+            }
+        }
+        builder = builder.trusted_proxies(trusted_proxies);
+    }
+    let builder = builder.authenticate(|handshake| async move {
+        let addr = handshake.client_addr();
         let nick = handshake
             .auth()
             .and_then(|auth| auth.get("nick"))
@@ -122,6 +165,7 @@ async fn run() -> Result<(), String> {
         valid_name(nick, MAX_NICK)
             .then(|| User {
                 nick: nick.to_string(),
+                addr,
             })
             .ok_or_else(|| Refusal::forbidden(format!("a nickname has 1 to {MAX_NICK} characters")))
     });
@@ -146,6 +190,7 @@ async fn run() -> Result<(), String> {
     let chat = Chat {
         hub: realtime.hub(),
         store,
+        rooms_by_client: Arc::default(),
     };
     let static_files = concat!(env!("CARGO_MANIFEST_DIR"), "/static");
     let app = Router::new()
@@ -237,6 +282,35 @@ struct Args {
     addr: SocketAddr,
     /// The Redis URL of a cluster.
     redis: Option<String>,
+    /// Host names to answer to, besides the loopback names on a loopback address.
+    allowed_hosts: Vec<String>,
+    /// Reverse proxies whose forwarded client addresses are believed.
+    trusted_proxies: Vec<String>,
+}
+
+/// A comma-separated list from the environment variable `name`.
+fn env_list(name: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Whether `text` is an address or a network (`10.0.0.0/8`), as `trusted_proxies` takes them.
+fn valid_network(text: &str) -> bool {
+    let (addr, prefix) = text.split_once('/').unwrap_or((text, ""));
+    match addr.parse::<IpAddr>() {
+        Ok(ip) => {
+            prefix.is_empty()
+                || prefix
+                    .parse::<u8>()
+                    .is_ok_and(|bits| bits <= if ip.is_ipv4() { 32 } else { 128 })
+        }
+        Err(_) => false,
+    }
 }
 
 /// The listening address: `--addr HOST:PORT`, else `CHAT_ADDR`, else 127.0.0.1:3000; the Redis
@@ -245,14 +319,19 @@ fn args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut addr = std::env::var("CHAT_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let mut redis = std::env::var("CHAT_REDIS").ok();
+    let mut allowed_hosts = env_list("CHAT_ALLOWED_HOSTS");
+    let mut trusted_proxies = env_list("CHAT_TRUSTED_PROXIES");
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value,
             ("--redis", Some(value)) => redis = Some(value),
+            ("--allowed-host", Some(value)) => allowed_hosts.push(value),
+            ("--trusted-proxy", Some(value)) => trusted_proxies.push(value),
             _ => {
                 return Err(
                     "usage: chat [--addr HOST:PORT] [--redis redis://HOST:PORT] \
-                     (or CHAT_ADDR, CHAT_REDIS)"
+                     [--allowed-host NAME]... [--trusted-proxy ADDRESS/BITS]... \
+                     (or CHAT_ADDR, CHAT_REDIS, CHAT_ALLOWED_HOSTS, CHAT_TRUSTED_PROXIES)"
                         .into(),
                 );
             }
@@ -261,7 +340,12 @@ fn args() -> Result<Args, String> {
     let addr = addr
         .parse()
         .map_err(|err| format!("bad address {addr:?}: {err}"))?;
-    Ok(Args { addr, redis })
+    Ok(Args {
+        addr,
+        redis,
+        allowed_hosts,
+        trusted_proxies,
+    })
 }
 
 /// A session's life: it runs as long as the page is connected (across transport changes), and
@@ -271,7 +355,11 @@ fn args() -> Result<Args, String> {
 async fn on_session(session: Session<User>, chat: Chat) {
     let nick = session.user().nick.clone();
     let mut room = match session.rooms().into_iter().next() {
-        Some(room) if session.handed_over() => room,
+        Some(room) if session.handed_over() => {
+            // It was in this room on the node it came from: it counts here now.
+            chat.claim(session.user(), &room, true);
+            room
+        }
         _ => {
             session
                 .emit(
@@ -287,7 +375,20 @@ async fn on_session(session: Session<User>, chat: Chat) {
         match message.event() {
             Some("join") => match message.decode::<Join>() {
                 Ok(join) => match chat.check_room(&join.room).await {
-                    Ok(name) => room = chat.enter(&session, Some(&room), &name).await,
+                    Ok(name) if name == room => {}
+                    Ok(name) if !chat.claim(session.user(), &name, false) => tell(
+                        &session,
+                        &format!(
+                            "your address is in {ROOMS_PER_CLIENT} rooms already; leave one first"
+                        ),
+                    ),
+                    Ok(name) => {
+                        let entered = chat.enter(&session, Some(&room), &name).await;
+                        // The room it left (or, if the join failed, the one it did not enter).
+                        let left = if entered == name { &room } else { &name };
+                        chat.unclaim(session.user(), left);
+                        room = entered;
+                    }
                     Err(problem) => tell(&session, &problem),
                 },
                 Err(_) => tell(&session, "join needs a room name"),
@@ -314,6 +415,7 @@ async fn on_session(session: Session<User>, chat: Chat) {
     if session.close_reason() != Some(CloseReason::HandedOver) {
         chat.leave(&session, &room).await;
     }
+    chat.unclaim(session.user(), &room);
 }
 
 #[derive(Deserialize)]
@@ -452,6 +554,51 @@ impl Store {
 }
 
 impl Chat {
+    /// Counts one more session of `user`'s address in `room`; `false` (nothing counted) if that
+    /// would put the address in more than [`ROOMS_PER_CLIENT`] rooms, unless `force`. The
+    /// default rooms, and clients of unknown address, are not counted.
+    fn claim(&self, user: &User, room: &str, force: bool) -> bool {
+        let Some(addr) = user.addr else {
+            return true;
+        };
+        if DEFAULT_ROOMS.contains(&room) {
+            return true;
+        }
+        let Ok(mut clients) = self.rooms_by_client.lock() else {
+            return true;
+        };
+        let rooms = clients.entry(addr).or_default();
+        if !force && !rooms.contains_key(room) && rooms.len() >= ROOMS_PER_CLIENT {
+            return false;
+        }
+        *rooms.entry(room.to_string()).or_default() += 1;
+        true
+    }
+
+    /// Counts one session of `user`'s address fewer in `room` (see [`claim`](Self::claim)).
+    fn unclaim(&self, user: &User, room: &str) {
+        let Some(addr) = user.addr else {
+            return;
+        };
+        if DEFAULT_ROOMS.contains(&room) {
+            return;
+        }
+        let Ok(mut clients) = self.rooms_by_client.lock() else {
+            return;
+        };
+        if let Some(rooms) = clients.get_mut(&addr) {
+            if let Some(count) = rooms.get_mut(room) {
+                *count -= 1;
+                if *count == 0 {
+                    rooms.remove(room);
+                }
+            }
+            if rooms.is_empty() {
+                clients.remove(&addr);
+            }
+        }
+    }
+
     /// The rooms to offer: the default ones and every room with someone in it.
     async fn rooms(&self) -> Vec<String> {
         let mut rooms: Vec<String> = DEFAULT_ROOMS.iter().map(|room| room.to_string()).collect();
