@@ -146,8 +146,10 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
         .write_all(b"GET /rt/client.js HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
+    let quiet = round_trip(&server).await;
     // The answer arrives, and then (the connection kept alive but idle) the close.
     let (closed, answer) = closed_within(&mut stream, Duration::from_secs(10)).await;
+    println!("round trip with an idle kept-alive connection open: {quiet:?}");
     assert!(
         answer.starts_with("HTTP/1.1 200 OK"),
         "{}",
@@ -175,8 +177,12 @@ async fn a_declared_body_that_never_arrives_is_answered_408() {
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         let started = Instant::now();
+        let meanwhile = round_trip(&server).await;
         let (closed, answer) = closed_within(&mut stream, Duration::from_secs(10)).await;
-        println!("{path}: answered after {:?}", started.elapsed());
+        println!(
+            "{path}: answered after {:?}; a normal round trip meanwhile took {meanwhile:?}",
+            started.elapsed()
+        );
         assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
         assert!(answer.contains("\"error\":\"request_timeout\""), "{answer}");
         assert!(closed, "{path}: the connection stayed open after the 408");

@@ -45,7 +45,18 @@ async fn a_socket_of_bad_frames_is_closed_after_its_budget_with_one_log_line() {
     let open = next_json(&mut socket).await;
     let sid = open["sid"].as_str().unwrap().to_string();
     let session = server.next_session().await;
-    // 1,000 one-byte malformed frames, as fast as the socket takes them.
+    // 1,000 one-byte malformed frames, as fast as the socket takes them, while a normal client
+    // goes on with its own session.
+    let http = reqwest::Client::new();
+    let base = server.base.clone();
+    let normal = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let sid = common::open(&http, &base).await;
+        let body = serde_json::json!([{"t": "m", "s": 1, "d": common::TEXTS[1]}]).to_string();
+        let (status, answer) = common::post(&http, &base, &sid, body).await;
+        assert_eq!((status.as_u16(), answer[0]["a"].as_u64()), (200, Some(1)));
+        started.elapsed()
+    });
     for _ in 0..1_000 {
         if socket.send(WsMessage::text("x")).await.is_err() {
             break;
@@ -63,6 +74,8 @@ async fn a_socket_of_bad_frames_is_closed_after_its_budget_with_one_log_line() {
     };
     assert_eq!(close, serde_json::json!({"ws_close": 4103}));
     assert_eq!(errors, 64);
+    let normal = normal.await.unwrap();
+    println!("a normal client's open and send during the flood of bad frames: {normal:?}");
     // One line for the first rejection, one for the close: not one per frame.
     let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     let lines = log.lines().filter(|line| line.contains("rejected")).count();
