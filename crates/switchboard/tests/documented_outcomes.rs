@@ -66,6 +66,7 @@ fn section_7() -> Vec<Case> {
         here("403 forbidden", || Box::pin(forbidden())),
         here("403 origin_not_allowed", || Box::pin(origin_not_allowed())),
         here("404 unknown_session", || Box::pin(unknown_session())),
+        here("405 method_not_allowed", || Box::pin(method_not_allowed())),
         here("409 superseded", || Box::pin(superseded())),
         here("413 payload_too_large", || Box::pin(payload_too_large())),
         here("429 too_many_requests", || Box::pin(too_many_requests())),
@@ -653,6 +654,59 @@ async fn unknown_session() {
         );
     }
     // Ended and reaped: covered by the resume window row of §11.
+}
+
+async fn method_not_allowed() {
+    let mut server = start_default().await;
+    let http = reqwest::Client::new();
+    let sid = open(&http, &server.base).await;
+    let session = server.next_session().await;
+    let base = &server.base;
+    for (method, url, allow) in [
+        ("GET", format!("{base}/open?v=1"), "POST"),
+        ("HEAD", format!("{base}/open?v=1"), "POST"),
+        ("PUT", format!("{base}/open?v=1"), "POST"),
+        (
+            "DELETE",
+            format!("{base}/poll?v=1&sid={sid}"),
+            "GET,HEAD,POST",
+        ),
+        (
+            "PATCH",
+            format!("{base}/poll?v=1&sid={sid}"),
+            "GET,HEAD,POST",
+        ),
+        (
+            "OPTIONS",
+            format!("{base}/poll?v=1&sid={sid}"),
+            "GET,HEAD,POST",
+        ),
+        ("POST", format!("{base}/ws?v=1"), "GET,HEAD"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let response = http
+            .request(method.clone(), &url)
+            .body(json!([{"t":"m","s":1,"d":"😶"}]).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["allow"], allow, "{method} {url}");
+        if method == reqwest::Method::HEAD {
+            assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        } else {
+            assert_error(
+                response,
+                405,
+                "method_not_allowed",
+                &format!("{method} {url}"),
+            )
+            .await;
+        }
+    }
+    // Nothing was delivered.
+    let (_, answer) = post(&http, base, &sid, "[]").await;
+    assert_eq!(answer, json!([{"t":"ack","a":0}]));
+    assert!(!session.is_closed());
 }
 
 async fn superseded() {
