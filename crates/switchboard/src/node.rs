@@ -939,4 +939,147 @@ mod tests {
         let good = [&id[..], &[0, 0], &keys, &len, b"x"].concat();
         assert!(decode_broadcast(Bytes::from(good)).is_some());
     }
+
+    /// A backend whose engine says every session belongs to node "ghost", which takes every
+    /// request and never answers.
+    #[derive(Debug)]
+    struct Ghost;
+
+    impl Backend for Ghost {
+        fn node_id(&self) -> &str {
+            "here"
+        }
+        fn node_number(&self) -> u32 {
+            1
+        }
+        fn start(&self, _deliver: Arc<dyn Fn(crate::backend::Delivery) + Send + Sync>) {}
+        fn publish(
+            &self,
+            _topic: crate::backend::Topic<'_>,
+            _payload: Bytes,
+        ) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn subscribe(&self, _room: &str) {}
+        fn unsubscribe(&self, _room: &str) {}
+        fn send_to_node<'a>(
+            &'a self,
+            _node: &'a str,
+            _payload: Bytes,
+        ) -> BoxFuture<'a, Result<bool, BackendError>> {
+            Box::pin(async { Ok(true) })
+        }
+        fn claim(
+            &self,
+            _session: SessionRef,
+            _key: u64,
+        ) -> BoxFuture<'_, Result<(), BackendError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn owner(
+            &self,
+            _session: SessionRef,
+        ) -> BoxFuture<'_, Result<Option<Owner>, BackendError>> {
+            Box::pin(async {
+                Ok(Some(Owner {
+                    node: "ghost".into(),
+                    key: 7,
+                }))
+            })
+        }
+        fn release(&self, _session: SessionRef, _key: u64) {}
+        fn refresh(
+            &self,
+            _sessions: Vec<(SessionRef, u64)>,
+        ) -> BoxFuture<'_, Result<(), BackendError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn hand_over<'a>(
+            &'a self,
+            _session: SessionRef,
+            _key: u64,
+            _to: &'a str,
+            _state: Bytes,
+        ) -> BoxFuture<'a, Result<bool, BackendError>> {
+            Box::pin(async { Ok(false) })
+        }
+        fn take_state(
+            &self,
+            _session: SessionRef,
+        ) -> BoxFuture<'_, Result<Option<Bytes>, BackendError>> {
+            Box::pin(async { Ok(None) })
+        }
+        fn live_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+            Box::pin(async { Ok(vec!["here".into(), "ghost".into()]) })
+        }
+        fn node_alive<'a>(&'a self, _node: &'a str) -> BoxFuture<'a, Result<bool, BackendError>> {
+            Box::pin(async { Ok(true) })
+        }
+        fn set_presence(&self, _room: &str, _entry: Bytes) {}
+        fn presence<'a>(
+            &'a self,
+            _room: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<(String, Bytes)>, BackendError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn flush(&self) -> BoxFuture<'_, Result<(), BackendError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn stop(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    use crate::backend::BoxFuture;
+
+    /// `docs/protocol.md` §7, `503 forward_busy` (the table test in
+    /// `tests/documented_outcomes.rs` names this test): 10 000 requests waiting at once would
+    /// take 20 000 sockets over HTTP, so the limit is checked on the node.
+    #[tokio::test]
+    async fn a_node_with_10_000_forwarded_requests_waiting_answers_503_forward_busy() {
+        let node = Node::new(Arc::new(Ghost));
+        let mut waiting = Vec::new();
+        for id in 0..MAX_PENDING as u64 {
+            let (answer_tx, answer_rx) = oneshot::channel();
+            node.pending.insert(u64::MAX - id, answer_tx);
+            waiting.push(answer_rx);
+        }
+        let response = node
+            .forward(
+                SessionRef([7; 16]),
+                Op::Send,
+                "v=1",
+                Bytes::from_static(b"[]"),
+                FORWARD_TIMEOUT,
+                || panic!("no request may wait"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "forward_busy");
+        assert!(body["message"].is_string());
+        // One answered: the next request is forwarded again (and waits for its answer).
+        node.pending.remove(&u64::MAX);
+        let forwarded = tokio::time::timeout(
+            Duration::from_millis(50),
+            node.forward(
+                SessionRef([7; 16]),
+                Op::Send,
+                "v=1",
+                Bytes::from_static(b"[]"),
+                FORWARD_TIMEOUT,
+                || panic!("not timed out yet"),
+            ),
+        )
+        .await;
+        assert!(
+            forwarded.is_err(),
+            "the request did not wait for its answer"
+        );
+        drop(waiting);
+    }
 }

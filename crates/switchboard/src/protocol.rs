@@ -441,6 +441,9 @@ fn from_raw(raw: RawFrame<'_>, max_message: usize) -> Result<ClientFrame, FrameE
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;

@@ -138,6 +138,9 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
                 axum::routing::post(transport::poll::open::<U>.layer(limit)),
             )
             .route("/poll", poll)
+            // A method an endpoint does not take gets a JSON error body like every other
+            // refusal (`docs/protocol.md` §7), not axum's empty 405; axum still adds `Allow`.
+            .method_not_allowed_fallback(method_not_allowed)
             .with_state(mounted);
         let api = CheckOriginLayer {
             config: self.inner.config.clone(),
@@ -191,6 +194,16 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
     pub fn node_id(&self) -> Option<&str> {
         self.inner.node.as_ref().map(|node| node.id())
     }
+}
+
+/// The answer to a method an endpoint does not take.
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take this method (see the Allow header)",
+    )
+    .into_response()
 }
 
 /// The router handed to the application: the API paths all go to `api` (the inner router, wrapped
