@@ -113,7 +113,7 @@ pub(crate) fn write_message_frame(out: &mut String, seq: u64, message: &EncodedM
 
 /// Appends `n` in decimal. (This runs once per frame per recipient; `write!` and its formatting
 /// machinery cost several times as much.)
-fn write_decimal(out: &mut String, mut n: u64) {
+pub(crate) fn write_decimal(out: &mut String, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     loop {

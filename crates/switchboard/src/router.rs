@@ -133,6 +133,7 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
         };
         let api = Router::new()
             .route("/ws", get(transport::websocket::upgrade::<U>))
+            .route("/sse", get(transport::sse::stream::<U>))
             .route(
                 "/open",
                 axum::routing::post(transport::poll::open::<U>.layer(limit)),
@@ -223,6 +224,7 @@ where
 {
     Router::new()
         .route_service("/ws", api.clone())
+        .route_service("/sse", api.clone())
         .route_service("/open", api.clone())
         .route_service("/poll", api)
         .route("/client.js", get(client_js))

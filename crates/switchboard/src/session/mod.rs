@@ -93,15 +93,18 @@ pub enum TransportKind {
     LongPoll,
     /// HTTP short polling: a `GET` answered at once, repeated on an interval.
     ShortPoll,
+    /// Server-Sent Events: one `GET` whose response streams every frame.
+    Sse,
 }
 
 impl TransportKind {
-    /// The name the JavaScript client uses: `"websocket"`, `"longpoll"` or `"poll"`.
+    /// The name the JavaScript client uses: `"websocket"`, `"sse"`, `"longpoll"` or `"poll"`.
     pub fn as_str(self) -> &'static str {
         match self {
             TransportKind::WebSocket => "websocket",
             TransportKind::LongPoll => "longpoll",
             TransportKind::ShortPoll => "poll",
+            TransportKind::Sse => "sse",
         }
     }
 }

@@ -4,13 +4,15 @@
 //!   writes every queued frame before flushing once.
 //! - [`longpoll`]: `GET /poll` drains the session, held until there is something to send
 //!   (`wait=1`, long polling) or answered at once (`wait=0`, short polling).
-//! - [`poll`]: the HTTP side shared by both polling modes: `POST /open` opens a session and
+//! - [`sse`]: `GET /sse` streams the session's frames as Server-Sent Events down one response.
+//! - [`poll`]: the HTTP side shared by both polling modes and SSE: `POST /open` opens a session and
 //!   `POST /poll` carries client frames up in batches.
 //!
 //! Transports never talk to the hub, and the hub never knows which transport is attached.
 
 pub(crate) mod longpoll;
 pub(crate) mod poll;
+pub(crate) mod sse;
 pub(crate) mod websocket;
 
 use axum::http::Uri;
