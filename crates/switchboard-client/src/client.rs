@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::frame::{ClientFrame, MAX_EVENT_LEN, Message, OpenFrame, ServerFrame};
-use crate::raw::{Http, WsConn};
+use crate::raw::{Http, SseStream, WsConn};
 
 /// How the high-level client carries the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,12 +33,9 @@ pub enum Transport {
         /// Pause between the end of one poll and the start of the next.
         interval: Duration,
     },
-}
-
-impl Transport {
-    fn is_poll(self) -> bool {
-        !matches!(self, Transport::WebSocket)
-    }
+    /// Server-Sent Events: the server's frames down one streamed `GET B/sse`, the client's
+    /// (messages and acknowledgements) up in `POST B/poll` (protocol §5.7).
+    Sse,
 }
 
 /// Counters of a [`Client`], see [`Client::stats`].
@@ -375,7 +372,9 @@ impl ClientBuilder {
         };
         let conn = match conn {
             Some(ws) => Conn::Ws(ws, Instant::now()),
-            None if resuming => task.attach(self.transport).await?,
+            None if resuming || self.transport == Transport::Sse => {
+                task.attach(self.transport).await?
+            }
             None => Conn::Poll(PollState::new(self.transport)),
         };
         tokio::spawn(task.run(conn));
@@ -741,8 +740,27 @@ impl PollState {
 enum Conn {
     Ws(WsConn, Instant),
     Poll(PollState),
+    Sse(SseConn),
     Detached,
 }
+
+/// An attached event stream, and the POST side that goes with it.
+struct SseConn {
+    stream: SseStream,
+    /// The POST side (its GET fields unused).
+    post: PollState,
+    /// When the stream last yielded anything.
+    last_heard: Instant,
+    /// Since when messages received on the stream wait for their acknowledgement.
+    ack_since: Option<Instant>,
+}
+
+/// Acknowledge messages received on an event stream after this many, or after [`ACK_DELAY`]
+/// (protocol §5.7).
+const ACK_EVERY: u64 = 64;
+const ACK_DELAY: Duration = Duration::from_millis(100);
+/// A stream silent for this long (heartbeats come every 15 s) is dead.
+const SSE_SILENCE: Duration = Duration::from_secs(45);
 
 enum Step {
     Continue,
@@ -821,6 +839,7 @@ impl Task {
             let step = match &mut conn {
                 Conn::Ws(ws, last_heard) => self.ws_step(ws, last_heard).await,
                 Conn::Poll(p) => self.poll_step(p).await,
+                Conn::Sse(c) => self.sse_step(c).await,
                 Conn::Detached => Step::Died(Error::Closed),
             };
             match step {
@@ -1012,7 +1031,34 @@ impl Task {
 
     /// One attempt to attach a transport of kind `kind` to the session (resume with `ack = rx`).
     async fn attach(&mut self, kind: Transport) -> Result<Conn, Error> {
-        if kind.is_poll() {
+        if kind == Transport::Sse {
+            let t = self.cfg.connect_timeout;
+            let mut stream =
+                with_timeout(t, self.http.sse(&self.sid, self.rx, self.att.next())).await?;
+            let first = with_timeout(t, stream.next())
+                .await?
+                .ok_or_else(|| Error::protocol("event stream ended before its open event"))?;
+            let open = match ServerFrame::parse(&first.data)? {
+                ServerFrame::Open(open) => open,
+                other => {
+                    return Err(Error::protocol(format!(
+                        "first event of a stream is not an open frame: {other:?}"
+                    )));
+                }
+            };
+            check_open(&open, Some(&self.sid))?;
+            self.last_ack_sent = self.rx;
+            self.apply_server_ack(open.ack)?;
+            self.open = open;
+            self.need_pong = false;
+            return Ok(Conn::Sse(SseConn {
+                stream,
+                post: PollState::new(kind),
+                last_heard: Instant::now(),
+                ack_since: None,
+            }));
+        }
+        if kind != Transport::WebSocket {
             let answer = with_timeout(
                 self.cfg.connect_timeout,
                 self.http
@@ -1161,6 +1207,142 @@ impl Task {
                 Step::Died(Error::WsClosed { code: None, reason: "no frame from the server for ping + 10 s".into() })
             },
         }
+    }
+
+    // ---- Server-Sent Events -------------------------------------------------------------------
+
+    async fn sse_step(&mut self, c: &mut SseConn) -> Step {
+        let now = Instant::now();
+        let unacked = self.rx.saturating_sub(self.last_ack_sent);
+        let ack_due = unacked >= ACK_EVERY
+            || (unacked > 0 && c.ack_since.is_some_and(|since| now >= since + ACK_DELAY));
+        let p = &mut c.post;
+        if p.post.is_none() && p.closing.is_none() && now >= p.next_post_at {
+            let after = self.server_ack();
+            let mut frames = self.outbound_after(after, self.open.max_body);
+            let upto = match frames.last() {
+                Some(ClientFrame::Msg { seq, .. }) => Some(*seq),
+                _ => None,
+            };
+            if upto.is_some() || ack_due {
+                if self.rx > self.last_ack_sent {
+                    frames.insert(0, ClientFrame::Ack(self.rx));
+                    self.last_ack_sent = self.rx;
+                    c.ack_since = None;
+                }
+                p.post_upto = upto.unwrap_or(after);
+                let (http, sid) = (self.http.clone(), self.sid.clone());
+                p.post = Some(Box::pin(async move { http.post(&sid, &frames).await }));
+            }
+        }
+        let mut wake = c.last_heard + SSE_SILENCE;
+        if let Some(since) = c.ack_since {
+            wake = wake.min(since + ACK_DELAY);
+        }
+        if p.post.is_none() && p.closing.is_none() && now < p.next_post_at {
+            wake = wake.min(p.next_post_at);
+        }
+        if let Some((_, deadline)) = &p.closing {
+            wake = wake.min(*deadline);
+        }
+        let can_read = !self.inbound_full();
+        tokio::select! {
+            biased;
+            cmd = self.cmd_rx.recv() => match cmd {
+                Some(cmd) => Step::Command(cmd),
+                None => Step::Exit,
+            },
+            permit = self.inbound_tx.clone().reserve_owned(), if !self.pending_in.is_empty() => match permit {
+                Ok(permit) => {
+                    if let Some(ev) = self.pending_in.pop_front() {
+                        permit.send(ev);
+                    }
+                    Step::Continue
+                }
+                Err(_) => Step::Exit,
+            },
+            r = opt_fut(c.post.post.as_mut()), if c.post.post.is_some() => {
+                c.post.post = None;
+                if r.is_err() {
+                    // The acknowledgement it carried may not have arrived: send it again with
+                    // the next POST (acknowledgements are cumulative, so that is always right).
+                    self.last_ack_sent = 0;
+                    c.ack_since.get_or_insert_with(Instant::now);
+                }
+                self.on_post_answer(&mut c.post, r)
+            },
+            event = c.stream.next(), if can_read => {
+                c.last_heard = Instant::now();
+                let mut event = event;
+                let mut n = 0;
+                loop {
+                    if let Some(step) = self.on_sse_event(c, event) {
+                        return step;
+                    }
+                    n += 1;
+                    if n >= self.cfg.ack_every || self.inbound_full() {
+                        break;
+                    }
+                    match c.stream.next().now_or_never() {
+                        Some(next) => event = next,
+                        None => break,
+                    }
+                }
+                Step::Continue
+            },
+            _ = self.shared.out_notify.notified() => Step::Continue,
+            _ = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= c.last_heard + SSE_SILENCE && can_read {
+                    return Step::Died(Error::Io("nothing on the event stream for 45 s".into()));
+                }
+                match c.post.closing.take() {
+                    Some((e, deadline)) if Instant::now() >= deadline => Step::End(e),
+                    other => {
+                        c.post.closing = other;
+                        Step::Continue
+                    }
+                }
+            },
+        }
+    }
+
+    /// Applies one event of the stream. `Some(step)` when it ends the transport or the session.
+    fn on_sse_event(
+        &mut self,
+        c: &mut SseConn,
+        event: Result<Option<crate::raw::SseEvent>, Error>,
+    ) -> Option<Step> {
+        let event = match event {
+            Ok(Some(event)) => event,
+            Ok(None) => return Some(Step::Died(Error::Io("the event stream ended".into()))),
+            Err(e) if retryable(&e) => return Some(Step::Died(e)),
+            Err(e) => return Some(Step::End(e)),
+        };
+        match event.name.as_deref() {
+            None => {}
+            // Another transport took the session over (protocol §5.7), as WebSocket close 4100.
+            Some("superseded") => {
+                return Some(Step::End(Error::WsClosed {
+                    code: Some(4100),
+                    reason: "superseded (event stream)".into(),
+                }));
+            }
+            // The session moved to another node, or the server ends streams after a while:
+            // resume on a new stream at once.
+            Some(name) => {
+                return Some(Step::Died(Error::Io(format!("event stream ended: {name}"))));
+            }
+        }
+        let frame = match ServerFrame::parse(&event.data) {
+            Ok(frame) => frame,
+            Err(e) => return Some(Step::End(e)),
+        };
+        let before = self.rx;
+        let step = self.on_frame(frame);
+        if self.rx > before && c.ack_since.is_none() {
+            c.ack_since = Some(Instant::now());
+        }
+        step
     }
 
     // ---- polling -----------------------------------------------------------------------------
@@ -1357,7 +1539,17 @@ impl Task {
                 })
                 .await
             }
-            Conn::Poll(p) => {
+            Conn::Poll(p) => self.close_over_http(p).await,
+            Conn::Sse(c) => self.close_over_http(&mut c.post).await,
+            Conn::Detached => Err(Error::Closed),
+        }
+    }
+
+    /// Ends the session with a `close` frame in a POST, after the POST in flight (if any).
+    async fn close_over_http(&mut self, p: &mut PollState) -> Result<(), Error> {
+        let deadline = Duration::from_secs(10);
+        {
+            {
                 if let Some(post) = p.post.take()
                     && let Ok(Ok(frames)) = tokio::time::timeout(deadline, post).await
                 {
@@ -1395,7 +1587,6 @@ impl Task {
                     "answer to a close POST without close frame",
                 ))
             }
-            Conn::Detached => Err(Error::Closed),
         }
     }
 }
@@ -1405,6 +1596,7 @@ fn kill(conn: Conn) {
     match conn {
         Conn::Ws(ws, _) => ws.drop_abruptly(),
         Conn::Poll(p) => drop(p),
+        Conn::Sse(c) => drop(c),
         Conn::Detached => {}
     }
 }
@@ -1418,6 +1610,7 @@ fn retire(conn: Conn) {
             });
         }
         Conn::Poll(p) => drop(p),
+        Conn::Sse(c) => drop(c),
         Conn::Detached => {}
     }
 }

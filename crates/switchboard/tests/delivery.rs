@@ -1,5 +1,5 @@
-//! Exactly-once, in-order delivery in both directions while the transport is switched and
-//! dropped mid-stream (DESIGN.md guarantees 1, 2, 3 and 5 on the server side), with an
+//! Exactly-once, in-order delivery in both directions while the transport is switched (among
+//! WebSocket, Server-Sent Events, long and short polling) and dropped mid-stream (DESIGN.md guarantees 1, 2, 3 and 5 on the server side), with an
 //! independent client (`switchboard-client`) written from docs/protocol.md.
 #![allow(clippy::unwrap_used)]
 
@@ -52,11 +52,17 @@ enum Step {
 /// What happens to the client's transport when the stream reaches a message number.
 fn plan() -> Vec<(usize, Step)> {
     vec![
+        (1_000, Step::Switch(Transport::Sse)),
         (1_500, Step::Switch(Transport::LongPoll)),
+        (2_200, Step::Switch(Transport::Sse)),
+        (2_600, Step::Drop),
         (3_000, Step::Switch(SHORT_POLL)),
+        (4_000, Step::Switch(Transport::Sse)),
         (5_000, Step::Switch(Transport::WebSocket)),
         (6_500, Step::Drop),
+        (7_200, Step::Switch(Transport::Sse)),
         (8_000, Step::Drop),
+        (8_500, Step::Switch(Transport::WebSocket)),
         (9_000, Step::Switch(Transport::LongPoll)),
         (9_500, Step::Drop),
     ]
@@ -222,7 +228,12 @@ async fn an_echo_round_trip_works_on_every_transport() {
             });
         }
     });
-    for transport in [Transport::WebSocket, Transport::LongPoll, SHORT_POLL] {
+    for transport in [
+        Transport::WebSocket,
+        Transport::Sse,
+        Transport::LongPoll,
+        SHORT_POLL,
+    ] {
         let mut client = Client::connect(&base, transport).await.unwrap();
         for i in 0..50 {
             client.send(client_message(i)).unwrap();

@@ -176,6 +176,41 @@ impl Http {
         ServerFrame::parse_array(&resp.body)
     }
 
+    /// `GET B/sse?v=1&sid=SID&ack=ACK&att=ATT` (protocol §5.7): a stream of Server-Sent Events,
+    /// resuming session `sid`. The stream is not bounded by this client's time-out (it goes on);
+    /// a non-`200` answer becomes [`Error::Http`].
+    pub async fn sse(&self, sid: &str, ack: u64, att: u64) -> Result<SseStream, Error> {
+        let url = format!(
+            "{}/sse?v=1&sid={}&ack={ack}&att={att}",
+            self.base,
+            encode_component(sid)
+        );
+        let mut req = self.client.get(url).header("Accept", "text/event-stream");
+        for (k, v) in &self.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let resp = req.send().await.map_err(map_reqwest)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = resp.bytes().await.map_err(map_reqwest)?;
+            return Err(http_error(status, &body));
+        }
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !ct.to_ascii_lowercase().starts_with("text/event-stream") {
+            return Err(Error::protocol(format!(
+                "200 answer with Content-Type {ct:?}, expected text/event-stream"
+            )));
+        }
+        Ok(SseStream {
+            response: resp,
+            buffer: Vec::new(),
+        })
+    }
+
     /// `GET B<path_and_query>` (for example `"/client.js"` or `"/poll?v=2&sid=x"`): status and
     /// body, whatever the status.
     pub async fn get_raw(&self, path_and_query: &str) -> Result<(u16, Vec<u8>), Error> {
@@ -241,6 +276,77 @@ impl Http {
             .unwrap_or_default();
         self.request_raw(method, path, &ct, body).await
     }
+}
+
+/// A stream of Server-Sent Events from `GET B/sse` (protocol §5.7), read one event at a time.
+#[derive(Debug)]
+pub struct SseStream {
+    response: reqwest::Response,
+    /// Bytes received and not parsed yet (a chunk may end anywhere, inside a character too).
+    buffer: Vec<u8>,
+}
+
+/// One event of an [`SseStream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `id` field, if the event has one.
+    pub id: Option<String>,
+    /// The `event` field (`superseded`, `moved`, `recycle`), `None` for frames.
+    pub name: Option<String>,
+    /// The data lines, joined with line breaks: a frame's JSON, or empty.
+    pub data: String,
+}
+
+impl SseStream {
+    /// The next event, comments and heartbeats skipped; `Ok(None)` when the stream has ended.
+    pub async fn next(&mut self) -> Result<Option<SseEvent>, Error> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let block = String::from_utf8(block)
+                    .map_err(|_| Error::protocol("an event that is not UTF-8"))?;
+                if let Some(event) = parse_event(&block) {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            match self.response.chunk().await.map_err(map_reqwest)? {
+                Some(chunk) => self.buffer.extend_from_slice(&chunk),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// One event block (its lines, without the blank line that ends it) as the HTML standard's
+/// event stream parsing reads it; `None` for a block without data (a comment, a `retry`).
+fn parse_event(block: &str) -> Option<SseEvent> {
+    let mut event = SseEvent {
+        id: None,
+        name: None,
+        data: String::new(),
+    };
+    let mut has_data = false;
+    for line in block.lines() {
+        if line.is_empty() || line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => event.id = Some(value.to_owned()),
+            "event" => event.name = Some(value.to_owned()),
+            "data" => {
+                if has_data {
+                    event.data.push('\n');
+                }
+                event.data.push_str(value);
+                has_data = true;
+            }
+            _ => {}
+        }
+    }
+    has_data.then_some(event)
 }
 
 /// Turns a non-200 answer into [`Error::Http`] and checks the content type of a 200 answer.

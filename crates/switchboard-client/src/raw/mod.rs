@@ -5,7 +5,7 @@
 mod http;
 mod ws;
 
-pub use http::{Http, RawResponse};
+pub use http::{Http, RawResponse, SseEvent, SseStream};
 pub use ws::WsConn;
 
 use crate::error::Error;
