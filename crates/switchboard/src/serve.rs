@@ -219,7 +219,7 @@ impl Serve {
                 Err(err) => {
                     // Out of file descriptors (or another resource): make room by closing idle
                     // connections, and try again in a moment rather than spinning.
-                    let shed = table.shed(usize::MAX, limits.max_connections / 16 + 1);
+                    let shed = table.shed(limits.max_connections / 16 + 1);
                     crate::logs::warn_limited!(error = %err, shed, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(if shed > 0 { 5 } else { 100 })).await;
                     continue;
@@ -423,14 +423,14 @@ impl Table {
             return true;
         }
         let low = max - max / 8;
-        self.shed(counted + 1 - low.min(counted), 1);
+        self.shed(counted + 1 - low.min(counted));
         self.counted() < max
     }
 
-    /// Tells up to `wanted` (at least `least` if that many are idle) of the connections that
-    /// have been idle longest to close. Returns how many were told.
-    fn shed(&self, wanted: usize, least: usize) -> usize {
-        let wanted = wanted.max(least);
+    /// Tells up to `wanted` (at least one) of the connections that have been idle longest to
+    /// close. Returns how many were told.
+    fn shed(&self, wanted: usize) -> usize {
+        let wanted = wanted.max(1);
         let mut idle: Vec<(u64, Arc<ConnState>)> = self
             .connections
             .iter()
