@@ -431,17 +431,18 @@ impl Table {
     /// close. Returns how many were told.
     fn shed(&self, wanted: usize) -> usize {
         let wanted = wanted.max(1);
-        let mut idle: Vec<(u64, Arc<ConnState>)> = self
+        // Longest idle first; of those idle since the same millisecond, the oldest connection.
+        let mut idle: Vec<((u64, u64), Arc<ConnState>)> = self
             .connections
             .iter()
             .filter(|entry| entry.value().idle() && !entry.value().doomed.load(Ordering::Relaxed))
             .map(|entry| {
                 let state = entry.value().clone();
-                (state.idle_since.load(Ordering::Relaxed), state)
+                ((state.idle_since.load(Ordering::Relaxed), state.id), state)
             })
             .collect();
         if idle.len() > wanted {
-            idle.select_nth_unstable_by_key(wanted, |(since, _)| *since);
+            idle.select_nth_unstable_by_key(wanted, |(order, _)| *order);
             idle.truncate(wanted);
         }
         for (_, state) in &idle {

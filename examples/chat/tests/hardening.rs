@@ -260,3 +260,59 @@ async fn foreign_host_names_are_refused_and_the_loopback_names_served() {
         assert_eq!(open(host).await.unwrap().status(), 200);
     }
 }
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_chat_closes_idle_connections_and_serves_on() {
+    let chat = Chat::start(&[], "warn,chat=info,switchboard=warn").await;
+    // Lower the running process's open-file limit far below what it computed its connection
+    // limit from, so that accepting fails for want of descriptors before that limit is reached.
+    let pid = chat.child.id().unwrap().to_string();
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=64:64"])
+        .status();
+    if !status.is_ok_and(|status| status.success()) {
+        panic!("prlimit (util-linux) could not lower the chat's open-file limit");
+    }
+    // 200 connections that send nothing: most of them cannot even be accepted.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(&chat.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    for _ in 0..20 {
+        let answer = http
+            .get(format!("http://{}/realtime/client.js", chat.addr))
+            .send()
+            .await;
+        if answer.is_ok_and(|answer| answer.status() == 200) {
+            served += 1;
+        }
+        // The flood keeps coming back.
+        for _ in 0..10 {
+            if let Ok(stream) = tokio::net::TcpStream::connect(&chat.addr).await {
+                idle.push(stream);
+            }
+        }
+    }
+    println!(
+        "{served} of 20 normal requests served in {:?} with the open-file limit at 64 and {} idle connections thrown at it",
+        started.elapsed(),
+        idle.len()
+    );
+    assert!(
+        served >= 19,
+        "only {served} of 20 normal requests were served"
+    );
+    let log = chat.log.lock().unwrap().join("\n");
+    assert!(log.contains("accepting a connection failed"), "{log}");
+    assert!(
+        log.matches("accepting a connection failed").count() <= 3,
+        "the log line is not rate-limited:\n{log}"
+    );
+}
