@@ -447,6 +447,32 @@ test("a refusal after the upgrade (e.g. 503) retries WebSocket instead of fallin
   assert.equal(calls.length, 0, "no polling: the server was reached over WebSocket");
 });
 
+test("a session refused for its address's rate or cap (429 / 4429) is retried with backoff, not given up", async () => {
+  // Over WebSocket: close 4429 after the upgrade. The server was reached: WebSocket again, no fallback.
+  const { conn, calls } = setup();
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(4429, "open_rate_limited");
+  assert.equal(conn.state, "connecting");
+  await until(() => FakeWebSocket.instances.length === 2, 1000);
+  FakeWebSocket.last().drop(4429, "address_session_limit");
+  await until(() => FakeWebSocket.instances.length === 3, 1000);
+  assert.equal(calls.length, 0, "no fallback to polling: the network is fine");
+  FakeWebSocket.last().accept({ sid: SID });
+  await tick();
+  assert.equal(conn.state, "open");
+
+  // Over polling: POST /open answered 429 twice, then the session opens.
+  const polling = setup({ transports: ["longpoll"] });
+  for (const error of ["open_rate_limited", "address_session_limit"]) {
+    await answer(polling.calls, /\/open\?/, 429, { error, message: "slow down" });
+    assert.equal(polling.conn.state, "connecting");
+  }
+  await answer(polling.calls, /\/open\?/, 200, OPEN);
+  await tick();
+  assert.equal(polling.conn.state, "open");
+  assert.equal(polling.calls.filter((call) => /\/open\?/.test(call.url)).length, 3);
+});
+
 test("when polling fails too, the WebSocket failure is not remembered", async () => {
   const storage = memoryStorage();
   const { conn, calls } = setup({ storage });
