@@ -48,6 +48,7 @@ use crate::report::{Table, fmt_num};
 use crate::scenarios::{Plan, Problems};
 use crate::server::{Kind, Server};
 use crate::stats::Latencies;
+use crate::sys;
 
 /// The messages the normal client sends (each followed by its round-trip number).
 const TEXTS: [&str; 3] = ["안녕하세요 😀", "한국어 메시지 🎉", "반가워요 👋🏽"];
@@ -240,6 +241,10 @@ struct Run {
     refused_429: u64,
     other_status: u64,
     errors: Vec<(String, u64)>,
+    /// CPU seconds over the measurement: the server's, and the load generator's (attacker and
+    /// normal client together).
+    server_cpu: f64,
+    load_cpu: f64,
 }
 
 impl Run {
@@ -383,6 +388,7 @@ async fn phase(
     // Measure.
     let normal = Arc::new(Normal::default());
     let measure_ends = Instant::now() + sizes.measure;
+    let cpu_before = (server.cpu()?, sys::cpu_seconds(std::process::id())?);
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
@@ -407,6 +413,8 @@ async fn phase(
         held_peak = held_peak.max(open);
         sleep(Duration::from_millis(100)).await;
     }
+    let server_cpu = server.cpu()? - cpu_before.0;
+    let load_cpu = sys::cpu_seconds(std::process::id())? - cpu_before.1;
     // Round trips in flight at the end finish (or time out) before the attack stops.
     let drain = sizes.round_trip_timeout + Duration::from_secs(1);
     let _ = timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
@@ -448,6 +456,8 @@ async fn phase(
         refused_429: tally.refused_429.load(Ordering::Relaxed),
         other_status: tally.other_status.load(Ordering::Relaxed),
         errors,
+        server_cpu,
+        load_cpu,
     })
 }
 
@@ -903,8 +913,10 @@ fn table(sizes: &AbusePlan, flood: usize, runs: &[Run]) -> Table {
         "sessions opened by attacker",
         "attacker 429s",
         "attacker other answers",
+        "server CPU (s)",
+        "load CPU (s)",
     ];
-    let decimals = [0, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0];
+    let decimals = [0, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 1, 1];
     let mut t = Table::new(
         "abuse",
         &format!(
@@ -940,6 +952,8 @@ fn table(sizes: &AbusePlan, flood: usize, runs: &[Run]) -> Table {
             Some(r.sessions as f64),
             Some(r.refused_429 as f64),
             Some(r.other_status as f64),
+            Some(r.server_cpu),
+            Some(r.load_cpu),
         ];
         let label = format!("{} / {}", r.attack.name(), r.protection.name());
         t.row(&label, "", 2, values.to_vec());
@@ -993,7 +1007,7 @@ fn table(sizes: &AbusePlan, flood: usize, runs: &[Run]) -> Table {
             .join(", "),
     ));
     t.note(format!(
-        "normal client: {} tasks, round trips back to back ({} ms apart), alternately WebSocket and long polling, each a new session from its own X-Forwarded-For address (198.51.100.1-250), fresh connections, failed after {} s; p50/p99 over the successful ones. Both servers run with an open-file limit of {}; every socket is 127.0.0.x.",
+        "normal client: {} tasks, round trips back to back ({} ms apart), alternately WebSocket and long polling, each a new session from its own X-Forwarded-For address (198.51.100.1-250), fresh connections, failed after {} s; p50/p99 over the successful ones. Attack connections held: as the attacker counts them (connected, not yet closed), so they include connections waiting in the server's listen backlog (4096). CPU: over the measurement, of 2 x measurement s available. Both servers run with an open-file limit of {}; every socket is 127.0.0.x.",
         sizes.normal_tasks,
         sizes.pause.as_millis(),
         sizes.round_trip_timeout.as_secs(),
