@@ -435,7 +435,7 @@ async fn phase(
         .iter()
         .map(|(k, v)| (k.clone(), *v))
         .collect();
-    errors.sort_by(|a, b| b.1.cmp(&a.1));
+    errors.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     errors.truncate(3);
     Ok(Run {
         attack,
@@ -482,7 +482,7 @@ async fn normal_client(
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let client = format!("198.51.100.{}", 1 + n % 250);
         let text = format!("e|{} {n}", TEXTS[n as usize % TEXTS.len()]);
-        let websocket = n % 2 == 0;
+        let websocket = n.is_multiple_of(2);
         normal.attempts.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let result = timeout(sizes.round_trip_timeout, async {
