@@ -389,22 +389,7 @@ async fn phase(
     let normal = Arc::new(Normal::default());
     let measure_ends = Instant::now() + sizes.measure;
     let cpu_before = (server.cpu()?, sys::cpu_seconds(std::process::id())?);
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()?;
-    let counter = Arc::new(AtomicU64::new(0));
-    let mut tasks = JoinSet::new();
-    for _ in 0..sizes.normal_tasks {
-        tasks.spawn(normal_client(
-            port,
-            http.clone(),
-            sizes.clone(),
-            normal.clone(),
-            counter.clone(),
-            measure_ends,
-        ));
-    }
+    let normal_done = spawn_normal(port, sizes, normal.clone(), measure_ends);
     let (mut held_sum, mut held_n, mut held_peak) = (0i64, 0i64, 0i64);
     while Instant::now() < measure_ends {
         let open = tally.open.load(Ordering::Relaxed);
@@ -416,9 +401,10 @@ async fn phase(
     let server_cpu = server.cpu()? - cpu_before.0;
     let load_cpu = sys::cpu_seconds(std::process::id())? - cpu_before.1;
     // Round trips in flight at the end finish (or time out) before the attack stops.
-    let drain = sizes.round_trip_timeout + Duration::from_secs(1);
-    let _ = timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
-    tasks.abort_all();
+    let drain = sizes.round_trip_timeout + Duration::from_secs(2);
+    if let Ok(Ok(Err(e))) = timeout(drain, normal_done).await {
+        return Err(format!("the normal client did not start: {e}").into());
+    }
     let _ = stop.send(true);
     let _ = timeout(Duration::from_secs(10), async {
         while attackers.join_next().await.is_some() {}
@@ -463,6 +449,52 @@ async fn phase(
 
 // ---------------------------------------------------------------------------------------------
 // The normal client
+
+/// Runs the normal client ([`AbusePlan::normal_tasks`] tasks of [`normal_client`]) on a thread
+/// and runtime of its own, so that its round trips do not wait in the load generator's runtime
+/// behind thousands of attacker tasks (the operating system shares the cores between the two
+/// threads instead). The answer comes when every task has ended (each round trip is bounded by
+/// [`AbusePlan::round_trip_timeout`]).
+fn spawn_normal(
+    port: u16,
+    sizes: &AbusePlan,
+    normal: Arc<Normal>,
+    ends: Instant,
+) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+    let (done, done_rx) = tokio::sync::oneshot::channel();
+    let sizes = sizes.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let result = match runtime {
+            Ok(runtime) => runtime.block_on(async move {
+                let http = reqwest::Client::builder()
+                    .no_proxy()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let counter = Arc::new(AtomicU64::new(0));
+                let mut tasks = JoinSet::new();
+                for _ in 0..sizes.normal_tasks {
+                    tasks.spawn(normal_client(
+                        port,
+                        http.clone(),
+                        sizes.clone(),
+                        normal.clone(),
+                        counter.clone(),
+                        ends,
+                    ));
+                }
+                while tasks.join_next().await.is_some() {}
+                Ok(())
+            }),
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = done.send(result);
+    });
+    done_rx
+}
 
 /// One normal-client task: round trips back to back (alternating WebSocket and long polling)
 /// until `ends` or [`AbusePlan::normal_max`], each a new session from its own address.
@@ -1007,7 +1039,7 @@ fn table(sizes: &AbusePlan, flood: usize, runs: &[Run]) -> Table {
             .join(", "),
     ));
     t.note(format!(
-        "normal client: {} tasks, round trips back to back ({} ms apart), alternately WebSocket and long polling, each a new session from its own X-Forwarded-For address (198.51.100.1-250), fresh connections, failed after {} s; p50/p99 over the successful ones. Attack connections held: as the attacker counts them (connected, not yet closed), so they include connections waiting in the server's listen backlog (4096). CPU: over the measurement, of 2 x measurement s available. Both servers run with an open-file limit of {}; every socket is 127.0.0.x.",
+        "normal client: {} tasks on a thread and runtime of their own, round trips back to back ({} ms apart), alternately WebSocket and long polling, each a new session from its own X-Forwarded-For address (198.51.100.1-250), fresh connections, failed after {} s; p50/p99 over the successful ones. Attack connections held: as the attacker counts them (connected, not yet closed), so they include connections waiting in the server's listen backlog (4096). CPU: over the measurement, of 2 x measurement s available. Both servers run with an open-file limit of {}; every socket is 127.0.0.x.",
         sizes.normal_tasks,
         sizes.pause.as_millis(),
         sizes.round_trip_timeout.as_secs(),
