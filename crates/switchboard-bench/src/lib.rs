@@ -11,7 +11,9 @@
 //!    (Switchboard);
 //! 5. a reconnect storm with resume (Switchboard);
 //! 6. a cluster of two nodes on one Redis: fan-out against socketioxide with its Redis adapter,
-//!    cross-node broadcast latency, and Redis commands and bytes per message (issue 10).
+//!    cross-node broadcast latency, and Redis commands and bytes per message (issue 10);
+//! 7. hostile clients (issue 11): slowloris, an idle-connection flood and a session flood against
+//!    Switchboard hardened and unprotected, with a normal client's success and round trip.
 //!
 //! Modules:
 //!
@@ -24,8 +26,10 @@
 //! - [`clients`]: client tasks (WebSocket, long and short polling) and their counters;
 //! - [`redis`]: a `redis-server` of the harness's own and its `INFO` counters;
 //! - [`scenarios`]: the six scenarios and their sizes ([`scenarios::Plan`]);
+//! - [`abuse`]: scenario 7 (its own module);
 //! - [`report`]: tables and JSON.
 
+pub mod abuse;
 pub mod clients;
 pub mod payload;
 pub mod proto;

@@ -28,6 +28,9 @@ pub struct Table {
     pub rows: Vec<Row>,
     /// Remarks printed under the table.
     pub notes: Vec<String>,
+    /// Text [`render`](Table::render) prints instead of its own, for a table whose columns are
+    /// not implementations (no ratios apply).
+    pub preformatted: Option<String>,
 }
 
 impl Table {
@@ -39,6 +42,7 @@ impl Table {
             columns: columns.iter().map(|c| (*c).to_owned()).collect(),
             rows: Vec::new(),
             notes: Vec::new(),
+            preformatted: None,
         }
     }
 
@@ -59,6 +63,9 @@ impl Table {
 
     /// The table as readable text: one column per implementation, then `first/other` ratios.
     pub fn render(&self) -> String {
+        if let Some(text) = &self.preformatted {
+            return text.clone();
+        }
         let first = self.columns.first().cloned().unwrap_or_default();
         let ratio_cols: Vec<String> = self
             .columns

@@ -94,6 +94,29 @@ pub async fn run(
     let listener = listener.tap_io(|tcp| {
         tcp.set_nodelay(true).ok();
     });
+    announce(addr, at_exit).await?;
+    axum::serve(listener, app).await
+}
+
+/// Like [`run`], but served by [`switchboard::serve`] with its default connection limits
+/// (header and body time-outs, header size, connection limit with idle shedding; it sets
+/// TCP_NODELAY itself) instead of `axum::serve`: the server "hardened as recommended".
+pub async fn run_hardened(
+    port: u16,
+    app: Router,
+    at_exit: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listen(port)?;
+    announce(listener.local_addr()?, at_exit).await?;
+    switchboard::serve(listener, app).await
+}
+
+/// Prints and flushes `listening on ADDR`, and exits the process (after `at_exit`) when stdin
+/// reaches EOF.
+async fn announce(
+    addr: std::net::SocketAddr,
+    at_exit: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
     let mut stdout = tokio::io::stdout();
     stdout
         .write_all(format!("listening on {addr}\n").as_bytes())
@@ -106,5 +129,5 @@ pub async fn run(
         at_exit();
         std::process::exit(0);
     });
-    axum::serve(listener, app).await
+    Ok(())
 }

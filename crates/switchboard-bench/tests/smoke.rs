@@ -1,6 +1,6 @@
 //! Runs `load --smoke` (tiny numbers, every scenario, all three servers, the cluster scenario on a
-//! `redis-server` it starts itself) and asserts that it
-//! succeeds: every server starts, every message arrives exactly once.
+//! `redis-server` it starts itself, the hostile-client scenario with phases of about a second) and
+//! asserts that it succeeds: every server starts, every message arrives exactly once.
 
 use std::process::Command;
 use std::time::Instant;
@@ -29,6 +29,7 @@ fn load_smoke_run_succeeds() {
         "6a. cluster fan-out",
         "6b. broadcast latency",
         "6c. Redis work per message",
+        "7. hostile clients",
     ] {
         assert!(stdout.contains(table), "no table {table:?} in\n{stdout}");
     }

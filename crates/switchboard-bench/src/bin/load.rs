@@ -1,7 +1,7 @@
 //! `load`: the Switchboard benchmark harness.
 //!
 //! ```text
-//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster] [--sb-unbatched] [--read-buffer BYTES]
+//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse] [--sb-unbatched] [--read-buffer BYTES]
 //! ```
 //!
 //! Switchboard WebSocket clients ask for batches (`batch=1`) like the JavaScript and Rust
@@ -25,7 +25,9 @@ use switchboard_bench::scenarios::{self, Plan, Problems};
 use switchboard_bench::{Error, sys};
 
 /// The scenarios, in the order they run (`--only` picks some).
-const SCENARIOS: [&str; 6] = ["idle", "fanout", "echo", "poll", "storm", "cluster"];
+const SCENARIOS: [&str; 7] = [
+    "idle", "fanout", "echo", "poll", "storm", "cluster", "abuse",
+];
 
 /// Parsed command line.
 #[derive(Debug)]
@@ -68,7 +70,7 @@ fn parse_args() -> Result<Args, Error> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster] [--sb-unbatched] [--read-buffer BYTES]"
+                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse] [--sb-unbatched] [--read-buffer BYTES]"
                 );
                 std::process::exit(0);
             }
@@ -123,6 +125,7 @@ async fn run(args: Args) -> Result<bool, Error> {
             "echo" => vec![scenarios::echo(&plan, &mut problems).await],
             "poll" => vec![scenarios::long_poll(&plan, &mut problems).await],
             "storm" => vec![scenarios::storm(&plan, &mut problems).await],
+            "abuse" => vec![switchboard_bench::abuse::abuse(&plan, &mut problems).await],
             _ => scenarios::cluster(&plan, &mut problems).await,
         };
         for table in new {

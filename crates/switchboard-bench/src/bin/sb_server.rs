@@ -9,7 +9,7 @@
 //! The load generator starts it as a child process:
 //!
 //! ```text
-//! sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL]
+//! sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--hardened | --unprotected] [--max-files N]
 //! ```
 //!
 //! - `--port N`: port on 127.0.0.1 (default 0: ephemeral).
@@ -20,6 +20,19 @@
 //!   ([`Coalescing::max_delay`]); the other coalescing thresholds keep their defaults.
 //! - `--low`: broadcasts go out at [`Priority::Low`](switchboard::Priority::Low), so they may be
 //!   batched (the long-polling scenario with batching).
+//! - `--hardened`: deployed as recommended against hostile clients (issue 11): served by
+//!   [`switchboard::serve`] with its default connection limits instead of `axum::serve`, the
+//!   per-address limits at their defaults, and `trusted_proxies(["127.0.0.1"])`, so that the
+//!   load generator (every socket of which comes from 127.0.0.1) can give each simulated client
+//!   its own address in `X-Forwarded-For`, as a reverse proxy in front would.
+//! - `--unprotected`: the same application with no protection at all, to show what the
+//!   protection buys: `axum::serve`, `sessions_per_address(usize::MAX)` and
+//!   `open_rate_per_address(0, 1)`.
+//! - `--max-files N`: lowers this process's open-file limit to `N` at start (before
+//!   [`switchboard::serve`] reads it for its connection limit).
+//!
+//! Without `--hardened` or `--unprotected` it runs as every other scenario measures it:
+//! `axum::serve` (so the per-address limits, which need the peer's address, do not apply).
 //!
 //! Like the other two servers it sets TCP_NODELAY on every accepted connection and runs on a
 //! multi-threaded tokio runtime. When ready it prints `listening on 127.0.0.1:PORT` on stdout; it
@@ -30,9 +43,9 @@ use std::time::Duration;
 
 use axum::Router;
 use switchboard::{Coalescing, Hub, Session, Switchboard};
-use switchboard_bench::serve::{exit_code, flag_value, run};
+use switchboard_bench::serve::{exit_code, flag_value, run, run_hardened};
 
-const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL]";
+const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--hardened | --unprotected] [--max-files N]";
 
 /// The command line.
 #[derive(Debug, Default)]
@@ -41,6 +54,9 @@ struct Args {
     coalescing_ms: Option<u64>,
     low: bool,
     redis: Option<String>,
+    hardened: bool,
+    unprotected: bool,
+    max_files: Option<u64>,
 }
 
 impl Args {
@@ -55,9 +71,17 @@ impl Args {
                 }
                 "--low" => args.low = true,
                 "--redis" => args.redis = Some(flag_value(&arg, iter.next(), USAGE)?),
+                "--hardened" => args.hardened = true,
+                "--unprotected" => args.unprotected = true,
+                "--max-files" => args.max_files = Some(flag_value(&arg, iter.next(), USAGE)?),
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
+        }
+        if args.hardened && args.unprotected {
+            return Err(format!(
+                "--hardened and --unprotected exclude each other\n{USAGE}"
+            ));
         }
         Ok(args)
     }
@@ -73,7 +97,19 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
+    if let Some(files) = args.max_files {
+        let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+        rlimit::setrlimit(rlimit::Resource::NOFILE, files.min(hard), hard)?;
+    }
     let mut builder = Switchboard::builder().allow_any_origin();
+    if args.hardened {
+        builder = builder.trusted_proxies(["127.0.0.1"]);
+    }
+    if args.unprotected {
+        builder = builder
+            .sessions_per_address(usize::MAX)
+            .open_rate_per_address(0, 1);
+    }
     if let Some(ms) = args.coalescing_ms {
         builder = builder.coalescing(Coalescing {
             max_delay: Duration::from_millis(ms),
@@ -95,7 +131,11 @@ async fn serve(args: Args) -> std::io::Result<()> {
         "/rt",
         realtime.router(move |session| on_session(session, hub.clone(), low)),
     );
-    run(args.port, app, || {}).await
+    if args.hardened {
+        run_hardened(args.port, app, || {}).await
+    } else {
+        run(args.port, app, || {}).await
+    }
 }
 
 async fn on_session(session: Session, hub: Hub, low: bool) {
