@@ -11,10 +11,13 @@
 //!    (Switchboard);
 //! 5. a reconnect storm with resume (Switchboard);
 //! 6. a cluster of two nodes on one Redis: fan-out against socketioxide with its Redis adapter,
-//!    cross-node broadcast latency, and Redis commands and bytes per message (issue 10).
+//!    cross-node broadcast latency, and Redis commands and bytes per message (issue 10);
+//! 7. memory after a burst of slow consumers has ended, per allocator (issue 11; run only when
+//!    asked for, `load --only memory`).
 //!
 //! Modules:
 //!
+//! - [`sb_server`]: the Switchboard server the `sb_server*` binaries run;
 //! - [`sys`]: server RSS and CPU from `/proc`, the open-file limit;
 //! - [`serve`]: what the three server binaries share (command line, serving);
 //! - [`server`]: starting and stopping the server binaries ([`server::Kind`]);
@@ -24,13 +27,16 @@
 //! - [`clients`]: client tasks (WebSocket, long and short polling) and their counters;
 //! - [`redis`]: a `redis-server` of the harness's own and its `INFO` counters;
 //! - [`scenarios`]: the six scenarios and their sizes ([`scenarios::Plan`]);
+//! - [`memory`]: scenario 7 and the allocator set-ups it compares;
 //! - [`report`]: tables and JSON.
 
 pub mod clients;
+pub mod memory;
 pub mod payload;
 pub mod proto;
 pub mod redis;
 pub mod report;
+pub mod sb_server;
 pub mod scenarios;
 pub mod serve;
 pub mod server;

@@ -28,6 +28,8 @@ pub struct Table {
     pub rows: Vec<Row>,
     /// Remarks printed under the table.
     pub notes: Vec<String>,
+    /// Whether [`render`](Table::render) adds the `first/other` ratio columns.
+    pub ratios: bool,
 }
 
 impl Table {
@@ -39,6 +41,7 @@ impl Table {
             columns: columns.iter().map(|c| (*c).to_owned()).collect(),
             rows: Vec::new(),
             notes: Vec::new(),
+            ratios: true,
         }
     }
 
@@ -64,6 +67,7 @@ impl Table {
             .columns
             .iter()
             .skip(1)
+            .filter(|_| self.ratios)
             .map(|c| format!("{}/{}", short(&first), short(c)))
             .collect();
         let mut header = vec![String::from("metric")];
@@ -84,7 +88,7 @@ impl Table {
                 });
             }
             let base = r.values.first().copied().flatten();
-            for v in r.values.iter().skip(1) {
+            for v in r.values.iter().skip(1).filter(|_| self.ratios) {
                 line.push(match (base, v) {
                     (Some(b), Some(v)) if *v != 0.0 => format!("{:.2}x", b / v),
                     _ => "-".into(),
