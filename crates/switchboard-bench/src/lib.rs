@@ -14,9 +14,12 @@
 //!    cross-node broadcast latency, and Redis commands and bytes per message (issue 10);
 //! 7. hostile clients (issue 11): slowloris, an idle-connection flood and a session flood against
 //!    Switchboard hardened and unprotected, with a normal client's success and round trip.
+//! 8. memory after a burst of slow consumers has ended, per allocator (issue 11; run only when
+//!    asked for, `load --only memory`).
 //!
 //! Modules:
 //!
+//! - [`sb_server`]: the Switchboard server the `sb_server*` binaries run;
 //! - [`sys`]: server RSS and CPU from `/proc`, the open-file limit;
 //! - [`serve`]: what the three server binaries share (command line, serving);
 //! - [`server`]: starting and stopping the server binaries ([`server::Kind`]);
@@ -27,14 +30,17 @@
 //! - [`redis`]: a `redis-server` of the harness's own and its `INFO` counters;
 //! - [`scenarios`]: the six scenarios and their sizes ([`scenarios::Plan`]);
 //! - [`abuse`]: scenario 7 (its own module);
+//! - [`memory`]: scenario 8 and the allocator set-ups it compares;
 //! - [`report`]: tables and JSON.
 
 pub mod abuse;
 pub mod clients;
+pub mod memory;
 pub mod payload;
 pub mod proto;
 pub mod redis;
 pub mod report;
+pub mod sb_server;
 pub mod scenarios;
 pub mod serve;
 pub mod server;

@@ -31,6 +31,8 @@ pub struct Table {
     /// Text [`render`](Table::render) prints instead of its own, for a table whose columns are
     /// not implementations (no ratios apply).
     pub preformatted: Option<String>,
+    /// Whether [`render`](Table::render) adds the `first/other` ratio columns.
+    pub ratios: bool,
 }
 
 impl Table {
@@ -43,6 +45,7 @@ impl Table {
             rows: Vec::new(),
             notes: Vec::new(),
             preformatted: None,
+            ratios: true,
         }
     }
 
@@ -71,6 +74,7 @@ impl Table {
             .columns
             .iter()
             .skip(1)
+            .filter(|_| self.ratios)
             .map(|c| format!("{}/{}", short(&first), short(c)))
             .collect();
         let mut header = vec![String::from("metric")];
@@ -91,7 +95,7 @@ impl Table {
                 });
             }
             let base = r.values.first().copied().flatten();
-            for v in r.values.iter().skip(1) {
+            for v in r.values.iter().skip(1).filter(|_| self.ratios) {
                 line.push(match (base, v) {
                     (Some(b), Some(v)) if *v != 0.0 => format!("{:.2}x", b / v),
                     _ => "-".into(),

@@ -59,6 +59,13 @@ pub struct Plan {
     pub cluster_secs: u64,
     /// Messages each way of the Redis cost measurement (scenario 6c).
     pub cluster_cost_messages: u64,
+    /// Slow-consumer sessions per allocator (scenario 7, `memory`).
+    pub memory_sessions: usize,
+    /// Bytes of each message a slow consumer has echoed to itself (scenario 7).
+    pub memory_payload: usize,
+    /// Seconds after the last session ended at which RSS is reported (scenario 7); it is
+    /// sampled every 250 ms until the last of them.
+    pub memory_samples: Vec<u64>,
     /// Wait before reading RSS once sessions are opened or gone.
     pub settle: Duration,
 }
@@ -86,6 +93,9 @@ impl Plan {
             cluster_rate: 1_000,
             cluster_secs: 5,
             cluster_cost_messages: 500,
+            memory_sessions: 200,
+            memory_payload: 2048,
+            memory_samples: vec![0, 1, 2, 5, 10, 30, 60],
             settle: Duration::from_millis(1500),
         }
     }
@@ -112,6 +122,9 @@ impl Plan {
             cluster_rate: 1_000,
             cluster_secs: 10,
             cluster_cost_messages: 2_000,
+            memory_sessions: 200,
+            memory_payload: 2048,
+            memory_samples: vec![0, 1, 2, 5, 10, 30, 60],
             settle: Duration::from_millis(1500),
         }
     }
@@ -138,12 +151,15 @@ impl Plan {
             cluster_rate: 200,
             cluster_secs: 1,
             cluster_cost_messages: 20,
+            memory_sessions: 10,
+            memory_payload: 2048,
+            memory_samples: vec![0, 1],
             settle: Duration::from_millis(300),
         }
     }
 
     /// Overall time limit for one measurement phase.
-    fn phase_limit(&self) -> Duration {
+    pub(crate) fn phase_limit(&self) -> Duration {
         match self.mode {
             "full" => Duration::from_secs(180),
             "smoke" => Duration::from_secs(10),
@@ -160,14 +176,19 @@ pub struct Problems {
 }
 
 impl Problems {
-    fn add(&mut self, what: String) {
+    /// Records a problem (and prints it).
+    pub(crate) fn add(&mut self, what: String) {
         eprintln!("  PROBLEM: {what}");
         self.list.push(what);
     }
 
     /// A run's result for its table column: a failed run (named by `run`) is recorded as a
     /// problem, and its column shows `-`.
-    fn keep<R>(&mut self, run: impl std::fmt::Display, result: Result<R, Error>) -> Option<R> {
+    pub(crate) fn keep<R>(
+        &mut self,
+        run: impl std::fmt::Display,
+        result: Result<R, Error>,
+    ) -> Option<R> {
         result.map_err(|e| self.add(format!("{run}: {e}"))).ok()
     }
 }
@@ -392,21 +413,31 @@ pub async fn idle(plan: &Plan, problems: &mut Problems) -> Table {
 
 /// Result of one fan-out run.
 #[derive(Debug, Clone, Copy, Default)]
-struct FanOut {
-    rate: f64,
+pub(crate) struct FanOut {
+    pub(crate) rate: f64,
     p50: f64,
     p99: f64,
     p999: f64,
-    cpu_per_m: f64,
+    pub(crate) cpu_per_m: f64,
     load_cpu_per_m: f64,
-    lost: u64,
-    dups: u64,
+    pub(crate) lost: u64,
+    pub(crate) dups: u64,
     reordered: u64,
     secs: f64,
 }
 
 async fn fanout_one(kind: Kind, n: usize, m: u64, limit: Duration) -> Result<FanOut, Error> {
-    let server = Server::start(kind, &[]).await?;
+    fanout_on(Server::start(kind, &[]).await?, n, m, limit).await
+}
+
+/// The fan-out of scenario 2 against `server`, which it stops at the end.
+pub(crate) async fn fanout_on(
+    server: Server,
+    n: usize,
+    m: u64,
+    limit: Duration,
+) -> Result<FanOut, Error> {
+    let kind = server.kind();
     let port = server.port();
     let (drivers, failed) = clients::connect_many(kind, port, n).await;
     if failed > 0 {

@@ -71,13 +71,25 @@ impl Server {
     /// Starts `kind` with `--port 0` plus `extra` arguments and waits (at most 30 s) for its
     /// `listening on 127.0.0.1:PORT` line.
     pub async fn start(kind: Kind, extra: &[&str]) -> Result<Server, Error> {
-        let path = bin_dir()?.join(kind.binary());
+        Server::start_binary(kind, kind.binary(), extra, &[]).await
+    }
+
+    /// Like [`start`](Server::start), with the binary `binary` (a variant of `kind`'s, such as
+    /// `sb_server_jemalloc`) and `env` added to its environment.
+    pub async fn start_binary(
+        kind: Kind,
+        binary: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, Error> {
+        let path = bin_dir()?.join(binary);
         if !path.exists() {
             return Err(format!("server binary {} not found", path.display()).into());
         }
         let mut child = Command::new(&path)
             .args(["--port", "0"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

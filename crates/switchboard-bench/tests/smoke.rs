@@ -34,3 +34,30 @@ fn load_smoke_run_succeeds() {
         assert!(stdout.contains(table), "no table {table:?} in\n{stdout}");
     }
 }
+
+/// The memory scenario (`load --only memory`, not part of `--smoke` itself) at tiny numbers, on
+/// two of its allocator set-ups: every session fills, overflows and ends, and RSS is sampled.
+#[test]
+fn load_smoke_memory_run_succeeds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_load"))
+        .args([
+            "--smoke",
+            "--only",
+            "memory",
+            "--alloc",
+            "glibc,jemalloc-bg",
+        ])
+        .output()
+        .expect("cannot run the load binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "load --smoke --only memory failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("7. memory after slow consumers end") && !stdout.contains("problems:"),
+        "no clean memory table in\n{stdout}\n--- stderr\n{stderr}"
+    );
+}

@@ -46,6 +46,13 @@ use switchboard_redis::RedisBackend;
 use switchboard_redis::redis::{self, AsyncCommands as _};
 use tower_http::services::ServeDir;
 
+/// The process's allocator: jemalloc, with background threads (the `background_threads` feature)
+/// that give memory freed after a burst back to the system within about 10 s, where glibc's
+/// malloc keeps it resident (`docs/deployment.md`, "Sizing memory").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Longest nickname, in characters.
 const MAX_NICK: usize = 24;
 /// Longest chat message, in characters.

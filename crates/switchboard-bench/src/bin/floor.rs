@@ -51,6 +51,11 @@ const BUFFER: usize = 4096;
 /// Broadcast messages skipped by connections that fell behind, over the whole run.
 static LAGGED: AtomicU64 = AtomicU64::new(0);
 
+/// The same allocator as `sb_server` (jemalloc with background threads, issue 11), so that the
+/// servers compared differ in their work only.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let outcome = match switchboard_bench::serve::port_only(USAGE) {

@@ -1,8 +1,12 @@
 //! `load`: the Switchboard benchmark harness.
 //!
 //! ```text
-//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse] [--sb-unbatched] [--read-buffer BYTES]
+//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES]
 //! ```
+//!
+//! The `memory` scenario (RSS after a burst of slow consumers, per allocator; about 12 minutes)
+//! runs only when `--only` names it; `--alloc glibc,jemalloc-bg` limits it to some of its
+//! allocator set-ups ([`switchboard_bench::memory::VARIANTS`]).
 //!
 //! Switchboard WebSocket clients ask for batches (`batch=1`) like the JavaScript and Rust
 //! clients do; `--sb-unbatched` makes them take one frame per WebSocket message instead.
@@ -25,9 +29,12 @@ use switchboard_bench::scenarios::{self, Plan, Problems};
 use switchboard_bench::{Error, sys};
 
 /// The scenarios, in the order they run (`--only` picks some).
-const SCENARIOS: [&str; 7] = [
-    "idle", "fanout", "echo", "poll", "storm", "cluster", "abuse",
+const SCENARIOS: [&str; 8] = [
+    "idle", "fanout", "echo", "poll", "storm", "cluster", "abuse", "memory",
 ];
+
+/// The scenarios that run only when `--only` names them.
+const OPT_IN: [&str; 1] = ["memory"];
 
 /// Parsed command line.
 #[derive(Debug)]
@@ -35,12 +42,14 @@ struct Args {
     plan: Plan,
     json: Option<String>,
     only: Option<Vec<String>>,
+    alloc: Option<Vec<String>>,
 }
 
 fn parse_args() -> Result<Args, Error> {
     let mut plan = Plan::quick();
     let mut json = None;
     let mut only = None;
+    let mut alloc = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -56,6 +65,19 @@ fn parse_args() -> Result<Args, Error> {
                     .map_err(|_| format!("--read-buffer: not a size in bytes: {bytes:?}"))?;
                 switchboard_bench::proto::set_read_buffer(bytes);
             }
+            "--alloc" => {
+                let list = args.next().ok_or("--alloc needs a list")?;
+                let labels: Vec<String> = list.split(',').map(str::to_owned).collect();
+                let known = switchboard_bench::memory::VARIANTS.map(|v| v.label);
+                if let Some(unknown) = labels.iter().find(|l| !known.contains(&l.as_str())) {
+                    return Err(format!(
+                        "--alloc: no allocator set-up {unknown:?} (there are {})",
+                        known.join(", ")
+                    )
+                    .into());
+                }
+                alloc = Some(labels);
+            }
             "--only" => {
                 let list = args.next().ok_or("--only needs a list")?;
                 let names: Vec<String> = list.split(',').map(str::to_owned).collect();
@@ -70,14 +92,19 @@ fn parse_args() -> Result<Args, Error> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse] [--sb-unbatched] [--read-buffer BYTES]"
+                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES]"
                 );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
-    Ok(Args { plan, json, only })
+    Ok(Args {
+        plan,
+        json,
+        only,
+        alloc,
+    })
 }
 
 fn main() -> ExitCode {
@@ -114,7 +141,10 @@ async fn run(args: Args) -> Result<bool, Error> {
     let nofile = sys::raise_nofile_limit()?;
     let _ = switchboard_bench::payload::epoch();
     eprintln!("load: mode {}, open-file limit {nofile}", plan.mode);
-    let wanted = |s: &str| args.only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    let wanted = |s: &str| match &args.only {
+        Some(only) => only.iter().any(|x| x == s),
+        None => !OPT_IN.contains(&s),
+    };
     let started = Instant::now();
     let mut problems = Problems::default();
     let mut tables: Vec<Table> = Vec::new();
@@ -126,6 +156,10 @@ async fn run(args: Args) -> Result<bool, Error> {
             "poll" => vec![scenarios::long_poll(&plan, &mut problems).await],
             "storm" => vec![scenarios::storm(&plan, &mut problems).await],
             "abuse" => vec![switchboard_bench::abuse::abuse(&plan, &mut problems).await],
+            "memory" => vec![
+                switchboard_bench::memory::memory(&plan, &mut problems, args.alloc.as_deref())
+                    .await,
+            ],
             _ => scenarios::cluster(&plan, &mut problems).await,
         };
         for table in new {

@@ -51,6 +51,11 @@ const USAGE: &str = "usage: peer [--port N] [--redis URL]";
 /// Packets each socket may have waiting to be written.
 const MAX_BUFFER: usize = 65536;
 
+/// The same allocator as `sb_server` (jemalloc with background threads, issue 11), so that the
+/// servers compared differ in their work only.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let outcome = match switchboard_bench::serve::port_and_redis(USAGE) {
