@@ -217,9 +217,11 @@ impl Serve {
                 Ok(accepted) => accepted,
                 Err(err) if is_connection_error(&err) => continue,
                 Err(err) => {
-                    // Out of file descriptors (or another resource): make room by closing idle
-                    // connections, and try again in a moment rather than spinning.
-                    let shed = table.shed(limits.max_connections / 16 + 1);
+                    // Out of file descriptors (or another resource): make room by closing the
+                    // eighth of the open connections idle longest (not all of them: the newest
+                    // may be a client about to send its request), and try again in a moment
+                    // rather than spinning.
+                    let shed = table.shed(table.open() / 8 + 1);
                     crate::logs::warn_limited!(error = %err, shed, "accepting a connection failed");
                     tokio::time::sleep(Duration::from_millis(if shed > 0 { 5 } else { 100 })).await;
                     continue;

@@ -279,8 +279,10 @@ async fn out_of_file_descriptors_the_chat_closes_idle_connections_and_serves_on(
         idle.push(tokio::net::TcpStream::connect(&chat.addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // A new connection for every request: each must be accepted while the descriptors run out.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap();
     let started = std::time::Instant::now();
