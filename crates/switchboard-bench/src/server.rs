@@ -71,7 +71,13 @@ impl Server {
     /// Starts `kind` with `--port 0` plus `extra` arguments and waits (at most 30 s) for its
     /// `listening on 127.0.0.1:PORT` line.
     pub async fn start(kind: Kind, extra: &[&str]) -> Result<Server, Error> {
-        let path = bin_dir()?.join(kind.binary());
+        Server::start_binary(kind, kind.binary(), extra).await
+    }
+
+    /// [`Server::start`] with another binary of the same protocol as `kind` (`sb_heap` for
+    /// [`Kind::Switchboard`]).
+    pub async fn start_binary(kind: Kind, binary: &str, extra: &[&str]) -> Result<Server, Error> {
+        let path = bin_dir()?.join(binary);
         if !path.exists() {
             return Err(format!("server binary {} not found", path.display()).into());
         }

@@ -9,7 +9,7 @@
 //! The load generator starts it as a child process:
 //!
 //! ```text
-//! sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL]
+//! sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--serve axum|switchboard]
 //! ```
 //!
 //! - `--port N`: port on 127.0.0.1 (default 0: ephemeral).
@@ -20,6 +20,11 @@
 //!   ([`Coalescing::max_delay`]); the other coalescing thresholds keep their defaults.
 //! - `--low`: broadcasts go out at [`Priority::Low`](switchboard::Priority::Low), so they may be
 //!   batched (the long-polling scenario with batching).
+//! - `--serve switchboard`: serve with [`switchboard::serve`] (connection time-outs and limits)
+//!   instead of `axum::serve` (the default). Its requests then carry the client's address, so the
+//!   per-address session limits apply; they are lifted here (the load generator's thousands of
+//!   clients come from 8 loopback addresses), and the connection limit is raised to
+//!   [`SWITCHBOARD_MAX_CONNECTIONS`](switchboard_bench::serve::SWITCHBOARD_MAX_CONNECTIONS).
 //!
 //! Like the other two servers it sets TCP_NODELAY on every accepted connection and runs on a
 //! multi-threaded tokio runtime. When ready it prints `listening on 127.0.0.1:PORT` on stdout; it
@@ -30,9 +35,9 @@ use std::time::Duration;
 
 use axum::Router;
 use switchboard::{Coalescing, Hub, Session, Switchboard};
-use switchboard_bench::serve::{exit_code, flag_value, run};
+use switchboard_bench::serve::{Serving, exit_code, flag_value, run_with};
 
-const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL]";
+const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--serve axum|switchboard]";
 
 /// The command line.
 #[derive(Debug, Default)]
@@ -41,6 +46,7 @@ struct Args {
     coalescing_ms: Option<u64>,
     low: bool,
     redis: Option<String>,
+    serve: Serving,
 }
 
 impl Args {
@@ -55,6 +61,7 @@ impl Args {
                 }
                 "--low" => args.low = true,
                 "--redis" => args.redis = Some(flag_value(&arg, iter.next(), USAGE)?),
+                "--serve" => args.serve = flag_value(&arg, iter.next(), USAGE)?,
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
@@ -88,6 +95,11 @@ async fn serve(args: Args) -> std::io::Result<()> {
             .map_err(|e| std::io::Error::other(format!("cannot connect to Redis at {url}: {e}")))?;
         builder = builder.backend(backend);
     }
+    if args.serve == Serving::Switchboard {
+        builder = builder
+            .sessions_per_address(usize::MAX)
+            .open_rate_per_address(0, 1);
+    }
     let realtime = builder.build();
     let hub = realtime.hub();
     let low = args.low;
@@ -95,7 +107,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         "/rt",
         realtime.router(move |session| on_session(session, hub.clone(), low)),
     );
-    run(args.port, app, || {}).await
+    run_with(args.serve, args.port, app, || {}).await
 }
 
 async fn on_session(session: Session, hub: Hub, low: bool) {
