@@ -189,7 +189,7 @@ fn report(path: &str, sessions: usize, top: usize) -> Result<(), switchboard_ben
         })
         .filter(|site| site.bytes > 0)
         .collect();
-    sites.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    sites.sort_by_key(|site| std::cmp::Reverse(site.bytes));
     let n = sessions as f64;
     let total: u64 = sites.iter().map(|s| s.bytes).sum();
     let per_session: Vec<&Site> = sites
