@@ -429,6 +429,65 @@ pub fn http_clients() -> Result<Vec<reqwest::Client>, Error> {
         .collect()
 }
 
+/// Spawns one Server-Sent Events client (protocol §5.7) that opens a session with `GET url`
+/// (`.../sse?v=1`), reads up to the end of the first event (the open frame), counts it in
+/// `opened`, and then holds the stream (reading what comes, the 15 s heartbeats) until `stop`.
+/// A refused or broken stream counts in `errors`.
+pub fn spawn_sse_holder(
+    set: &mut JoinSet<()>,
+    http: reqwest::Client,
+    url: String,
+    opened: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    set.spawn(async move {
+        let response = tokio::select! {
+            _ = stop.changed() => return,
+            r = http.get(&url).send() => r,
+        };
+        let mut response = match response {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                eprintln!("  SSE open refused: {}", r.status());
+                errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(e) => {
+                eprintln!("  SSE open failed: {e}");
+                errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let mut head = Vec::new();
+        let mut counted = false;
+        loop {
+            let chunk = tokio::select! {
+                _ = stop.changed() => break,
+                c = response.chunk() => c,
+            };
+            match chunk {
+                Ok(Some(bytes)) => {
+                    if !counted {
+                        head.extend_from_slice(&bytes);
+                        if head.windows(6).any(|w| w == b"data: ") && head.ends_with(b"\n\n") {
+                            counted = true;
+                            head = Vec::new();
+                            opened.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    if !counted {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+            }
+        }
+    });
+}
+
 /// How a polling client receives (protocol §5.2–5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PollMode {

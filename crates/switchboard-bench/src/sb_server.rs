@@ -12,7 +12,7 @@
 //! The load generator starts it as a child process:
 //!
 //! ```text
-//! sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--hardened | --unprotected] [--max-files N]
+//! sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--hardened | --unprotected | --serve axum|switchboard] [--max-files N]
 //! ```
 //!
 //! - `--port N`: port on 127.0.0.1 (default 0: ephemeral).
@@ -31,6 +31,12 @@
 //! - `--unprotected`: the same application with no protection at all, to show what the
 //!   protection buys: `axum::serve`, `sessions_per_address(usize::MAX)` and
 //!   `open_rate_per_address(0, 1)`.
+//! - `--serve switchboard`: serve with [`switchboard::serve`] (connection time-outs and limits)
+//!   instead of `axum::serve` (the default), for the parked-session memory of the idle scenario
+//!   (issue 12). Its requests then carry the client's address, so the per-address session limits
+//!   apply; they are lifted here (the load generator's thousands of clients come from 8 loopback
+//!   addresses), and the connection limit is raised to
+//!   [`SWITCHBOARD_MAX_CONNECTIONS`](crate::serve::SWITCHBOARD_MAX_CONNECTIONS).
 //! - `--max-files N`: lowers this process's open-file limit to `N` at start (before
 //!   [`switchboard::serve`] reads it for its connection limit).
 //!
@@ -44,11 +50,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::serve::{exit_code, flag_value, run, run_hardened};
+use crate::serve::{Serving, exit_code, flag_value, run_hardened, run_with};
 use axum::Router;
 use switchboard::{Coalescing, Hub, Session, Switchboard};
 
-const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--hardened | --unprotected] [--max-files N]";
+const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--hardened | --unprotected | --serve axum|switchboard] [--max-files N]";
 
 /// The command line.
 #[derive(Debug, Default)]
@@ -59,6 +65,7 @@ struct Args {
     redis: Option<String>,
     hardened: bool,
     unprotected: bool,
+    serve: Serving,
     max_files: Option<u64>,
 }
 
@@ -75,6 +82,7 @@ impl Args {
                 "--low" => args.low = true,
                 "--redis" => args.redis = Some(flag_value(&arg, iter.next(), USAGE)?),
                 "--hardened" => args.hardened = true,
+                "--serve" => args.serve = flag_value(&arg, iter.next(), USAGE)?,
                 "--unprotected" => args.unprotected = true,
                 "--max-files" => args.max_files = Some(flag_value(&arg, iter.next(), USAGE)?),
                 "-h" | "--help" => return Err(USAGE.to_string()),
@@ -109,7 +117,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
     if args.hardened {
         builder = builder.trusted_proxies(["127.0.0.1"]);
     }
-    if args.unprotected {
+    if args.unprotected || args.serve == Serving::Switchboard {
         builder = builder
             .sessions_per_address(usize::MAX)
             .open_rate_per_address(0, 1);
@@ -138,7 +146,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
     if args.hardened {
         run_hardened(args.port, app, || {}).await
     } else {
-        run(args.port, app, || {}).await
+        run_with(args.serve, args.port, app, || {}).await
     }
 }
 

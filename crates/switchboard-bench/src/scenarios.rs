@@ -15,6 +15,7 @@ use crate::clients::{self, Cmd, PollMode, Shared, WsRole};
 use crate::payload;
 use crate::redis::{Delta as RedisDelta, RedisServer};
 use crate::report::Table;
+use crate::serve::Serving;
 use crate::server::{Kind, Server};
 use crate::{proto, sys};
 
@@ -243,8 +244,63 @@ impl Idle {
     }
 }
 
-async fn idle_ws(kind: Kind, n: usize, settle: Duration) -> Result<Idle, Error> {
-    let server = Server::start(kind, &[]).await?;
+/// Where `load --heap DIR` has the idle scenario's Switchboard servers write their heap profiles
+/// (`sb_heap` in place of `sb_server`); `None`: measure RSS with `sb_server`.
+static HEAP_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Runs the idle scenario's Switchboard servers under the heap profiler (`sb_heap`), each writing
+/// `DIR/<transport>-<serving>-<sessions>.json`; floor and peer are skipped.
+pub fn set_heap_dir(dir: std::path::PathBuf) {
+    let _ = HEAP_DIR.set(dir);
+}
+
+/// The serving loops the idle scenario compares for Switchboard.
+const SERVINGS: [Serving; 2] = [Serving::Axum, Serving::Switchboard];
+
+fn serving_name(serving: Serving) -> &'static str {
+    match serving {
+        Serving::Axum => "axum::serve",
+        Serving::Switchboard => "switchboard::serve",
+    }
+}
+
+fn serving_arg(serving: Serving) -> &'static str {
+    match serving {
+        Serving::Axum => "axum",
+        Serving::Switchboard => "switchboard",
+    }
+}
+
+/// Starts the server of an idle measurement: `kind`'s binary, or for Switchboard `sb_server`
+/// (`sb_heap` under `load --heap`) served by `serving`.
+async fn idle_server(kind: Kind, serving: Serving, what: &str, n: usize) -> Result<Server, Error> {
+    if kind != Kind::Switchboard {
+        return Server::start(kind, &[]).await;
+    }
+    let serve = serving_arg(serving);
+    match HEAP_DIR.get() {
+        None => Server::start(kind, &["--serve", serve]).await,
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            let out = dir.join(format!("{what}-{serve}-{n}.json"));
+            let out = out.to_string_lossy().into_owned();
+            let sessions = n.to_string();
+            let args = ["--serve", serve, "--sessions", &sessions, "--out", &out];
+            Server::start_binary(kind, "sb_heap", &args, &[]).await
+        }
+    }
+}
+
+/// Under `load --heap`, the profiler writes its file once the session count has been steady for
+/// 3 s: wait for that before the clients go.
+async fn heap_wait() {
+    if HEAP_DIR.get().is_some() {
+        sleep(Duration::from_secs(6)).await;
+    }
+}
+
+async fn idle_ws(kind: Kind, serving: Serving, n: usize, settle: Duration) -> Result<Idle, Error> {
+    let server = idle_server(kind, serving, "ws", n).await?;
     sleep(Duration::from_millis(300)).await;
     let base = server.rss()?;
     let port = server.port();
@@ -262,6 +318,7 @@ async fn idle_ws(kind: Kind, n: usize, settle: Duration) -> Result<Idle, Error> 
     }
     sleep(settle).await;
     let loaded = server.rss()?;
+    heap_wait().await;
     clients::stop_all(&stop, &mut set).await;
     sleep(settle).await;
     let after = server.rss()?;
@@ -274,8 +331,8 @@ async fn idle_ws(kind: Kind, n: usize, settle: Duration) -> Result<Idle, Error> 
     })
 }
 
-async fn idle_long_poll(n: usize, settle: Duration) -> Result<Idle, Error> {
-    let server = Server::start(Kind::Switchboard, &[]).await?;
+async fn idle_long_poll(serving: Serving, n: usize, settle: Duration) -> Result<Idle, Error> {
+    let server = idle_server(Kind::Switchboard, serving, "longpoll", n).await?;
     sleep(Duration::from_millis(300)).await;
     let base = server.rss()?;
     let shared = Arc::new(Shared::default());
@@ -310,6 +367,55 @@ async fn idle_long_poll(n: usize, settle: Duration) -> Result<Idle, Error> {
     let sessions = opened.load(Ordering::Relaxed) as usize;
     sleep(settle).await;
     let loaded = server.rss()?;
+    heap_wait().await;
+    clients::stop_all(&stop, &mut set).await;
+    drop(https);
+    sleep(settle).await;
+    let after = server.rss()?;
+    server.stop().await;
+    Ok(Idle {
+        base,
+        loaded,
+        after,
+        sessions,
+    })
+}
+
+async fn idle_sse(serving: Serving, n: usize, settle: Duration) -> Result<Idle, Error> {
+    let server = idle_server(Kind::Switchboard, serving, "sse", n).await?;
+    sleep(Duration::from_millis(300)).await;
+    let base = server.rss()?;
+    let opened = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let (stop, stop_rx) = watch::channel(false);
+    let mut set = JoinSet::new();
+    let https = clients::http_clients()?;
+    let url = format!("{}/sse?v=1", proto::sb_base(server.port()));
+    for i in 0..n {
+        clients::spawn_sse_holder(
+            &mut set,
+            https[i % https.len()].clone(),
+            url.clone(),
+            opened.clone(),
+            errors.clone(),
+            stop_rx.clone(),
+        );
+        if i % 100 == 99 {
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let target = n as u64;
+    wait_until(
+        Duration::from_secs(60),
+        Duration::from_secs(10),
+        || opened.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) >= target,
+        || opened.load(Ordering::Relaxed),
+    )
+    .await;
+    let sessions = opened.load(Ordering::Relaxed) as usize;
+    sleep(settle).await;
+    let loaded = server.rss()?;
+    heap_wait().await;
     clients::stop_all(&stop, &mut set).await;
     drop(https);
     sleep(settle).await;
@@ -330,13 +436,18 @@ pub async fn idle(plan: &Plan, problems: &mut Problems) -> Table {
         "1. idle memory per session (server RSS growth / sessions)",
         &columns_all(),
     );
+    let heap = HEAP_DIR.get().is_some();
     for &n in &plan.idle_sizes {
         let mut results = Vec::new();
         for kind in Kind::ALL {
+            if heap && kind != Kind::Switchboard {
+                results.push(None);
+                continue;
+            }
             eprintln!("[idle] {kind}: {n} WebSocket sessions");
             let r = problems.keep(
                 format!("idle {kind} {n}"),
-                idle_ws(kind, n, plan.settle).await,
+                idle_ws(kind, Serving::Axum, n, plan.settle).await,
             );
             if let Some(r) = &r
                 && r.sessions < n
@@ -370,42 +481,77 @@ pub async fn idle(plan: &Plan, problems: &mut Problems) -> Table {
             1,
             col(&|r| r.after as f64 / MIB),
         );
+        eprintln!("[idle] switchboard (switchboard::serve): {n} WebSocket sessions");
+        if let Some(r) = problems.keep(
+            format!("idle switchboard::serve {n}"),
+            idle_ws(Kind::Switchboard, Serving::Switchboard, n, plan.settle).await,
+        ) {
+            if r.sessions < n {
+                problems.add(format!(
+                    "idle switchboard::serve: only {} of {n} sessions",
+                    r.sessions
+                ));
+            }
+            idle_rows(&mut t, &format!("WS {n}, switchboard::serve"), &r);
+        }
     }
     for &n in &plan.idle_poll_sizes {
-        eprintln!("[idle] switchboard: {n} parked long polls");
-        match idle_long_poll(n, plan.settle).await {
-            Ok(r) => {
-                if r.sessions < n {
-                    problems.add(format!(
-                        "idle long polls: only {} of {n} sessions",
-                        r.sessions
-                    ));
+        for serving in SERVINGS {
+            let name = serving_name(serving);
+            eprintln!("[idle] switchboard ({name}): {n} parked long polls");
+            match idle_long_poll(serving, n, plan.settle).await {
+                Ok(r) => {
+                    if r.sessions < n {
+                        problems.add(format!(
+                            "idle long polls ({name}): only {} of {n} sessions",
+                            r.sessions
+                        ));
+                    }
+                    idle_rows(&mut t, &format!("long poll {n}, {name}"), &r);
                 }
-                t.row(
-                    &format!("long poll {n}: per session"),
-                    "KiB",
-                    1,
-                    vec![Some(r.per_session_kib()), None, None],
-                );
-                t.row(
-                    &format!("long poll {n}: RSS with sessions"),
-                    "MiB",
-                    1,
-                    vec![Some(r.loaded as f64 / MIB), None, None],
-                );
-                t.row(
-                    &format!("long poll {n}: RSS after disconnect"),
-                    "MiB",
-                    1,
-                    vec![Some(r.after as f64 / MIB), None, None],
-                );
+                Err(e) => problems.add(format!("idle long polls {n} ({name}): {e}")),
             }
-            Err(e) => problems.add(format!("idle long polls {n}: {e}")),
+        }
+        for serving in SERVINGS {
+            let name = serving_name(serving);
+            eprintln!("[idle] switchboard ({name}): {n} parked SSE streams");
+            match idle_sse(serving, n, plan.settle).await {
+                Ok(r) => {
+                    if r.sessions < n {
+                        problems.add(format!(
+                            "idle SSE ({name}): only {} of {n} sessions",
+                            r.sessions
+                        ));
+                    }
+                    idle_rows(&mut t, &format!("SSE {n}, {name}"), &r);
+                }
+                Err(e) => problems.add(format!("idle SSE {n} ({name}): {e}")),
+            }
         }
     }
     t.note("RSS after disconnect is measured 1.5 s (smoke: 0.3 s) after the clients went away; Switchboard keeps each session (and its buffer) for its 30 s resume window, so its number still includes the sessions; the allocator also keeps freed pages.");
-    t.note("parked long polls: Switchboard only (floor and peer have no polling transport here).");
+    t.note("rows without a serving loop: every server under axum::serve. Rows naming one: Switchboard only (floor and peer have no polling or SSE transport here), served by axum::serve or by switchboard::serve (`sb_server --serve switchboard`: defaults, with the per-address limits lifted and 100,000 connections allowed, since the clients come from 8 loopback addresses).");
+    t.note("parked long poll: a session opened with POST /open whose GET /poll?wait=1 is held; parked SSE: GET /sse?v=1, first event read, the response held.");
+    if heap {
+        t.note("run under `load --heap`: the Switchboard servers are sb_heap (dhat's allocator), so RSS is dhat's, not the allocator's; floor and peer were not run.");
+    }
     t
+}
+
+/// The per-session and RSS-with-sessions rows of one Switchboard-only idle measurement.
+fn idle_rows(t: &mut Table, label: &str, r: &Idle) {
+    t.row(
+        &format!("{label}: per session"),
+        "KiB",
+        1,
+        vec![Some(r.per_session_kib()), None, None],
+    );
+    t.row(
+        &format!("{label}: RSS with sessions"),
+        "MiB",
+        1,
+        vec![Some(r.loaded as f64 / MIB), None, None],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -89,13 +89,59 @@ pub async fn run(
     app: Router,
     at_exit: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<()> {
+    run_with(Serving::Axum, port, app, at_exit).await
+}
+
+/// Which HTTP serving loop a server binary uses (`--serve axum|switchboard`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Serving {
+    /// `axum::serve(listener, app)`: what the benchmark has always used.
+    #[default]
+    Axum,
+    /// `switchboard::serve(listener, app)` with its defaults, except a connection limit of
+    /// [`SWITCHBOARD_MAX_CONNECTIONS`] so that the 10,000-session runs fit.
+    Switchboard,
+}
+
+impl FromStr for Serving {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "axum" => Ok(Serving::Axum),
+            "switchboard" => Ok(Serving::Switchboard),
+            other => Err(format!("no serving loop {other:?} (axum, switchboard)")),
+        }
+    }
+}
+
+/// The connection limit of [`Serving::Switchboard`] (its default, 10,000, is what a 10,000-session
+/// run needs plus the load generator's spare connections).
+pub const SWITCHBOARD_MAX_CONNECTIONS: usize = 100_000;
+
+/// [`run`], served by `serving`.
+pub async fn run_with(
+    serving: Serving,
+    port: u16,
+    app: Router,
+    at_exit: impl FnOnce() + Send + 'static,
+) -> std::io::Result<()> {
     let listener = listen(port)?;
-    let addr = listener.local_addr()?;
-    let listener = listener.tap_io(|tcp| {
-        tcp.set_nodelay(true).ok();
-    });
-    announce(addr, at_exit).await?;
-    axum::serve(listener, app).await
+    announce(listener.local_addr()?, at_exit).await?;
+    match serving {
+        Serving::Axum => {
+            let listener = listener.tap_io(|tcp| {
+                tcp.set_nodelay(true).ok();
+            });
+            axum::serve(listener, app).await
+        }
+        // TCP_NODELAY is switchboard::serve's default.
+        Serving::Switchboard => {
+            switchboard::serve(listener, app)
+                .max_connections(SWITCHBOARD_MAX_CONNECTIONS)
+                .await
+        }
+    }
 }
 
 /// Like [`run`], but served by [`switchboard::serve`] with its default connection limits

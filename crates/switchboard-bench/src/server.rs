@@ -75,7 +75,7 @@ impl Server {
     }
 
     /// Like [`start`](Server::start), with the binary `binary` (a variant of `kind`'s, such as
-    /// `sb_server_jemalloc`) and `env` added to its environment.
+    /// `sb_server_jemalloc`, or `sb_heap`) and `env` added to its environment.
     pub async fn start_binary(
         kind: Kind,
         binary: &str,

@@ -14,7 +14,7 @@ use axum::extract::Request;
 use axum::handler::Handler as _;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, get_service};
 use futures_util::future::Either;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_layer::Layer;
@@ -126,9 +126,10 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
         // On a node of a cluster, polls go through the cluster layer, which forwards those of
         // sessions that other nodes own; a single node routes them straight to the transport.
         let poll = match &self.inner.node {
-            None => {
-                get(transport::longpoll::receive::<U>).post(transport::poll::send::<U>.layer(limit))
-            }
+            None => get_service(transport::longpoll::Receive {
+                mounted: mounted.clone(),
+            })
+            .post(transport::poll::send::<U>.layer(limit)),
             Some(_) => get(cluster::receive::<U>).post(cluster::send::<U>.layer(limit)),
         };
         let api = Router::new()

@@ -40,7 +40,7 @@ use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
@@ -51,6 +51,7 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use dashmap::DashMap;
+use futures_util::FutureExt as _;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -287,8 +288,14 @@ fn refuse(stream: TcpStream) {
 }
 
 /// Serves one connection until it ends, the server stops, or it is closed as idle.
+///
+/// A plain function that sets the connection up and returns the future that runs it, rather
+/// than an `async fn`: the task of a connection lives as long as the connection (a parked long
+/// poll or event stream holds it for minutes), and an `async fn` would keep its arguments in the
+/// task next to the copies moved into hyper's connection, and the `http1::Builder` too. The
+/// returned future holds hyper's connection once and uses it in place (it is `Unpin`).
 #[allow(clippy::too_many_arguments)]
-async fn connection(
+fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
@@ -296,8 +303,8 @@ async fn connection(
     state: Arc<ConnState>,
     table: Arc<Table>,
     mut stop: watch::Receiver<bool>,
-    _done: watch::Receiver<()>,
-) {
+    done: watch::Receiver<()>,
+) -> impl Future<Output = ()> + Send {
     // Held by the socket, so that the connection counts for as long as its socket is open,
     // after an upgrade to a WebSocket too.
     let io = TokioIo::new(Tracked {
@@ -308,9 +315,10 @@ async fn connection(
         },
     });
     let service_state = state.clone();
+    let body_timeout = limits.body_timeout;
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let state = service_state.clone();
-        let deadline = Instant::now() + limits.body_timeout;
+        let deadline = Instant::now() + body_timeout;
         let mut request = request.map(|body| {
             Body::new(TimedBody {
                 inner: body,
@@ -320,9 +328,10 @@ async fn connection(
         });
         request.extensions_mut().insert(ConnectInfo(peer));
         let request_guard = state.begin();
-        let response = app.clone().call(request);
-        async move {
-            let response = match response.await {
+        // A `map` rather than an `async` block: the block would keep the router's future twice
+        // (as its capture and as the future it awaits), for as long as the request runs.
+        app.clone().call(request).map(move |response| {
+            let response = match response {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
@@ -335,37 +344,40 @@ async fn connection(
                     _guard: request_guard,
                 })
             }))
-        }
+        })
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
+    let mut conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
-        .keep_alive(true);
-    let mut conn = pin!(builder.serve_connection(io, service).with_upgrades());
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(error = %err, "connection ended with an error");
-                }
-                break;
-            }
-            () = state.shed.notified() => {
-                if state.idle() {
-                    // Closed as idle to make room: nothing is in progress, so nothing is lost
-                    // (the client opens a new connection for its next request).
+        .keep_alive(true)
+        .serve_connection(io, service)
+        .with_upgrades();
+    async move {
+        let _done = &done;
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                result = &mut conn => {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "connection ended with an error");
+                    }
                     break;
                 }
-                state.doomed.store(false, Ordering::Relaxed);
-                table.doomed.fetch_sub(1, Ordering::Relaxed);
-            }
-            changed = stop.wait_for(|stop| *stop), if !stopping => {
-                stopping = true;
-                let _ = changed;
-                conn.as_mut().graceful_shutdown();
+                () = state.shed.notified() => {
+                    if state.idle() {
+                        // Closed as idle to make room: nothing is in progress, so nothing is
+                        // lost (the client opens a new connection for its next request).
+                        break;
+                    }
+                    state.doomed.store(false, Ordering::Relaxed);
+                    table.doomed.fetch_sub(1, Ordering::Relaxed);
+                }
+                changed = stop.wait_for(|stop| *stop), if !stopping => {
+                    stopping = true;
+                    let _ = changed;
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
             }
         }
     }

@@ -1,7 +1,7 @@
 //! `load`: the Switchboard benchmark harness.
 //!
 //! ```text
-//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES]
+//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]
 //! ```
 //!
 //! The `memory` scenario (RSS after a burst of slow consumers, per allocator; about 12 minutes)
@@ -12,6 +12,8 @@
 //! clients do; `--sb-unbatched` makes them take one frame per WebSocket message instead.
 //! `--read-buffer BYTES` sets the read buffer of every client socket (default 32 KiB, see
 //! [`switchboard_bench::proto::DEFAULT_READ_BUFFER`]).
+//! `--heap DIR` runs the idle scenario's Switchboard servers as `sb_heap` (under dhat's heap
+//! profiler), which write where every live byte was allocated to `DIR` (see `sb_heap`).
 //!
 //! Starts the server binaries found next to itself, runs the scenarios, prints one table per
 //! scenario and writes all results as JSON to `PATH` (if given). `--smoke` runs tiny numbers and
@@ -58,6 +60,10 @@ fn parse_args() -> Result<Args, Error> {
             "--smoke" => plan = Plan::smoke(),
             "--json" => json = Some(args.next().ok_or("--json needs a path")?),
             "--sb-unbatched" => switchboard_bench::proto::set_switchboard_batching(false),
+            "--heap" => {
+                let dir = args.next().ok_or("--heap needs a directory")?;
+                scenarios::set_heap_dir(dir.into());
+            }
             "--read-buffer" => {
                 let bytes = args.next().ok_or("--read-buffer needs a size in bytes")?;
                 let bytes = bytes
@@ -92,7 +98,7 @@ fn parse_args() -> Result<Args, Error> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES]"
+                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]"
                 );
                 std::process::exit(0);
             }

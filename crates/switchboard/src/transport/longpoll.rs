@@ -7,13 +7,18 @@
 //! Nothing is considered delivered until the next request acknowledges it, so a lost response
 //! costs nothing but a resend.
 
+use std::convert::Infallible;
 use std::future::{Future, ready};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use tokio::time::{Instant, sleep_until};
+use tower_service::Service;
 
 use crate::error::ApiError;
 use crate::mount::Mounted;
@@ -35,6 +40,39 @@ pub(crate) fn receive<U: Clone + Send + Sync + 'static>(
     match accept(&mounted, &uri) {
         Ok((session, request)) => Either::Left(poll(mounted, session, request)),
         Err(err) => Either::Right(ready(refused(err))),
+    }
+}
+
+/// `GET /poll` on a single node, as a service rather than an axum handler.
+///
+/// axum keeps a handler's future boxed with the request's head (`Parts`) beside it for as long
+/// as the request runs, though the head is gone once the extractors have run: about 250 B of
+/// every parked long poll. This service keeps only the URI until [`receive`] has read it, and its
+/// box holds nothing but the poll's own future.
+pub(crate) struct Receive<U> {
+    pub(crate) mounted: Mounted<U>,
+}
+
+impl<U> Clone for Receive<U> {
+    fn clone(&self) -> Self {
+        Self {
+            mounted: self.mounted.clone(),
+        }
+    }
+}
+
+impl<U: Clone + Send + Sync + 'static> Service<Request> for Receive<U> {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let uri = request.into_parts().0.uri;
+        Box::pin(receive(State(self.mounted.clone()), uri).map(Ok))
     }
 }
 
