@@ -112,7 +112,8 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
     /// returns, the session is closed (code 4000, reason `"closed"`) unless it has ended already.
     ///
     /// Routes, relative to the mount point (see `docs/protocol.md`): `GET /ws` (WebSocket),
-    /// `POST /open`, `GET /poll`, `POST /poll`, and `GET /client.js` (the JavaScript client).
+    /// `GET /sse` (Server-Sent Events), `POST /open`, `GET /poll`, `POST /poll`, and
+    /// `GET /client.js` (the JavaScript client).
     pub fn router<F, Fut>(&self, on_session: F) -> Router
     where
         F: Fn(Session<U>) -> Fut + Send + Sync + 'static,
