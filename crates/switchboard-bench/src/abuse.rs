@@ -1,5 +1,5 @@
 //! Scenario 7 (issue 11): hostile clients against the server "hardened as recommended"
-//! (`sb_server --hardened`: [`switchboard::serve`] with its default limits, default per-address
+//! (`sb_server --hardened`: [`switchboard::serve`](fn@switchboard::serve) with its default limits, default per-address
 //! limits, `trusted_proxies(["127.0.0.1"])`) and against the same application unprotected
 //! (`sb_server --unprotected`: `axum::serve`, no per-address limits).
 //!

@@ -24,21 +24,21 @@
 //! - `--low`: broadcasts go out at [`Priority::Low`](switchboard::Priority::Low), so they may be
 //!   batched (the long-polling scenario with batching).
 //! - `--hardened`: deployed as recommended against hostile clients (issue 11): served by
-//!   [`switchboard::serve`] with its default connection limits instead of `axum::serve`, the
+//!   [`switchboard::serve`](fn@switchboard::serve) with its default connection limits instead of `axum::serve`, the
 //!   per-address limits at their defaults, and `trusted_proxies(["127.0.0.1"])`, so that the
 //!   load generator (every socket of which comes from 127.0.0.1) can give each simulated client
 //!   its own address in `X-Forwarded-For`, as a reverse proxy in front would.
 //! - `--unprotected`: the same application with no protection at all, to show what the
 //!   protection buys: `axum::serve`, `sessions_per_address(usize::MAX)` and
 //!   `open_rate_per_address(0, 1)`.
-//! - `--serve switchboard`: serve with [`switchboard::serve`] (connection time-outs and limits)
+//! - `--serve switchboard`: serve with [`switchboard::serve`](fn@switchboard::serve) (connection time-outs and limits)
 //!   instead of `axum::serve` (the default), for the parked-session memory of the idle scenario
 //!   (issue 12). Its requests then carry the client's address, so the per-address session limits
 //!   apply; they are lifted here (the load generator's thousands of clients come from 8 loopback
 //!   addresses), and the connection limit is raised to
 //!   [`SWITCHBOARD_MAX_CONNECTIONS`](crate::serve::SWITCHBOARD_MAX_CONNECTIONS).
 //! - `--max-files N`: lowers this process's open-file limit to `N` at start (before
-//!   [`switchboard::serve`] reads it for its connection limit).
+//!   [`switchboard::serve`](fn@switchboard::serve) reads it for its connection limit).
 //!
 //! Without `--hardened` or `--unprotected` it runs as every other scenario measures it:
 //! `axum::serve` (so the per-address limits, which need the peer's address, do not apply).

@@ -144,7 +144,7 @@ pub async fn run_with(
     }
 }
 
-/// Like [`run`], but served by [`switchboard::serve`] with its default connection limits
+/// Like [`run`], but served by [`switchboard::serve`](fn@switchboard::serve) with its default connection limits
 /// (header and body time-outs, header size, connection limit with idle shedding; it sets
 /// TCP_NODELAY itself) instead of `axum::serve`: the server "hardened as recommended".
 pub async fn run_hardened(

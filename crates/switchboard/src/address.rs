@@ -65,7 +65,7 @@ fn canonical(addr: IpAddr) -> IpAddr {
 /// a trusted proxy, read from the right (each proxy appends the address it got the request
 /// from). A value that is not an address (`unknown`, an obfuscated name) stops the walk at the
 /// proxy that wrote it. `None` when the peer is unknown (the app is not served by
-/// [`serve`](crate::serve) or with `ConnectInfo`).
+/// [`serve`](crate::serve()) or with `ConnectInfo`).
 pub(crate) fn client_addr(
     peer: Option<SocketAddr>,
     headers: &HeaderMap,

@@ -42,7 +42,7 @@ impl Handshake {
     /// The client's address: the connection's peer, or, when the peer is one of the
     /// [trusted proxies](crate::Builder::trusted_proxies), the client address the proxies
     /// forwarded. `None` when the server does not know the peer (an app served by
-    /// `axum::serve` without `ConnectInfo`; [`serve`](crate::serve) always tells it).
+    /// `axum::serve` without `ConnectInfo`; [`serve`](crate::serve()) always tells it).
     pub fn client_addr(&self) -> Option<std::net::IpAddr> {
         self.client_addr
     }

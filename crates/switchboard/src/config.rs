@@ -370,7 +370,7 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
     /// Default: 1000, room for a large office behind one NAT address. `usize::MAX`: no cap.
     ///
     /// The limits per address need the client's address: serve the app with
-    /// [`serve`](crate::serve), or with axum's `into_make_service_with_connect_info`. Behind a
+    /// [`serve`](crate::serve()), or with axum's `into_make_service_with_connect_info`. Behind a
     /// reverse proxy, list it in [`trusted_proxies`](Self::trusted_proxies), or every client
     /// counts as the proxy's address.
     pub fn sessions_per_address(mut self, sessions: usize) -> Self {

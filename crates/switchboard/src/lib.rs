@@ -15,7 +15,7 @@
 //! - [`Hub`]: rooms, broadcast and presence; a broadcast is encoded once and shared by every
 //!   recipient's buffer.
 //! - [`Switchboard::router`]: the axum router, configured through [`Builder`].
-//! - [`serve`]: serving the app with connection-level limits (time-outs, header size, connection
+//! - [`serve`](mod@serve): serving the app with connection-level limits (time-outs, header size, connection
 //!   count), in place of `axum::serve`.
 //! - [`backend`]: the seam to the other nodes of a cluster (`switchboard-redis` implements it on
 //!   Redis; `docs/scale-out.md`). Without a backend the server is a single node that needs nothing
@@ -116,7 +116,7 @@ mod mount;
 mod node;
 pub mod protocol;
 mod router;
-mod serve;
+pub mod serve;
 mod session;
 mod transport;
 

@@ -35,7 +35,7 @@ pub(crate) fn body_error(rejection: BytesRejection) -> ApiError {
     }
 }
 
-/// Whether the body broke off because [`serve`](crate::serve)'s body time-out passed.
+/// Whether the body broke off because [`serve`](crate::serve())'s body time-out passed.
 fn timed_out(rejection: &BytesRejection) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
     while let Some(err) = source {
