@@ -5,27 +5,11 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{next_json, start_default};
+use common::{Captured, next_json, start_default};
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-/// A writer for the test's tracing subscriber: everything goes into one shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_of_bad_frames_is_closed_after_its_budget_with_one_log_line() {

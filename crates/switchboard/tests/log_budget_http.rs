@@ -5,26 +5,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
-use common::{TEXTS, TestServer};
+use common::{Captured, TEXTS, TestServer};
 use serde_json::json;
 use switchboard::Switchboard;
-
-/// A writer for the test's tracing subscriber: everything goes into one shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_bad_requests_cost_a_line_per_kind_not_a_line_each() {
