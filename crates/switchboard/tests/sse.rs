@@ -56,6 +56,17 @@ impl EventStream {
         }
     }
 
+    /// The session id of the open frame, which must be the next event.
+    async fn open_sid(&mut self) -> String {
+        let open = self
+            .next()
+            .await
+            .expect("the stream ended before its open event")
+            .json();
+        assert_eq!(open["t"], "open", "{open}");
+        open["sid"].as_str().unwrap().to_string()
+    }
+
     /// The next event (comments skipped), or `None` when the stream ends.
     async fn next(&mut self) -> Option<Event> {
         loop {
@@ -152,10 +163,7 @@ async fn the_browsers_own_reconnect_resumes_by_last_event_id() {
     // The stream that opened the session: its URL has no sid.
     let url = sse_url(&server, "");
     let mut stream = EventStream::open(&url, None).await;
-    let sid = stream.next().await.unwrap().json()["sid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = stream.open_sid().await;
     let session = server.next_session().await;
     for i in 1..=5 {
         session
@@ -194,10 +202,7 @@ async fn the_browsers_own_reconnect_resumes_by_last_event_id() {
 async fn switching_between_sse_websocket_and_polling_loses_and_doubles_nothing() {
     let mut server = start_default().await;
     let mut stream = EventStream::open(&sse_url(&server, "&att=1"), None).await;
-    let sid = stream.next().await.unwrap().json()["sid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = stream.open_sid().await;
     let session = server.next_session().await;
     let http = reqwest::Client::new();
     let mut rx = 0u64;
@@ -357,10 +362,7 @@ async fn switching_between_sse_websocket_and_polling_loses_and_doubles_nothing()
 async fn a_stream_is_recycled_mid_burst_without_loss() {
     let mut server = start_default().await;
     let mut stream = EventStream::open(&sse_url(&server, "&att=1"), None).await;
-    let sid = stream.next().await.unwrap().json()["sid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = stream.open_sid().await;
     let session = server.next_session().await;
     // 3,000 messages of about 200 bytes: more than one stream's 256 KiB.
     let total = 3000u64;
@@ -413,10 +415,7 @@ async fn a_stream_is_recycled_mid_burst_without_loss() {
 async fn a_stale_stream_is_refused_and_a_closed_session_says_so() {
     let mut server = start_default().await;
     let mut stream = EventStream::open(&sse_url(&server, "&att=5"), None).await;
-    let sid = stream.next().await.unwrap().json()["sid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let sid = stream.open_sid().await;
     let session = server.next_session().await;
     // A request the client made before (lower att) arrives late: refused, the stream untouched.
     let stale = reqwest::Client::new()
