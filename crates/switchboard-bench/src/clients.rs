@@ -36,8 +36,15 @@ pub struct Shared {
     pub last_ns: AtomicU64,
     /// Broadcasts delivered again to the application (same index twice).
     pub app_dups: AtomicU64,
-    /// Broadcasts that arrived before an earlier index (reordering).
+    /// Broadcasts that arrived before an earlier index (reordering; after a lost message, every
+    /// later one counts here too).
     pub out_of_order: AtomicU64,
+    /// Broadcasts that arrived after a higher index had (overtaken: reordering proper, which a
+    /// lost message does not inflate).
+    pub late: AtomicU64,
+    /// Measured broadcasts whose text after the header was not what the sender wrote
+    /// ([`payload::tail_intact`]).
+    pub garbled: AtomicU64,
     /// Switchboard frames dropped by sequence-number dedup (redelivered after resume).
     pub dup_frames: AtomicU64,
     /// Switchboard sequence gaps (must be 0).
@@ -61,23 +68,31 @@ pub struct Shared {
 /// Per-client bookkeeping of broadcast indices (indices start at 1). Out-of-order arrival is
 /// allowed (socketioxide reorders bursts); a second arrival of an index is a duplicate.
 #[derive(Debug)]
-struct Tracker {
+pub(crate) struct Tracker {
     /// Bit `i` set: index `i` received.
     seen: Vec<u64>,
     /// Lowest index not received yet (everything below it arrived).
     next_idx: u64,
+    /// Highest index received.
+    max_idx: u64,
     warmed: bool,
     rec: Recorder,
 }
 
 impl Tracker {
-    fn new(shared: &Shared) -> Tracker {
+    pub(crate) fn new(shared: &Shared) -> Tracker {
         Tracker {
             seen: Vec::new(),
             next_idx: 1,
+            max_idx: 0,
             warmed: false,
             rec: shared.lat.recorder(),
         }
+    }
+
+    /// Merges the latencies recorded so far into the shared histogram.
+    pub(crate) fn flush(&mut self) {
+        self.rec.flush();
     }
 
     /// Marks `idx` received; false if it already was.
@@ -104,7 +119,7 @@ impl Tracker {
     }
 
     /// Accounts for one received payload; true for a new measured broadcast.
-    fn on_payload(&mut self, shared: &Shared, p: &str) -> bool {
+    pub(crate) fn on_payload(&mut self, shared: &Shared, p: &str) -> bool {
         match payload::parse(p) {
             Parsed::Warmup => {
                 if !self.warmed {
@@ -134,6 +149,13 @@ impl Tracker {
                 if idx >= self.next_idx {
                     // arrived before an earlier index
                     shared.out_of_order.fetch_add(1, Ordering::Relaxed);
+                }
+                if idx < self.max_idx {
+                    shared.late.fetch_add(1, Ordering::Relaxed);
+                }
+                self.max_idx = self.max_idx.max(idx);
+                if !payload::tail_intact(p) {
+                    shared.garbled.fetch_add(1, Ordering::Relaxed);
                 }
                 let now = payload::now_ns();
                 self.rec.record_ns(now.saturating_sub(ts_ns));

@@ -15,7 +15,10 @@
 //! 7. hostile clients (issue 11): slowloris, an idle-connection flood and a session flood against
 //!    Switchboard hardened and unprotected, with a normal client's success and round trip.
 //! 8. memory after a burst of slow consumers has ended, per allocator (issue 11; run only when
-//!    asked for, `load --only memory`).
+//!    asked for, `load --only memory`);
+//! 9. transports (issue 12): one room of 1,000 clients at 50 broadcasts/s over WebSocket, Server-Sent
+//!    Events and long polling, one after the other: latency, HTTP requests and server CPU per
+//!    delivered message, and whether every client got every message once and in order.
 //!
 //! Modules:
 //!
@@ -28,9 +31,10 @@
 //! - [`stats`]: shared latency histograms;
 //! - [`clients`]: client tasks (WebSocket, long and short polling) and their counters;
 //! - [`redis`]: a `redis-server` of the harness's own and its `INFO` counters;
-//! - [`scenarios`]: the six scenarios and their sizes ([`scenarios::Plan`]);
+//! - [`scenarios`]: scenarios 1–6 and the sizes of every scenario ([`scenarios::Plan`]);
 //! - [`abuse`]: scenario 7 (its own module);
 //! - [`memory`]: scenario 8 and the allocator set-ups it compares;
+//! - [`transports`]: scenario 9, with its SSE and long-polling clients;
 //! - [`report`]: tables and JSON.
 
 pub mod abuse;
@@ -46,6 +50,7 @@ pub mod serve;
 pub mod server;
 pub mod stats;
 pub mod sys;
+pub mod transports;
 
 /// The error type of the harness: anything printable.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;

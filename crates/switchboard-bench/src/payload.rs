@@ -33,6 +33,26 @@ pub fn make(kind: char, ts_ns: u64, idx: u64) -> String {
     s
 }
 
+/// The text the transports scenario (9) carries after the header of each broadcast instead of
+/// `x` padding: Korean and emoji, so that every transport has to carry multi-byte UTF-8 (which an
+/// event stream may split anywhere between two chunks) intact.
+pub const UNICODE_TEXT: &str = "안녕하세요, 스위치보드! 🎉👋 실시간";
+
+/// Builds a broadcast payload `b|<ts_ns>|<idx>|` followed by [`UNICODE_TEXT`] (no padding).
+pub fn make_unicode(ts_ns: u64, idx: u64) -> String {
+    format!("b|{ts_ns}|{idx}|{UNICODE_TEXT}")
+}
+
+/// Whether the text after the header of a measured payload is what [`make`] or [`make_unicode`]
+/// put there (all `x`, or [`UNICODE_TEXT`]); a payload without the header fields counts as intact
+/// (it is not a measured one).
+pub fn tail_intact(p: &str) -> bool {
+    match p.splitn(4, '|').nth(3) {
+        Some(tail) => tail == UNICODE_TEXT || tail.bytes().all(|b| b == b'x'),
+        None => true,
+    }
+}
+
 /// What a received payload carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
@@ -89,5 +109,18 @@ mod tests {
         );
         assert_eq!(parse(&make('w', 0, 1)), Parsed::Warmup);
         assert_eq!(parse("hello"), Parsed::Unknown);
+        assert!(tail_intact(&p));
+        let u = make_unicode(7, 3);
+        assert_eq!(
+            parse(&u),
+            Parsed::Measured {
+                kind: 'b',
+                ts_ns: 7,
+                idx: 3
+            }
+        );
+        assert!(tail_intact(&u));
+        assert!(!tail_intact(&u.replace('👋', "?")));
+        assert!(!tail_intact("b|1|2|xxy"));
     }
 }

@@ -1,4 +1,4 @@
-//! The five benchmark scenarios. Each starts its own server processes and returns a [`Table`].
+//! The benchmark scenarios 1–6. Each starts its own server processes and returns a [`Table`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +67,12 @@ pub struct Plan {
     /// Seconds after the last session ended at which RSS is reported (scenario 7); it is
     /// sampled every 250 ms until the last of them.
     pub memory_samples: Vec<u64>,
+    /// Clients in the room of the transports scenario (9), per transport.
+    pub transport_clients: usize,
+    /// Broadcasts per second of the transports scenario.
+    pub transport_rate: u64,
+    /// Seconds each transport's phase broadcasts for.
+    pub transport_secs: u64,
     /// Wait before reading RSS once sessions are opened or gone.
     pub settle: Duration,
 }
@@ -97,6 +103,9 @@ impl Plan {
             memory_sessions: 200,
             memory_payload: 2048,
             memory_samples: vec![0, 1, 2, 5, 10, 30, 60],
+            transport_clients: 1_000,
+            transport_rate: 50,
+            transport_secs: 5,
             settle: Duration::from_millis(1500),
         }
     }
@@ -126,6 +135,9 @@ impl Plan {
             memory_sessions: 200,
             memory_payload: 2048,
             memory_samples: vec![0, 1, 2, 5, 10, 30, 60],
+            transport_clients: 1_000,
+            transport_rate: 50,
+            transport_secs: 60,
             settle: Duration::from_millis(1500),
         }
     }
@@ -155,6 +167,9 @@ impl Plan {
             memory_sessions: 10,
             memory_payload: 2048,
             memory_samples: vec![0, 1],
+            transport_clients: 20,
+            transport_rate: 20,
+            transport_secs: 1,
             settle: Duration::from_millis(300),
         }
     }
@@ -201,7 +216,7 @@ fn columns_all() -> Vec<&'static str> {
 }
 
 /// Waits until `done()` or `limit`, or until `progress()` has not changed for `stall`.
-async fn wait_until(
+pub(crate) async fn wait_until(
     limit: Duration,
     stall: Duration,
     mut done: impl FnMut() -> bool,

@@ -1,8 +1,11 @@
 //! `load`: the Switchboard benchmark harness.
 //!
 //! ```text
-//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]
+//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,transports,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]
 //! ```
+//!
+//! The `transports` scenario (issue 12) receives one room's broadcasts over WebSocket, Server-Sent
+//! Events and long polling, one phase each: `load --quick --only transports` (about a minute).
 //!
 //! The `memory` scenario (RSS after a burst of slow consumers, per allocator; about 12 minutes)
 //! runs only when `--only` names it; `--alloc glibc,jemalloc-bg` limits it to some of its
@@ -31,8 +34,16 @@ use switchboard_bench::scenarios::{self, Plan, Problems};
 use switchboard_bench::{Error, sys};
 
 /// The scenarios, in the order they run (`--only` picks some).
-const SCENARIOS: [&str; 8] = [
-    "idle", "fanout", "echo", "poll", "storm", "cluster", "abuse", "memory",
+const SCENARIOS: [&str; 9] = [
+    "idle",
+    "fanout",
+    "echo",
+    "poll",
+    "storm",
+    "cluster",
+    "abuse",
+    "transports",
+    "memory",
 ];
 
 /// The scenarios that run only when `--only` names them.
@@ -98,7 +109,7 @@ fn parse_args() -> Result<Args, Error> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]"
+                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,transports,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]"
                 );
                 std::process::exit(0);
             }
@@ -162,6 +173,9 @@ async fn run(args: Args) -> Result<bool, Error> {
             "poll" => vec![scenarios::long_poll(&plan, &mut problems).await],
             "storm" => vec![scenarios::storm(&plan, &mut problems).await],
             "abuse" => vec![switchboard_bench::abuse::abuse(&plan, &mut problems).await],
+            "transports" => {
+                vec![switchboard_bench::transports::transports(&plan, &mut problems).await]
+            }
             "memory" => vec![
                 switchboard_bench::memory::memory(&plan, &mut problems, args.alloc.as_deref())
                     .await,
