@@ -749,6 +749,13 @@ pub async fn transports(plan: &Plan, problems: &mut Problems) -> Table {
         2,
         col(&|p| p.us_per_delivery(p.load_cpu)),
     );
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+    t.row(
+        "CPU busy, server + load generator",
+        &format!("% of {cores} cores"),
+        0,
+        col(&|p| (p.server_cpu + p.load_cpu) / p.window.max(1e-9) / cores * 100.0),
+    );
     t.row("measured window", "s", 2, col(&|p| p.window));
     t.row("clients", "", 0, col(&|p| p.clients as f64));
     t.row("deliveries expected", "", 0, col(&|p| p.expected as f64));

@@ -1,11 +1,13 @@
 //! `load`: the Switchboard benchmark harness.
 //!
 //! ```text
-//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,transports,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]
+//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,transports,memory] [--alloc LABELS] [--transport-clients N] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]
 //! ```
 //!
 //! The `transports` scenario (issue 12) receives one room's broadcasts over WebSocket, Server-Sent
-//! Events and long polling, one phase each: `load --quick --only transports` (about a minute).
+//! Events and long polling, one phase each: `load --quick --only transports` (about 20 s;
+//! `--full`: 60 s phases, about 4 minutes). `--transport-clients N` sets its room size (default
+//! 1,000 in both modes), for example to see the transports on a machine that is not saturated.
 //!
 //! The `memory` scenario (RSS after a burst of slow consumers, per allocator; about 12 minutes)
 //! runs only when `--only` names it; `--alloc glibc,jemalloc-bg` limits it to some of its
@@ -60,6 +62,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, Error> {
     let mut plan = Plan::quick();
+    let mut transport_clients = None;
     let mut json = None;
     let mut only = None;
     let mut alloc = None;
@@ -74,6 +77,13 @@ fn parse_args() -> Result<Args, Error> {
             "--heap" => {
                 let dir = args.next().ok_or("--heap needs a directory")?;
                 scenarios::set_heap_dir(dir.into());
+            }
+            "--transport-clients" => {
+                let n = args.next().ok_or("--transport-clients needs a number")?;
+                transport_clients = Some(
+                    n.parse()
+                        .map_err(|_| format!("--transport-clients: not a number: {n:?}"))?,
+                );
             }
             "--read-buffer" => {
                 let bytes = args.next().ok_or("--read-buffer needs a size in bytes")?;
@@ -109,12 +119,15 @@ fn parse_args() -> Result<Args, Error> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,transports,memory] [--alloc LABELS] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]"
+                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,transports,memory] [--alloc LABELS] [--transport-clients N] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]"
                 );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
+    }
+    if let Some(n) = transport_clients {
+        plan.transport_clients = n;
     }
     Ok(Args {
         plan,
