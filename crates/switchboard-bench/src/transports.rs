@@ -10,7 +10,7 @@
 //!
 //! The clients behave as the protocol asks of a real client (docs/protocol.md):
 //!
-//! - **WebSocket** (§5.1): the harness's [`Driver`](crate::proto::Driver), acknowledging in a
+//! - **WebSocket** (§5.1): the harness's [`Driver`], acknowledging in a
 //!   frame after 64 messages or 100 ms. No HTTP request after the upgrade.
 //! - **SSE** (§5.7): `POST B/open`, then `GET B/sse?v=1&sid=…&ack=…&att=…` (the Rust client's
 //!   way, read with its [`SseStream`]); every message is acknowledged with `{"t":"ack","a":N}` in

@@ -1,6 +1,7 @@
 //! Runs `load --smoke` (tiny numbers, every scenario, all three servers, the cluster scenario on a
-//! `redis-server` it starts itself, the hostile-client scenario with phases of about a second) and
-//! asserts that it succeeds: every server starts, every message arrives exactly once.
+//! `redis-server` it starts itself, the hostile-client scenario with phases of about a second, the
+//! transports scenario with 20 clients) and asserts that it succeeds: every server starts, every
+//! message arrives exactly once.
 
 use std::process::Command;
 use std::time::Instant;
@@ -30,6 +31,7 @@ fn load_smoke_run_succeeds() {
         "6b. broadcast latency",
         "6c. Redis work per message",
         "7. hostile clients",
+        "9. transports",
     ] {
         assert!(stdout.contains(table), "no table {table:?} in\n{stdout}");
     }
