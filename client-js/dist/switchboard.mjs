@@ -191,26 +191,21 @@ var PollingTransport = class {
   }
 };
 
-// src/websocket.js
-var WebSocketTransport = class {
+// src/stream.js
+var Stream = class {
   /**
-   * Opens a socket for `conn`'s session (or a new session when it has none) and reports to the
-   * connection: `_attached(transport, openFrame)`, `_frame(transport, frame)` and, once, when the
-   * socket fails or closes, `_down(transport, { code, reason, opened, lifetime, idle })`.
+   * Starts a transport `name` for `conn`. It reports to the connection: `_attached(transport,
+   * openFrame)`, `_frame(transport, frame)` and, once, when it fails or ends, `_down(transport, {
+   * code, reason, opened, lifetime, idle })`. Without the open frame within `connectTimeout` it
+   * fails (a hanging upgrade, or an intermediary that buffers the stream).
    */
-  constructor(conn) {
-    this.name = "websocket";
+  constructor(conn, name) {
+    this.name = name;
     this._conn = conn;
-    const options = conn._options;
-    this.att = ++conn._att;
-    let url = conn._base.replace(/^http/, "ws") + `/ws?v=1&batch=1&att=${this.att}`;
-    if (conn._sid) url += `&sid=${conn._sid}&ack=${this._ack = conn._rx}`;
-    else if (options.auth !== void 0) url += "&auth=" + encodeURIComponent(JSON.stringify(options.auth));
-    const ws = this._ws = new options.WebSocket(url);
-    this._timer = setTimeout(() => this._fail(0), options.connectTimeout);
-    ws.onmessage = (event) => this._receive(event.data);
-    ws.onclose = (event) => this._fail(event.code, event.reason);
+    this._att = ++conn._att;
+    this._timer = setTimeout(() => this._fail(0), conn._options.connectTimeout);
   }
+  /** One message of the stream: a frame, or (WebSocket with `batch=1`) an array of frames. */
   _receive(text) {
     let frames;
     try {
@@ -229,22 +224,20 @@ var WebSocketTransport = class {
   _open(frame) {
     this._openedAt = this._heard;
     clearTimeout(this._timer);
-    const limit = frame.ping + 1e4;
+    const limit = this.name === "sse" ? 45e3 : frame.ping + 1e4;
     const keepalive = this._conn._keepalive;
-    const every = Math.min(limit / 4, 5e3, keepalive / 4 || Infinity);
-    this._timer = setInterval(() => {
-      const now = Date.now();
-      if (now - this._heard > limit) this._fail(0);
-      else if (now - this._active >= keepalive) this.send(['{"t":"ping"}']);
-    }, every);
+    this._timer = setInterval(
+      () => {
+        const now = Date.now();
+        if (now - this._heard > limit) this._fail(0);
+        else if (now - this._active >= keepalive) this.send(['{"t":"ping"}']);
+      },
+      Math.min(limit / 4, 5e3, keepalive / 4 || Infinity)
+    );
     this._conn._attached(this, frame);
   }
-  /** Writes frames, if the socket is open; returns whether it was. */
-  send(frames) {
-    if (this._openedAt && this._ws.readyState === 1) {
-      for (const frame of frames) this._ws.send(frame);
-      return this._active = Date.now();
-    }
+  /** Writes frames if the transport can (only a WebSocket can); returns whether it did. */
+  send() {
   }
   _fail(code, reason) {
     if (this.stop()) {
@@ -263,18 +256,98 @@ var WebSocketTransport = class {
     if (this._stopped) return false;
     this._stopped = true;
     clearInterval(this._timer);
+    this._close();
+    return true;
+  }
+};
+
+// src/sse.js
+var ENDS = { superseded: 4409, moved: 1012, recycle: 1012 };
+var SseTransport = class extends Stream {
+  /** Streams `conn`'s session, which exists (or is being attached in this same turn). */
+  constructor(conn) {
+    super(conn, "sse");
+    this._abort = new AbortController();
+    queueMicrotask(() => this._read());
+  }
+  async _read() {
+    const conn = this._conn;
+    try {
+      const response = await conn._options.fetch(
+        `${conn._base}/sse?v=1&sid=${conn._sid}&ack=${this._ack = conn._rx}&att=${this._att}`,
+        { credentials: "include", signal: this._abort.signal }
+      );
+      if (response.status !== 200) {
+        const body = await response.json().catch(() => null);
+        const error = body && body.error;
+        return this._fail(error ? 4e3 + response.status : 0, error);
+      }
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let rest = "";
+      let data = "";
+      let event = "";
+      for (; ; ) {
+        const { done, value } = await reader.read();
+        if (done || this._stopped) break;
+        this._heard = Date.now();
+        const lines = (rest + decoder.decode(value, { stream: true })).split(/\r?\n/);
+        rest = lines.pop();
+        for (const line of lines) {
+          if (this._stopped) return;
+          if (line) {
+            const [, field, text] = /^([^:]*):? ?(.*)/.exec(line);
+            if (field === "data") data += text + "\n";
+            if (field === "event") event = text;
+          } else if (event) {
+            return this._fail(ENDS[event] || 0, event);
+          } else if (data) {
+            this._receive(data);
+            data = "";
+          }
+        }
+      }
+    } catch {
+    }
+    this._fail(0);
+  }
+  _close() {
+    this._abort.abort();
+  }
+};
+
+// src/websocket.js
+var WebSocketTransport = class extends Stream {
+  /** Opens a socket for `conn`'s session, or for a new session when it has none. */
+  constructor(conn) {
+    super(conn, "websocket");
+    const options = conn._options;
+    let url = conn._base.replace(/^http/, "ws") + `/ws?v=1&batch=1&att=${this._att}`;
+    if (conn._sid) url += `&sid=${conn._sid}&ack=${this._ack = conn._rx}`;
+    else if (options.auth !== void 0) url += "&auth=" + encodeURIComponent(JSON.stringify(options.auth));
+    const ws = this._ws = new options.WebSocket(url);
+    ws.onmessage = (event) => this._receive(event.data);
+    ws.onclose = (event) => this._fail(event.code, event.reason);
+  }
+  /** Writes frames, if the socket is open; returns whether it was. */
+  send(frames) {
+    if (this._openedAt && this._ws.readyState === 1) {
+      for (const frame of frames) this._ws.send(frame);
+      return this._active = Date.now();
+    }
+  }
+  _close() {
     this._ws.onmessage = this._ws.onclose = null;
     try {
       this._ws.close(1e3);
     } catch {
     }
-    return true;
   }
 };
 
 // src/connection.js
 var DEFAULTS = {
-  transports: ["websocket", "longpoll", "poll"],
+  transports: ["websocket", "sse", "longpoll", "poll"],
   connectTimeout: 2500,
   raceAfter: 500,
   earlyCloseWindow: 3e3,
@@ -304,12 +377,13 @@ var Connection = class extends Emitter {
   constructor(url, options = {}) {
     super();
     const g = globalThis;
+    const given = Object.fromEntries(Object.entries(options).filter((entry) => entry[1] !== void 0));
     this._options = {
       ...DEFAULTS,
       WebSocket: g.WebSocket,
       fetch: g.fetch && g.fetch.bind(g),
       storage: localStorageIfAny(),
-      ...options
+      ...given
     };
     this._base = new URL(url, g.location && g.location.href).href.replace(/\/+$/, "");
     this._memory = new TransportMemory(this._options.storage, "switchboard:" + this._base, this._options.rememberFor);
@@ -387,6 +461,8 @@ var Connection = class extends Emitter {
           if (this._current === ws && !this._sid && !this._racer) this._racer = this._open(this._pick(name));
         }, this._options.raceAfter);
       }
+    } else if (name === "sse" && this._sid) {
+      this._current = new SseTransport(this);
     } else if (this._sid) {
       this._current = new PollingTransport(this, name);
       this._posted = this._serverAck;
@@ -399,7 +475,11 @@ var Connection = class extends Emitter {
       this._current = this._open(name);
     }
   }
-  /** `POST /open` for a new session over polling `name`; the request stands for the transport. */
+  /**
+   * `POST /open` for a new session over HTTP transport `name` (SSE or polling); the request stands
+   * for the transport. Over SSE the session is open (sends can go) once this answers, and its
+   * stream starts at once, with the session's id.
+   */
   _open(name) {
     const opening = { name, stop: () => opening.stopped = true };
     const body = JSON.stringify(this._options.auth === void 0 ? {} : { auth: this._options.auth });
@@ -417,7 +497,7 @@ var Connection = class extends Emitter {
       if (opening.stopped || this._current !== opening) {
         if (ok) this._goodbye(body2.sid);
       } else if (ok) {
-        this._attached(this._current = new PollingTransport(this, name), body2);
+        this._attached(this._current = name === "sse" ? new SseTransport(this) : new PollingTransport(this, name), body2);
       } else {
         this._down(opening, {
           code: status >= 400 ? 4e3 + status : 0,
@@ -442,7 +522,10 @@ var Connection = class extends Emitter {
       await new Promise((wake) => setTimeout(wake, 100));
     }
   }
-  /** A transport delivered an open frame (WebSocket, or `POST /open` for polling). */
+  /**
+   * A transport delivered an open frame (a stream's, or the answer to `POST /open`). An SSE stream
+   * started after `POST /open` reports its own open frame too: taken again, it changes nothing.
+   */
   _attached(transport, open) {
     if (transport === this._probe) {
       this._probe = null;
@@ -489,7 +572,7 @@ var Connection = class extends Emitter {
     this._attempt = 0;
     for (const failed of this._suspects || []) this._memory.remember(failed);
     this._suspects = [];
-    if (name === "websocket") this._memory.forget(name);
+    if (transport instanceof Stream) this._memory.forget(name);
     this._setTransport(name);
     this._setState("open");
     this._scheduleProbe();
@@ -515,6 +598,7 @@ var Connection = class extends Emitter {
     }
     if (transport !== this._current || this.state === "closed") return;
     this._current = null;
+    if (reason === "recycle") return this._connect(transport.name);
     if (code === 4409 && this._probe) {
       this._superseded = transport.name;
       return;
@@ -527,7 +611,7 @@ var Connection = class extends Emitter {
     if (code === 4e3 || code === 4001 || FATAL.includes(code)) return this._end(code, reason);
     const name = transport.name;
     let next = name;
-    if (name === "websocket" && code !== 4100 && code !== 1012 && code < 4400) {
+    if (transport instanceof Stream && code !== 4100 && code !== 1012 && code < 4400) {
       if (opened && this._learn(code, idle)) {
       } else if (!opened || lifetime < options.earlyCloseWindow) {
         if (!opened && this._learned) this._learned = this._keepalive = void 0;
@@ -546,7 +630,7 @@ var Connection = class extends Emitter {
         return this._repoll(fallback);
       }
       return this._repoll(name, this._cutRun++ ? backoff(this._cutRun - 2, options.backoff) : 0);
-    } else if (name !== "websocket") {
+    } else if (!(transport instanceof Stream)) {
       this._suspects = [];
     }
     if (next !== name) (this._suspects ||= []).push(name);
@@ -654,17 +738,25 @@ var Connection = class extends Emitter {
     if (ack > this._serverAck) this._serverAck = ack;
     while (this._out.length && this._out[0].seq <= this._serverAck) this._out.shift();
   }
-  /** On WebSocket, acknowledge after 32 messages or 100 ms (polls carry the ack themselves). */
+  /**
+   * On a stream, acknowledge after 32 (WebSocket) or 64 (SSE, in a POST) messages, or else within
+   * 100 ms; polls carry the ack themselves.
+   */
   _scheduleAck() {
-    if (this.transport !== "websocket") return;
+    const sse = this.transport === "sse";
+    if (!sse && this.transport !== "websocket") return;
     const ack = () => {
       this._clear("ack");
-      if (this._rx > this._acked && this._current) {
-        this._current.send([`{"t":"ack","a":${this._rx}}`]);
+      const current = this._current;
+      if (this._rx <= this._acked || !current) return;
+      if (current.name === "sse") {
+        this._ackDue = true;
+        this._post();
+      } else if (current.send([`{"t":"ack","a":${this._rx}}`])) {
         this._acked = this._rx;
       }
     };
-    if (this._rx - this._acked >= 32) ack();
+    if (this._rx - this._acked >= (sse ? 64 : 32)) ack();
     else this._timers.ack ||= setTimeout(ack, 100);
   }
   // --- Sending -----------------------------------------------------------------------------------
@@ -688,19 +780,23 @@ var Connection = class extends Emitter {
     try {
       while (polling()) {
         const pending = this._out.filter((message) => message.seq > this._posted);
-        if (!pending.length && !this._sync) break;
-        this._sync = false;
+        if (!pending.length && !this._sync && !this._ackDue) break;
+        const ack = this._current.name === "sse" && this._rx > this._acked && this._rx;
+        this._sync = this._ackDue = false;
         const batch = [];
         let size = 0;
         for (const message of pending) {
           if (batch.length && (size += message.text.length * 4) > this._maxBody / 2) break;
           batch.push(message);
         }
-        const body = "[" + batch.map((message) => message.text).join(",") + "]";
+        const frames = batch.map((message) => message.text);
+        if (ack) frames.push(`{"t":"ack","a":${ack}}`);
+        const body = "[" + frames.join(",") + "]";
         const answer = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout);
         if (!polling()) break;
         if (answer.status === 200 && Array.isArray(answer.body)) {
           this._postFailures = 0;
+          if (ack > this._acked) this._acked = ack;
           const closing = answer.body.some((frame) => frame && frame.t === "close");
           if (this.state !== "open" && this._current.att && !closing) this._use(this._current);
           this._frames(null, answer.body);
@@ -710,6 +806,7 @@ var Connection = class extends Emitter {
         if (answer.status === 404) return this._reset("unknown_session");
         if (FATAL.includes(4e3 + answer.status)) return this._end(4e3 + answer.status, (answer.body || {}).error);
         this._posted = this._serverAck;
+        if (ack) this._ackDue = true;
         await new Promise((wake) => setTimeout(wake, backoff(this._postFailures++, this._options.backoff)));
       }
     } finally {

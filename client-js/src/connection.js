@@ -6,10 +6,12 @@ import { Emitter } from "./emitter.js";
 import { encodeMessage, payloadOf } from "./frames.js";
 import { TransportMemory } from "./memory.js";
 import { PollingTransport } from "./polling.js";
+import { SseTransport } from "./sse.js";
+import { Stream } from "./stream.js";
 import { WebSocketTransport } from "./websocket.js";
 
 const DEFAULTS = {
-  transports: ["websocket", "longpoll", "poll"],
+  transports: ["websocket", "sse", "longpoll", "poll"],
   connectTimeout: 2500,
   raceAfter: 500,
   earlyCloseWindow: 3000,
@@ -56,12 +58,14 @@ export class Connection extends Emitter {
   constructor(url, options = {}) {
     super();
     const g = globalThis;
+    // An option given as `undefined` means its default.
+    const given = Object.fromEntries(Object.entries(options).filter((entry) => entry[1] !== undefined));
     this._options = {
       ...DEFAULTS,
       WebSocket: g.WebSocket,
       fetch: g.fetch && g.fetch.bind(g),
       storage: localStorageIfAny(),
-      ...options,
+      ...given,
     };
     this._base = new URL(url, g.location && g.location.href).href.replace(/\/+$/, "");
     this._memory = new TransportMemory(this._options.storage, "switchboard:" + this._base, this._options.rememberFor);
@@ -158,6 +162,9 @@ export class Connection extends Emitter {
           if (this._current === ws && !this._sid && !this._racer) this._racer = this._open(this._pick(name));
         }, this._options.raceAfter);
       }
+    } else if (name === "sse" && this._sid) {
+      // Resume over SSE: the stream's open frame tells what the server has of ours.
+      this._current = new SseTransport(this);
     } else if (this._sid) {
       // Resume over polling: poll, and POST (at least `[]`) to learn what the server has of ours.
       this._current = new PollingTransport(this, name);
@@ -173,7 +180,11 @@ export class Connection extends Emitter {
     }
   }
 
-  /** `POST /open` for a new session over polling `name`; the request stands for the transport. */
+  /**
+   * `POST /open` for a new session over HTTP transport `name` (SSE or polling); the request stands
+   * for the transport. Over SSE the session is open (sends can go) once this answers, and its
+   * stream starts at once, with the session's id.
+   */
   _open(name) {
     const opening = { name, stop: () => (opening.stopped = true) };
     const body = JSON.stringify(this._options.auth === undefined ? {} : { auth: this._options.auth });
@@ -194,7 +205,7 @@ export class Connection extends Emitter {
         // Nobody will use this session: end it at once rather than let it wait for expiry.
         if (ok) this._goodbye(body.sid);
       } else if (ok) {
-        this._attached((this._current = new PollingTransport(this, name)), body);
+        this._attached((this._current = name === "sse" ? new SseTransport(this) : new PollingTransport(this, name)), body);
       } else {
         this._down(opening, {
           code: status >= 400 ? 4000 + status : 0,
@@ -221,7 +232,10 @@ export class Connection extends Emitter {
     }
   }
 
-  /** A transport delivered an open frame (WebSocket, or `POST /open` for polling). */
+  /**
+   * A transport delivered an open frame (a stream's, or the answer to `POST /open`). An SSE stream
+   * started after `POST /open` reports its own open frame too: taken again, it changes nothing.
+   */
   _attached(transport, open) {
     if (transport === this._probe) {
       // The upgrade probe worked: the server has already released the old transport.
@@ -277,7 +291,7 @@ export class Connection extends Emitter {
     // down for everything says nothing about the network.
     for (const failed of this._suspects || []) this._memory.remember(failed);
     this._suspects = [];
-    if (name === "websocket") this._memory.forget(name);
+    if (transport instanceof Stream) this._memory.forget(name);
     this._setTransport(name);
     this._setState("open");
     this._scheduleProbe();
@@ -308,6 +322,8 @@ export class Connection extends Emitter {
     }
     if (transport !== this._current || this.state === "closed") return;
     this._current = null;
+    // An SSE stream ended to be recycled (§5.7): the next one takes over at once.
+    if (reason === "recycle") return this._connect(transport.name);
     if (code === 4409 && this._probe) {
       // Our own upgrade probe took over; it reports next (attached, or failed).
       this._superseded = transport.name;
@@ -328,7 +344,9 @@ export class Connection extends Emitter {
     // blocking network: it comes back on the same transport (so does a poll answered 409), and
     // so does one closed 1012 (the session moved to another server of a cluster, §5.1).
     // Codes from 4400 up are the server refusing after the upgrade worked: no proxy in the way.
-    if (name === "websocket" && code !== 4100 && code !== 1012 && code < 4400) {
+    // An SSE stream is judged the same way: one that brings no open frame in time is hanging or
+    // held by a buffering intermediary, and long polling is the way through.
+    if (transport instanceof Stream && code !== 4100 && code !== 1012 && code < 4400) {
       if (opened && this._learn(code, idle)) {
         // Killed for being idle, it seems: with keep-alives the next socket lives, so come back on
         // WebSocket (after the usual short backoff: clients cut off together come back spread out).
@@ -357,7 +375,7 @@ export class Connection extends Emitter {
       // Cut after cut with no answer between them (a gateway in front of a server that is down)
       // waits a little longer each time.
       return this._repoll(name, this._cutRun++ ? backoff(this._cutRun - 2, options.backoff) : 0);
-    } else if (name !== "websocket") {
+    } else if (!(transport instanceof Stream)) {
       // Polling failed too: the server (or the whole network) is down, which says nothing about
       // the transports that failed before.
       this._suspects = [];
@@ -481,17 +499,25 @@ export class Connection extends Emitter {
     while (this._out.length && this._out[0].seq <= this._serverAck) this._out.shift();
   }
 
-  /** On WebSocket, acknowledge after 32 messages or 100 ms (polls carry the ack themselves). */
+  /**
+   * On a stream, acknowledge after 32 (WebSocket) or 64 (SSE, in a POST) messages, or else within
+   * 100 ms; polls carry the ack themselves.
+   */
   _scheduleAck() {
-    if (this.transport !== "websocket") return;
+    const sse = this.transport === "sse";
+    if (!sse && this.transport !== "websocket") return;
     const ack = () => {
       this._clear("ack");
-      if (this._rx > this._acked && this._current) {
-        this._current.send([`{"t":"ack","a":${this._rx}}`]);
+      const current = this._current;
+      if (this._rx <= this._acked || !current) return;
+      if (current.name === "sse") {
+        this._ackDue = true;
+        this._post();
+      } else if (current.send([`{"t":"ack","a":${this._rx}}`])) {
         this._acked = this._rx;
       }
     };
-    if (this._rx - this._acked >= 32) ack();
+    if (this._rx - this._acked >= (sse ? 64 : 32)) ack();
     else this._timers.ack ||= setTimeout(ack, 100);
   }
 
@@ -518,8 +544,10 @@ export class Connection extends Emitter {
     try {
       while (polling()) {
         const pending = this._out.filter((message) => message.seq > this._posted);
-        if (!pending.length && !this._sync) break;
-        this._sync = false;
+        if (!pending.length && !this._sync && !this._ackDue) break;
+        // On SSE the POST acknowledges what the stream brought (whenever it goes anyway).
+        const ack = this._current.name === "sse" && this._rx > this._acked && this._rx;
+        this._sync = this._ackDue = false;
         const batch = [];
         let size = 0;
         for (const message of pending) {
@@ -527,11 +555,14 @@ export class Connection extends Emitter {
           if (batch.length && (size += message.text.length * 4) > this._maxBody / 2) break;
           batch.push(message);
         }
-        const body = "[" + batch.map((message) => message.text).join(",") + "]";
+        const frames = batch.map((message) => message.text);
+        if (ack) frames.push(`{"t":"ack","a":${ack}}`);
+        const body = "[" + frames.join(",") + "]";
         const answer = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout);
         if (!polling()) break;
         if (answer.status === 200 && Array.isArray(answer.body)) {
           this._postFailures = 0;
+          if (ack > this._acked) this._acked = ack;
           // The server has the session and answers over HTTP: the polling transport carries.
           const closing = answer.body.some((frame) => frame && frame.t === "close");
           if (this.state !== "open" && this._current.att && !closing) this._use(this._current);
@@ -545,6 +576,7 @@ export class Connection extends Emitter {
         if (FATAL.includes(4000 + answer.status)) return this._end(4000 + answer.status, (answer.body || {}).error);
         // Lost or refused for now: send again what the server has not acknowledged.
         this._posted = this._serverAck;
+        if (ack) this._ackDue = true;
         await new Promise((wake) => setTimeout(wake, backoff(this._postFailures++, this._options.backoff)));
       }
     } finally {

@@ -1,18 +1,23 @@
 // Type declarations for the Switchboard JavaScript client (hand-written; see src/).
 
 /** A transport the client can use, in the server protocol's terms. */
-export type TransportName = "websocket" | "longpoll" | "poll";
+export type TransportName = "websocket" | "sse" | "longpoll" | "poll";
 
 /** The connection's state. */
 export type State = "connecting" | "open" | "reconnecting" | "closed";
 
 /** Options of {@link connect}. Every field is optional. */
 export interface ConnectOptions {
-  /** Transports to use, best first. Default: `["websocket", "longpoll", "poll"]`. */
+  /**
+   * Transports to use, best first. Default: `["websocket", "sse", "longpoll", "poll"]`. `sse` is
+   * Server-Sent Events read with `fetch` (the server's frames down one streamed response, the
+   * client's up in POSTs); a stream whose open event does not arrive within `connectTimeout` (an
+   * intermediary that buffers it) gives way to long polling, and that is remembered.
+   */
   transports?: TransportName[];
   /** Authentication data handed to the server's authentication hook. */
   auth?: unknown;
-  /** How long a WebSocket may take to deliver its open frame before falling back (ms). Default 2500. */
+  /** How long a WebSocket or an SSE stream may take to deliver its open frame before falling back (ms). Default 2500. */
   connectTimeout?: number;
   /**
    * A first WebSocket that has not opened after this many ms gets a polling session opened beside

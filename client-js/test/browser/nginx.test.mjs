@@ -5,11 +5,15 @@
 //   times over, in the browser; and once the default 20 s hold, over plain HTTP); the access log
 //   never contains a session id;
 // - no-upgrade.conf (no WebSocket upgrade headers, as in many real configurations): the client falls
-//   back to long polling at once and works.
+//   back to Server-Sent Events at once and works; with nginx's response buffering forced on, it
+//   sees that the stream is held and settles on long polling.
 //
 // Needs /usr/sbin/nginx (scripts/test.sh installs it); fails, rather than skips, without it.
 
 import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { test } from "node:test";
 import {
   FIRST_MESSAGE_BOUND_MS,
@@ -22,6 +26,7 @@ import {
   exchange,
   maxEchoDelayMs,
   received,
+  REPO_ROOT,
   report,
   scaled,
   startServer,
@@ -200,54 +205,85 @@ test("switchboard.conf: a long poll held for the default 20 s hold passes nginx"
   assert.ok(held(entries), `no 20 s long poll in the access log: ${nginx.accessLog()}`);
 });
 
-test("no-upgrade.conf: the client falls back to long polling and works", { timeout: scaled(180000) }, async (t) => {
-  const defer = cleanup(t);
-  const server = await startServer();
-  defer(() => server.stop());
-  const nginx = await startNginx({ config: "noUpgrade", upstreamPort: server.port });
-  defer(() => nginx.stop());
-  const { page, firstMs } = await connectPage(t, defer, nginx.url, {});
-  const firstTransport = await page.evaluate(() => window.received[0].transport);
+/**
+ * no-upgrade.conf as it is (streamed answers pass: `proxy_buffering off`, and Switchboard's
+ * `X-Accel-Buffering: no`), and the same configuration with response buffering forced on (nginx told
+ * to ignore that header), as a proxy that holds a streamed answer until it ends would be.
+ */
+const NO_UPGRADE = [
+  { name: "no-upgrade.conf", config: "noUpgrade", expected: "sse" },
+  { name: "no-upgrade.conf with buffering forced on", config: "buffered", expected: "longpoll" },
+];
 
-  await waitFor(
-    page,
-    `window.conn.transport === "longpoll" && window.conn.state === "open"`,
-    scaled(30000),
-    "long polling",
-  );
-  await exchange(page, { tag: "N", echoes: 300, stream: 500 });
-  const maxEchoMs = await maxEchoDelayMs(page, "N");
-  const messages = await received(page);
-  const log = await events(page);
-  const transports = log.filter((e) => e.type === "transport").map((e) => `${e.arg}@${e.t}`);
-  const finalTransport = await page.evaluate(() => window.conn.transport);
-  const entries = checkAccessLog(nginx);
-  const upgrades = entries.filter((e) => e.path === "/rt/ws");
-  report({
-    scenario: "nginx-no-upgrade.conf",
-    transport: finalTransport,
-    firstMessageMs: Math.round(firstMs),
-    firstMessageTransport: firstTransport,
-    maxEchoDelayMs: maxEchoMs,
-    transportEvents: transports,
-    websockets: await websockets(page),
-    websocketAttempts: upgrades.map((e) => e.status),
+/** no-upgrade.conf with nginx buffering every answer whatever the upstream says. */
+function bufferedConfig(t) {
+  const text = fs.readFileSync(path.join(REPO_ROOT, "docs", "nginx", "no-upgrade.conf"), "utf8");
+  const buffered = text.replace("proxy_buffering off;", "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;");
+  assert.notEqual(buffered, text, "no-upgrade.conf no longer says proxy_buffering off");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sb-nginx-buffered-"));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, "buffered.conf");
+  fs.writeFileSync(file, buffered);
+  return file;
+}
+
+for (const { name, config, expected } of NO_UPGRADE) {
+  test(`${name}: the client falls back to ${expected} and works`, { timeout: scaled(180000) }, async (t) => {
+    const defer = cleanup(t);
+    const server = await startServer();
+    defer(() => server.stop());
+    const nginx = await startNginx({ config: config === "buffered" ? bufferedConfig(t) : config, upstreamPort: server.port });
+    defer(() => nginx.stop());
+    const { page, firstMs } = await connectPage(t, defer, nginx.url, {});
+    const firstTransport = await page.evaluate(() => window.received[0].transport);
+
+    await waitFor(
+      page,
+      `window.conn.transport === ${JSON.stringify(expected)} && window.conn.state === "open"`,
+      scaled(30000),
+      expected,
+    );
+    await exchange(page, { tag: "N", echoes: 300, stream: 500 });
+    const maxEchoMs = await maxEchoDelayMs(page, "N");
+    const messages = await received(page);
+    const log = await events(page);
+    const transports = log.filter((e) => e.type === "transport").map((e) => `${e.arg}@${e.t}`);
+    const finalTransport = await page.evaluate(() => window.conn.transport);
+    const settledMs = log.find((e) => e.type === "transport" && e.arg === expected)?.t;
+    const entries = checkAccessLog(nginx);
+    const upgrades = entries.filter((e) => e.path === "/rt/ws");
+    report({
+      scenario: `nginx-${name}`,
+      settledMs: Math.round(settledMs),
+      transport: finalTransport,
+      firstMessageMs: Math.round(firstMs),
+      firstMessageTransport: firstTransport,
+      maxEchoDelayMs: maxEchoMs,
+      transportEvents: transports,
+      websockets: await websockets(page),
+      websocketAttempts: upgrades.map((e) => e.status),
+    });
+
+    // Behind the buffering proxy the first message waits for the client to give up on its stream
+    // (no open event within `connectTimeout`, 2.5 s).
+    const bound = FIRST_MESSAGE_BOUND_MS + (expected === "sse" ? 0 : 2500);
+    assert.ok(firstMs <= bound, `first message after ${Math.round(firstMs)} ms (bound ${bound} ms)`);
+    assert.equal(finalTransport, expected, `transport events: ${transports.join(", ")}`);
+    if (expected === "longpoll") {
+      const streams = entries.filter((e) => e.path === "/rt/sse");
+      assert.ok(streams.length >= 1, "the client never tried SSE");
+      assert.ok(settledMs <= scaled(10000), `on long polling only after ${settledMs} ms`);
+    }
+    assert.ok(upgrades.length >= 1, "the client never tried a WebSocket");
+    assert.ok(
+      upgrades.every((e) => e.status !== 101),
+      `a WebSocket was upgraded through no-upgrade.conf: ${JSON.stringify(upgrades)}`,
+    );
+    assert.deepEqual(
+      [...checkSeries(messages, { tag: "N", echoes: 300, stream: 500 }), ...(await checkSequence(page))],
+      [],
+    );
+    assert.ok(maxEchoMs <= MAX_ECHO_DELAY_MS, `an echo took ${maxEchoMs} ms`);
+    assert.deepEqual(log.filter((e) => e.type === "reset" || e.type === "close"), []);
   });
-
-  assert.ok(
-    firstMs <= FIRST_MESSAGE_BOUND_MS,
-    `first message after ${Math.round(firstMs)} ms (bound ${FIRST_MESSAGE_BOUND_MS} ms)`,
-  );
-  assert.equal(finalTransport, "longpoll", `transport events: ${transports.join(", ")}`);
-  assert.ok(upgrades.length >= 1, "the client never tried a WebSocket");
-  assert.ok(
-    upgrades.every((e) => e.status !== 101),
-    `a WebSocket was upgraded through no-upgrade.conf: ${JSON.stringify(upgrades)}`,
-  );
-  assert.deepEqual(
-    [...checkSeries(messages, { tag: "N", echoes: 300, stream: 500 }), ...(await checkSequence(page))],
-    [],
-  );
-  assert.ok(maxEchoMs <= MAX_ECHO_DELAY_MS, `an echo took ${maxEchoMs} ms`);
-  assert.deepEqual(log.filter((e) => e.type === "reset" || e.type === "close"), []);
-});
+}

@@ -20,7 +20,7 @@ import {
   waitFor,
 } from "./harness.mjs";
 
-for (const name of ["websocket", "longpoll", "poll"]) {
+for (const name of ["websocket", "sse", "longpoll", "poll"]) {
   test(`forced transport: ${name}`, { timeout: scaled(180000) }, async (t) => {
     const defer = cleanup(t);
     const server = await startServer();

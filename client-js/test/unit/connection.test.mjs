@@ -20,6 +20,8 @@ function setup(options = {}) {
     fetch,
     storage,
     backoff: { min: 5, max: 20 },
+    // Most tests here are about falling back to polling; the SSE tests give the default order.
+    transports: ["websocket", "longpoll", "poll"],
     probeDelay: 100000,
     raceAfter: 100000,
     ...options,
@@ -857,5 +859,159 @@ test("taken over three times running by a transport that is not ours: reset, and
   await tick();
   assert.deepEqual(events.find(([name]) => name === "reset")?.[1], { reason: "superseded", unsent: 0 });
   await until(() => calls.filter((call) => /\/open\?/.test(call.url)).length === 2);
+  conn.close();
+});
+
+// --- Server-Sent Events (§5.7) -------------------------------------------------------------------
+
+/** A session opened over SSE after a refused upgrade: the stream's call and its controller. */
+async function overSse(options = {}) {
+  const ctx = setup({ transports: undefined, ...options });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(1006);
+  await answer(ctx.calls, /\/rt\/open\?v=1$/, 200, OPEN);
+  const call = await until(() => ctx.calls.find((c) => /\/rt\/sse\?/.test(c.url) && !c.answered));
+  const stream = call.stream();
+  return { ...ctx, call, stream };
+}
+
+const posts = (calls) => calls.filter((call) => call.method === "POST" && /\/poll\?v=1&sid=/.test(call.url));
+
+test("after a refused upgrade the session streams over SSE: messages in order, acks and sends in POSTs", async () => {
+  const { conn, calls, events, call, stream } = await overSse();
+  assert.match(call.url, new RegExp(`/rt/sse\\?v=1&sid=${SID}&ack=0&att=\\d+$`));
+  assert.equal(call.method, undefined, "a plain GET");
+  assert.equal(conn.transport, "sse");
+  assert.equal(conn.state, "open");
+  // The open event, a heartbeat, an event split over two chunks, two events in one chunk.
+  stream.event(openFrame({ sid: SID, resumed: true }), `${SID}.0`);
+  stream.push(":\n\n");
+  stream.push(`id: ${SID}.1\ndata: {"t":"m","s":1,"d":"안녕하세`);
+  stream.push(`요 👋"}\n\nid: ${SID}.2\r\ndata: {"t":"m","s":2,"b":"AP8="}\r\n\r\ndata: {"t":"m","s":1,"d":"dup"}\n\n`);
+  await until(() => messages(events).length === 2);
+  assert.deepEqual(messages(events)[0], "안녕하세요 👋");
+  assert.deepEqual([...messages(events)[1]], [0, 255]);
+  // Acknowledged within 100 ms, in a POST.
+  const ack = await until(() => posts(calls)[0]);
+  assert.deepEqual(ack.body, [{ t: "ack", a: 2 }]);
+  ack.answer(200, [{ t: "ack", a: 0 }]);
+  ack.answered = true;
+  // A send goes up in a POST at once, with the ack of what came since.
+  for (let s = 3; s <= 5; s++) stream.event({ t: "m", s, d: s });
+  await until(() => messages(events).length === 5);
+  conn.send({ text: "réponse ✓" });
+  const send = await until(() => posts(calls)[1]);
+  assert.deepEqual(send.body, [{ t: "m", s: 1, d: { text: "réponse ✓" } }, { t: "ack", a: 5 }]);
+  send.answer(200, [{ t: "ack", a: 1 }]);
+  send.answered = true;
+  // 64 messages at once are acknowledged at once.
+  for (let s = 6; s <= 69; s++) stream.event({ t: "m", s, d: s });
+  const burst = await until(() => posts(calls)[2], 50);
+  assert.deepEqual(burst.body, [{ t: "ack", a: 69 }]);
+  assert.deepEqual(
+    events.filter(([name]) => name === "transport").map(([, name]) => name),
+    ["websocket", "sse"],
+  );
+  conn.close();
+});
+
+test("an SSE stream whose open event does not come in time (a buffering proxy) gives way to long polling, remembered", async () => {
+  const storage = memoryStorage();
+  const { conn, calls, events, call } = await overSse({ storage, connectTimeout: 60 });
+  // The response started (its headers came), but nothing more: held by the intermediary.
+  await until(() => call.aborted, 1000);
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}&ack=0&wait=1&att=\\d+$`), 200, [{ t: "m", s: 1, d: "polled" }]);
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 0 }]);
+  await until(() => messages(events).length === 1);
+  assert.equal(conn.transport, "longpoll");
+  const remembered = JSON.parse(storage.getItem("switchboard:" + BASE));
+  assert.ok(remembered.sse > Date.now() && remembered.websocket > Date.now(), JSON.stringify(remembered));
+  // The next page load goes straight to long polling.
+  FakeWebSocket.reset();
+  const again = setup({ storage, transports: undefined });
+  await answer(again.calls, /\/rt\/open\?v=1$/, 200, OPEN);
+  await until(() => again.calls.some((c) => /wait=1/.test(c.url)));
+  assert.equal(again.conn.transport, "longpoll");
+  assert.ok(!again.calls.some((c) => /\/sse\?/.test(c.url)));
+  assert.equal(FakeWebSocket.instances.length, 0);
+});
+
+test("a recycled stream is followed at once by the next one, from rx; the state stays open", async () => {
+  const { conn, calls, events, stream } = await overSse();
+  stream.event(openFrame({ sid: SID, resumed: true }));
+  for (let s = 1; s <= 3; s++) stream.event({ t: "m", s, d: s });
+  stream.push("event: recycle\ndata:\n\n");
+  const next = await until(() => calls.find((c) => /\/sse\?/.test(c.url) && !c.answered));
+  assert.match(next.url, new RegExp(`sid=${SID}&ack=3&att=\\d+$`));
+  const second = next.stream();
+  // What the server had not seen acknowledged comes again: dropped.
+  second.event(openFrame({ sid: SID, resumed: true, ack: 0 }));
+  second.event({ t: "m", s: 3, d: 3 });
+  second.event({ t: "m", s: 4, d: 4 });
+  await until(() => messages(events).length === 4);
+  assert.deepEqual(messages(events), [1, 2, 3, 4]);
+  assert.deepEqual(events.filter(([name]) => name === "state").map(([, s]) => s), ["open"]);
+  conn.close();
+});
+
+test("an SSE stream cut after it lived comes back on SSE; one cut before its open event falls back", async () => {
+  const { conn, calls, events, stream } = await overSse({ earlyCloseWindow: 0 });
+  stream.event(openFrame({ sid: SID, resumed: true }));
+  stream.event({ t: "m", s: 1, d: "one" });
+  await until(() => messages(events).length === 1);
+  await tick(5);
+  stream.cut();
+  const again = await until(() => calls.find((c) => /\/sse\?/.test(c.url) && !c.answered));
+  assert.match(again.url, /ack=1&att=\d+$/);
+  // The new stream is refused by something that is not the server (no JSON error): long polling.
+  again.answered = true;
+  again.answer(403, null);
+  await until(() => calls.some((c) => /wait=1/.test(c.url)), 1000);
+  assert.equal(conn.transport, "longpoll");
+  conn.close();
+});
+
+test("the server's refusals of a stream: after a takeover, 404 resets; after a move, 401 ends", async () => {
+  const { conn, calls, events, stream } = await overSse();
+  stream.event(openFrame({ sid: SID, resumed: true }));
+  stream.push("event: superseded\ndata:\n\n");
+  // Taken over, not by us: try again (after a short backoff), on SSE.
+  const again = await until(() => calls.find((c) => /\/sse\?/.test(c.url) && !c.answered));
+  again.answered = true;
+  again.answer(404, { error: "unknown_session" });
+  await until(() => events.some(([name]) => name === "reset"));
+  assert.equal(events.find(([name]) => name === "reset")[1].reason, "unknown_session");
+  conn.close();
+  FakeWebSocket.reset();
+
+  const second = await overSse();
+  second.stream.event(openFrame({ sid: SID, resumed: true }));
+  second.stream.push("event: moved\ndata:\n\n");
+  const moved = await until(() => second.calls.find((c) => /\/sse\?/.test(c.url) && !c.answered));
+  moved.answered = true;
+  moved.answer(401, { error: "unauthorized" });
+  await until(() => second.conn.state === "closed");
+  assert.deepEqual(second.events.find(([name]) => name === "close")[1], { code: 4401, reason: "unauthorized" });
+});
+
+test("from SSE a WebSocket probe takes over mid-stream, without loss or duplicates", async () => {
+  const { conn, calls, events, call, stream } = await overSse({ probeDelay: 20 });
+  stream.event(openFrame({ sid: SID, resumed: true }));
+  stream.event({ t: "m", s: 1, d: 1 });
+  stream.event({ t: "m", s: 2, d: 2 });
+  await until(() => FakeWebSocket.instances.length === 2, 2000);
+  const probe = FakeWebSocket.last();
+  assert.match(probe.url, new RegExp(`sid=${SID}&ack=2$`));
+  assert.ok(attOf(probe.url) > attOf(call.url));
+  probe.accept({ sid: SID, resumed: true, ack: 0 });
+  assert.equal(conn.transport, "websocket");
+  await until(() => call.aborted);
+  probe.deliver({ t: "m", s: 2, d: 2 }, { t: "m", s: 3, d: 3 });
+  assert.deepEqual(messages(events), [1, 2, 3]);
+  assert.deepEqual(
+    events.filter(([name]) => name === "transport").map(([, name]) => name),
+    ["websocket", "sse", "websocket"],
+  );
+  assert.ok(!calls.some((c) => /wait=1/.test(c.url)), "no long poll on the way");
   conn.close();
 });

@@ -76,6 +76,29 @@ export function fakeFetch() {
         answer(status, body) {
           resolve({ status, json: async () => body });
         },
+        /**
+         * Answers with a streamed body (an event stream): returns `push(text)` (one chunk),
+         * `event(frame, id)` (one SSE event holding `frame`), `end()` and `cut()` (an error).
+         */
+        stream(status = 200) {
+          call.answered = true;
+          let controller;
+          const body = new ReadableStream({ start: (c) => (controller = c) });
+          options.signal?.addEventListener("abort", () => {
+            try {
+              controller.error(new DOMException("aborted", "AbortError"));
+            } catch {}
+          });
+          resolve({ status, body, json: async () => null });
+          const encoder = new TextEncoder();
+          const push = (text) => controller.enqueue(encoder.encode(text));
+          return {
+            push,
+            event: (frame, id) => push((id ? `id: ${id}\n` : "") + `data: ${JSON.stringify(frame)}\n\n`),
+            end: () => controller.close(),
+            cut: () => controller.error(new TypeError("network error")),
+          };
+        },
         fail() {
           call.answered = true;
           reject(new TypeError("network error"));

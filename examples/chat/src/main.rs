@@ -1,7 +1,7 @@
 //! The Switchboard chat: the canonical way to use Switchboard, top to bottom.
 //!
 //! `cargo run -p chat`, then open <http://127.0.0.1:3000>. Pick a nickname, talk, switch rooms or
-//! create one, watch who is there and who is typing. Add `?transport=longpoll` (or `poll`, or
+//! create one, watch who is there and who is typing. Add `?transport=sse` (or `longpoll`, `poll`, or
 //! `websocket`) to the page's URL to force a transport and watch the fallback work; the badge in
 //! the corner shows what is in use. The address can be changed with `--addr 127.0.0.1:8080` or the
 //! `CHAT_ADDR` environment variable.

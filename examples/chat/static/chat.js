@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-// `?transport=longpoll` (or `poll`, `websocket`) forces one transport, to see the fallback work.
+// `?transport=sse` (or `longpoll`, `poll`, `websocket`) forces one transport, to see the fallback work.
 const forced = params.get("transport");
 const MAX_TEXT = 500;
 
