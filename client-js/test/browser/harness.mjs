@@ -181,6 +181,7 @@ export const PROXY_MODES = [
   "cut-long-requests",
   "cut-slow-504",
   "kill-ws-idle-2s",
+  "buffer-responses",
 ];
 
 /** What `cut-slow-504` answers instead of a response that has not started: nginx's error page. */
@@ -221,6 +222,9 @@ function withoutHopByHop(headers) {
  *   hold, every idle long poll is cut this way;
  * - `kill-ws-idle-2s`: like a load balancer's idle timeout: upgrades pass, and an upgraded
  *   connection that has carried no bytes in either direction for 2 s is destroyed.
+ * - `buffer-responses`: like a buffering proxy: every plain HTTP response is held, headers and
+ *   body, until the upstream's response has ended, then sent whole (a streamed response only when
+ *   the server ends it). Upgrades are refused as with `refuse-upgrade`.
  *
  * The mode is read when a request or upgrade arrives: `setMode` changes what happens to the next
  * ones, not to connections already upgraded (use `killWebSockets` for those).
@@ -306,6 +310,16 @@ export async function startProxy(targetPort, mode = "pass") {
     }
     upstream.on("response", (answer) => {
       if (answered) return answer.resume();
+      if (proxy.mode === "buffer-responses") {
+        const chunks = [];
+        answer.on("data", (chunk) => chunks.push(chunk));
+        answer.on("end", () => {
+          res.writeHead(answer.statusCode, withoutHopByHop(answer.headers));
+          res.end(Buffer.concat(chunks));
+        });
+        answer.on("error", () => res.destroy());
+        return;
+      }
       res.writeHead(answer.statusCode, withoutHopByHop(answer.headers));
       answer.pipe(res);
       answer.on("error", () => res.destroy());
@@ -336,7 +350,7 @@ export async function startProxy(targetPort, mode = "pass") {
   server.on("upgrade", (req, socket, head) => {
     stats.upgrades++;
     const mode = proxy.mode;
-    if (mode === "refuse-upgrade" || mode === "cut-long-requests" || mode === "cut-slow-504") {
+    if (["refuse-upgrade", "cut-long-requests", "cut-slow-504", "buffer-responses"].includes(mode)) {
       stats.upgradesRefused++;
       socket.end(
         "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n" +
