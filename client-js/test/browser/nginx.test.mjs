@@ -5,9 +5,8 @@
 //   times over, in the browser; and once the default 20 s hold, over plain HTTP); the access log
 //   never contains a session id;
 // - no-upgrade.conf (no WebSocket upgrade headers, as in many real configurations): the client falls
-//   back to Server-Sent Events at once and works, also with nginx's response buffering forced on
-//   (nginx still passes the stream's chunks as they come; fallback.test.mjs's `buffer-responses`
-//   proxy is the buffering intermediary).
+//   back to Server-Sent Events at once and works (fallback.test.mjs's `buffer-responses` proxy is
+//   the buffering intermediary the client must detect).
 //
 // Needs /usr/sbin/nginx (scripts/test.sh installs it); fails, rather than skips, without it.
 
@@ -208,15 +207,13 @@ test("switchboard.conf: a long poll held for the default 20 s hold passes nginx"
 
 /**
  * no-upgrade.conf as it is (streamed answers pass: `proxy_buffering off`, and Switchboard's
- * `X-Accel-Buffering: no`), and the same configuration with response buffering forced on (nginx told
- * to ignore that header), as a proxy that holds a streamed answer until it ends would be.
+ * `X-Accel-Buffering: no`). `bufferedConfig` below makes the variant with buffering forced on, for
+ * when the client detects late events (see the comment in the list).
  */
 const NO_UPGRADE = [
   { name: "no-upgrade.conf", config: "noUpgrade", expected: "sse" },
-  // With buffering forced on, nginx 1.22 still passed the stream's events as they came (the client
-  // stayed on SSE, correctly): nginx's buffering is no buffering intermediary for a stream that
-  // writes and flushes small chunks. The proxy mode `buffer-responses` (fallback.test.mjs) is one.
-  { name: "no-upgrade.conf with buffering forced on", config: "buffered", expected: "sse" },
+  // Not tested: nginx with buffering forced on. nginx 1.22 then delivers the open event in time
+  // but holds later events for up to 15 s; the client does not detect that yet (issue 12 note).
 ];
 
 /** no-upgrade.conf with nginx buffering every answer whatever the upstream says. */
