@@ -11,9 +11,6 @@
 // Needs /usr/sbin/nginx (scripts/test.sh installs it); fails, rather than skips, without it.
 
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 import { test } from "node:test";
 import {
   FIRST_MESSAGE_BOUND_MS,
@@ -26,7 +23,6 @@ import {
   exchange,
   maxEchoDelayMs,
   received,
-  REPO_ROOT,
   report,
   scaled,
   startServer,
@@ -207,8 +203,7 @@ test("switchboard.conf: a long poll held for the default 20 s hold passes nginx"
 
 /**
  * no-upgrade.conf as it is (streamed answers pass: `proxy_buffering off`, and Switchboard's
- * `X-Accel-Buffering: no`). `bufferedConfig` below makes the variant with buffering forced on, for
- * when the client detects late events (see the comment in the list).
+ * `X-Accel-Buffering: no`).
  */
 const NO_UPGRADE = [
   { name: "no-upgrade.conf", config: "noUpgrade", expected: "sse" },
@@ -216,24 +211,12 @@ const NO_UPGRADE = [
   // but holds later events for up to 15 s; the client does not detect that yet (issue 12 note).
 ];
 
-/** no-upgrade.conf with nginx buffering every answer whatever the upstream says. */
-function bufferedConfig(t) {
-  const text = fs.readFileSync(path.join(REPO_ROOT, "docs", "nginx", "no-upgrade.conf"), "utf8");
-  const buffered = text.replace("proxy_buffering off;", "proxy_buffering on; proxy_ignore_headers X-Accel-Buffering;");
-  assert.notEqual(buffered, text, "no-upgrade.conf no longer says proxy_buffering off");
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sb-nginx-buffered-"));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const file = path.join(dir, "buffered.conf");
-  fs.writeFileSync(file, buffered);
-  return file;
-}
-
 for (const { name, config, expected } of NO_UPGRADE) {
   test(`${name}: the client falls back to ${expected} and works`, { timeout: scaled(180000) }, async (t) => {
     const defer = cleanup(t);
     const server = await startServer();
     defer(() => server.stop());
-    const nginx = await startNginx({ config: config === "buffered" ? bufferedConfig(t) : config, upstreamPort: server.port });
+    const nginx = await startNginx({ config: config, upstreamPort: server.port });
     defer(() => nginx.stop());
     const { page, firstMs } = await connectPage(t, defer, nginx.url, {});
     const firstTransport = await page.evaluate(() => window.received[0].transport);
