@@ -169,16 +169,16 @@ test("through nginx without WebSocket upgrade headers, the chat falls back and s
   const page = await browser.context.newPage();
   page.setDefaultTimeout(scaled(20000));
   const started = Date.now();
-  // No transport forced: the client tries WebSocket, nginx drops the upgrade, it falls back.
+  // No transport forced: the client tries WebSocket, nginx drops the upgrade, it falls back to SSE.
   await page.goto(`${nginx.url}/`);
   await page.fill("#nick", "프록시 뒤 🧱");
   await page.click("#login button");
-  await page.waitForFunction(() => document.querySelector("#badge").textContent.replace(/\s+/g, " ").trim() === "open · longpoll");
+  await page.waitForFunction(() => document.querySelector("#badge").textContent.replace(/\s+/g, " ").trim() === "open · sse");
   await send(page, "nginx 뒤에서도 잘 됩니다 ✅");
   await page.waitForFunction(() =>
     [...document.querySelectorAll("#lines li")].some((li) => li.textContent.includes("nginx 뒤에서도 잘 됩니다 ✅")),
   );
-  report({ scenario: "chat-behind-nginx-without-upgrade", transport: "longpoll", ownEchoMs: Date.now() - started });
+  report({ scenario: "chat-behind-nginx-without-upgrade", transport: "sse", ownEchoMs: Date.now() - started });
 });
 
 test("through a proxy that kills sockets after 1 s, chat lines arrive within a second and the badge tells the truth", async (t) => {
@@ -204,7 +204,7 @@ test("through a proxy that kills sockets after 1 s, chat lines arrive within a s
   });
   await page.fill("#nick", "민준 🔌");
   await page.click("#login button");
-  await page.waitForFunction(() => document.querySelector("#badge").textContent.replace(/\s+/g, " ").trim() === "open · longpoll");
+  await page.waitForFunction(() => document.querySelector("#badge").textContent.replace(/\s+/g, " ").trim() === "open · sse");
   // One line every 3 s on a quiet server; each must reach Ada within a second or so.
   const delays = [];
   for (let i = 0; i < 4; i++) {
