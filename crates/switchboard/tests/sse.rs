@@ -35,6 +35,12 @@ struct EventStream {
     buffer: Vec<u8>,
     /// The `retry` field, if one came.
     retry: Option<u64>,
+    /// Chunks of the body received so far.
+    chunks: usize,
+    /// For each probe `ping` event (skipped by `next`), how many chunks had come when it ended.
+    probes: Vec<usize>,
+    /// How many chunks had come when the last event returned by `next` ended.
+    last_chunk: usize,
 }
 
 impl EventStream {
@@ -53,6 +59,9 @@ impl EventStream {
             response,
             buffer: Vec::new(),
             retry: None,
+            chunks: 0,
+            probes: Vec::new(),
+            last_chunk: 0,
         }
     }
 
@@ -67,7 +76,7 @@ impl EventStream {
         open["sid"].as_str().unwrap().to_string()
     }
 
-    /// The next event (comments skipped), or `None` when the stream ends.
+    /// The next event (comments and the probe `ping` skipped), or `None` when the stream ends.
     async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(end) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
@@ -99,7 +108,10 @@ impl EventStream {
                         other => panic!("unknown field {other:?}"),
                     }
                 }
-                if has_data {
+                if has_data && event.id.is_none() && event.data == r#"{"t":"ping"}"# {
+                    self.probes.push(self.chunks);
+                } else if has_data {
+                    self.last_chunk = self.chunks;
                     return Some(event);
                 }
                 continue;
@@ -108,6 +120,7 @@ impl EventStream {
                 .await
                 .expect("no event within 10 s")
                 .unwrap()?;
+            self.chunks += 1;
             self.buffer.extend_from_slice(&chunk);
         }
     }
@@ -155,6 +168,53 @@ async fn a_stream_opens_a_session_and_carries_every_payload_kind() {
     let received = session.recv().await.unwrap();
     assert_eq!(received.as_text().as_deref(), Some("올라가요 ⬆️"));
     assert_eq!(session.buffered().0, 0);
+}
+
+/// The probe (protocol §5.7): one `ping` event after the open event, in a write of its own, so that
+/// a client can tell a stream that an intermediary holds back. Messages already buffered come first,
+/// in the opening chunk's wake, and a resumed stream probes again.
+#[tokio::test]
+async fn a_stream_probes_once_in_a_write_after_the_open_event() {
+    let mut server = start_default().await;
+    let mut stream = EventStream::open(&sse_url(&server, ""), None).await;
+    let sid = stream.open_sid().await;
+    let open_chunk = stream.last_chunk;
+    let session = server.next_session().await;
+    session.send(Message::text("첫 메시지 🚀")).unwrap();
+    let first = stream.next().await.unwrap().json();
+    assert_eq!(first["d"], "첫 메시지 🚀");
+    // A message after the probe is due brings the probe out (if it has not come already).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    session.send(Message::binary(binary_payload())).unwrap();
+    let second = stream.next().await.unwrap().json();
+    assert_eq!(second["s"], 2);
+    assert_eq!(stream.probes.len(), 1, "one probe per stream");
+    assert!(
+        stream.probes[0] > open_chunk,
+        "the probe came in the opening chunk ({open_chunk}): {:?}",
+        stream.probes
+    );
+    // The nudge: a comment in a chunk of its own soon after the write of messages, long before the
+    // 15 s heartbeat (the stream has no other reason to write).
+    assert!(stream.buffer.is_empty(), "{:?}", stream.buffer);
+    let nudge = tokio::time::timeout(Duration::from_secs(5), stream.response.chunk())
+        .await
+        .expect("no nudge within 5 s of a write of messages")
+        .unwrap()
+        .expect("the stream ended");
+    assert_eq!(&nudge[..], b":\n\n");
+    drop(stream);
+
+    let mut resumed =
+        EventStream::open(&sse_url(&server, &format!("&sid={sid}&ack=2")), None).await;
+    assert_eq!(resumed.open_sid().await, sid);
+    let open_chunk = resumed.last_chunk;
+    // Idle, the stream sends its probe alone, long before the 15 s heartbeat.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    session.send(Message::text("다시")).unwrap();
+    assert_eq!(resumed.next().await.unwrap().json()["d"], "다시");
+    assert_eq!(resumed.probes.len(), 1, "one probe per stream");
+    assert!(resumed.probes[0] > open_chunk, "{:?}", resumed.probes);
 }
 
 #[tokio::test]

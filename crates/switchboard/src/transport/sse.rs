@@ -9,9 +9,13 @@
 //! `recycle` (the stream has carried [`RECYCLE_BYTES`] or lasted [`RECYCLE_AFTER`]: the client
 //! opens the next one, so that no intermediary's buffer or time-out is stretched).
 //!
+//! 100 ms after the opening chunk, one `ping` event goes in a write of its own: the probe, by which
+//! a client tells a stream that an intermediary holds back after its first chunk.
+//!
 //! The stream is a body the connection pulls: while the client reads slowly, nothing is drained
 //! ahead of it; while it is idle, a comment goes out every [`HEARTBEAT`] for the idle time-outs
-//! on the way.
+//! on the way, and one [`NUDGE_AFTER`] a write of messages, for proxies that hand on the tail of
+//! what they read only when more comes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,6 +46,18 @@ pub(crate) const RECYCLE_AFTER: Duration = Duration::from_secs(300);
 const CHUNK: usize = 64 * 1024;
 /// How long the browser waits before reconnecting by itself (the `retry` field), in ms.
 const RETRY_MS: u32 = 1000;
+/// The probe `ping` event follows the opening chunk after this long, in a write of its own: a
+/// client that gets the open event but not the ping is behind an intermediary that holds the
+/// stream back (one that passes the first chunk and then collects small ones, as nginx does when
+/// its response buffering is forced on), and moves to long polling.
+const PROBE_AFTER: Duration = Duration::from_millis(100);
+/// The probe event.
+const PROBE: &str = "data: {\"t\":\"ping\"}\n\n";
+/// A stream that has written messages and then gone quiet for this long gets one comment line,
+/// the nudge. nginx with its response buffering forced on now and then keeps the tail of what it
+/// read from us until our next write (seen: 1 run in about 17, the tail held until the heartbeat,
+/// 15 s); the nudge is that next write, so the tail waits this long instead.
+const NUDGE_AFTER: Duration = Duration::from_millis(50);
 
 /// The `GET /sse` handler: resumes (`sid`, or the `Last-Event-ID` header) or opens a session,
 /// attaches to it and streams its frames.
@@ -133,6 +149,8 @@ async fn start<U: Clone + Send + Sync + 'static>(
         started: Instant::now(),
         written: first.len(),
         first: Some(first),
+        probe_at: None,
+        nudge_at: None,
         last_write: Instant::now(),
         done: false,
     };
@@ -202,6 +220,11 @@ struct Stream<U> {
     written: usize,
     /// The opening chunk (`retry` and the open frame), until it is taken.
     first: Option<String>,
+    /// When the probe `ping` is due, once the opening chunk has been taken and until the probe
+    /// has been written.
+    probe_at: Option<Instant>,
+    /// When the nudge is due: set by a write of messages, cleared by any later write.
+    nudge_at: Option<Instant>,
     last_write: Instant,
     /// The last chunk has been taken.
     done: bool,
@@ -213,6 +236,7 @@ async fn next_chunk<U: Clone + Send + Sync + 'static>(
     mut stream: Stream<U>,
 ) -> Option<(Result<Bytes, Infallible>, Stream<U>)> {
     if let Some(first) = stream.first.take() {
+        stream.probe_at = Some(Instant::now() + PROBE_AFTER);
         return Some((Ok(Bytes::from(first)), stream));
     }
     if stream.done {
@@ -264,9 +288,13 @@ async fn next_chunk<U: Clone + Send + Sync + 'static>(
             }
             Drain::Idle { wake_at } => wake_at.map(Instant::from_std),
         };
+        let now = Instant::now();
+        if !stream.done && stream.probe_at.is_some_and(|at| now >= at) {
+            stream.probe_at = None;
+            out.push_str(PROBE);
+        }
         if !out.is_empty() {
             stream.written += out.len();
-            let now = Instant::now();
             if !stream.done
                 && (stream.written >= RECYCLE_BYTES || now >= stream.started + RECYCLE_AFTER)
             {
@@ -274,11 +302,12 @@ async fn next_chunk<U: Clone + Send + Sync + 'static>(
                 stream.done = true;
             }
             stream.last_write = now;
+            stream.nudge_at = (!stream.done).then_some(now + NUDGE_AFTER);
             return Some((Ok(Bytes::from(out)), stream));
         }
-        let heartbeat = stream.last_write + HEARTBEAT;
+        let heartbeat = stream.nudge_at.unwrap_or(stream.last_write + HEARTBEAT);
         let recycle = stream.started + RECYCLE_AFTER;
-        let timer = [Some(heartbeat), Some(recycle), wake_at]
+        let timer = [Some(heartbeat), Some(recycle), wake_at, stream.probe_at]
             .into_iter()
             .flatten()
             .min()
@@ -288,6 +317,9 @@ async fn next_chunk<U: Clone + Send + Sync + 'static>(
             _ = sleep_until(timer) => {}
         }
         let now = Instant::now();
+        if stream.probe_at.is_some_and(|at| now >= at) {
+            continue;
+        }
         if now >= recycle {
             let mut out = String::new();
             end_event(&mut out, "recycle");
@@ -296,6 +328,7 @@ async fn next_chunk<U: Clone + Send + Sync + 'static>(
         }
         if now >= heartbeat {
             stream.last_write = now;
+            stream.nudge_at = None;
             stream.written += 3;
             return Some((Ok(Bytes::from_static(b":\n\n")), stream));
         }
