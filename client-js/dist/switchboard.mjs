@@ -197,7 +197,9 @@ var Stream = class {
    * Starts a transport `name` for `conn`. It reports to the connection: `_attached(transport,
    * openFrame)`, `_frame(transport, frame)` and, once, when it fails or ends, `_down(transport, {
    * code, reason, opened, lifetime, idle })`. Without the open frame within `connectTimeout` it
-   * fails (a hanging upgrade, or an intermediary that buffers the stream).
+   * fails (a hanging upgrade, or an intermediary that buffers the stream); so does an SSE stream
+   * whose probe (a `ping` the server sends after the open event, §5.7) does not follow in that time
+   * (an intermediary that passes the first chunk and holds back the rest): as not opened.
    */
   constructor(conn, name) {
     this.name = name;
@@ -216,16 +218,20 @@ var Stream = class {
     this._heard = this._active = Date.now();
     for (const frame of frames) {
       if (this._stopped) return;
-      if (this._openedAt) this._conn._frame(this, frame);
-      else if (frame && frame.t === "open") this._open(frame);
+      if (this._openedAt) {
+        if (frame && frame.t === "ping") this._pinged = true;
+        this._conn._frame(this, frame);
+      } else if (frame && frame.t === "open") this._open(frame);
       else if (frame && frame.t === "close") this._fail(frame.code || 1002, frame.reason);
     }
   }
   _open(frame) {
     this._openedAt = this._heard;
     clearTimeout(this._timer);
-    const limit = this.name === "sse" ? 45e3 : frame.ping + 1e4;
+    const sse = this.name === "sse";
+    const limit = sse ? 45e3 : frame.ping + 1e4;
     const keepalive = this._conn._keepalive;
+    if (sse) this._deadline = setTimeout(() => this._pinged || this._fail(0, "held", true), this._conn._options.connectTimeout);
     this._timer = setInterval(
       () => {
         const now = Date.now();
@@ -239,13 +245,13 @@ var Stream = class {
   /** Writes frames if the transport can (only a WebSocket can); returns whether it did. */
   send() {
   }
-  _fail(code, reason) {
+  _fail(code, reason, held) {
     if (this.stop()) {
       const now = Date.now();
       this._conn._down(this, {
         code,
         reason,
-        opened: !!this._openedAt,
+        opened: !held && !!this._openedAt,
         lifetime: this._openedAt ? now - this._openedAt : 0,
         idle: this._openedAt ? now - this._active : 0
       });
@@ -256,6 +262,7 @@ var Stream = class {
     if (this._stopped) return false;
     this._stopped = true;
     clearInterval(this._timer);
+    clearTimeout(this._deadline);
     this._close();
     return true;
   }

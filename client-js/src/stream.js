@@ -7,7 +7,9 @@ export class Stream {
    * Starts a transport `name` for `conn`. It reports to the connection: `_attached(transport,
    * openFrame)`, `_frame(transport, frame)` and, once, when it fails or ends, `_down(transport, {
    * code, reason, opened, lifetime, idle })`. Without the open frame within `connectTimeout` it
-   * fails (a hanging upgrade, or an intermediary that buffers the stream).
+   * fails (a hanging upgrade, or an intermediary that buffers the stream); so does an SSE stream
+   * whose probe (a `ping` the server sends after the open event, §5.7) does not follow in that time
+   * (an intermediary that passes the first chunk and holds back the rest): as not opened.
    */
   constructor(conn, name) {
     this.name = name;
@@ -30,7 +32,10 @@ export class Stream {
       // does a `close` before the open frame (the transport fails). Other frames before it are
       // ignored, like frames of unknown types (§2).
       if (this._stopped) return;
-      if (this._openedAt) this._conn._frame(this, frame);
+      if (this._openedAt) {
+        if (frame && frame.t === "ping") this._pinged = true;
+        this._conn._frame(this, frame);
+      }
       else if (frame && frame.t === "open") this._open(frame);
       else if (frame && frame.t === "close") this._fail(frame.code || 1002, frame.reason);
     }
@@ -43,8 +48,10 @@ export class Stream {
     // pings), on SSE 45 s (the server's comments come every 15 s). With a keep-alive learned from
     // idle-timeout killers, a WebSocket pings whenever it has carried nothing for that long
     // (checked four times as often), so it is never quiet for much longer.
-    const limit = this.name === "sse" ? 45000 : frame.ping + 10000;
+    const sse = this.name === "sse";
+    const limit = sse ? 45000 : frame.ping + 10000;
     const keepalive = this._conn._keepalive;
+    if (sse) this._deadline = setTimeout(() => this._pinged || this._fail(0, "held", true), this._conn._options.connectTimeout);
     this._timer = setInterval(
       () => {
         const now = Date.now();
@@ -59,13 +66,13 @@ export class Stream {
   /** Writes frames if the transport can (only a WebSocket can); returns whether it did. */
   send() {}
 
-  _fail(code, reason) {
+  _fail(code, reason, held) {
     if (this.stop()) {
       const now = Date.now();
       this._conn._down(this, {
         code,
         reason,
-        opened: !!this._openedAt,
+        opened: !held && !!this._openedAt,
         lifetime: this._openedAt ? now - this._openedAt : 0,
         idle: this._openedAt ? now - this._active : 0,
       });
@@ -78,6 +85,7 @@ export class Stream {
     this._stopped = true;
     // clearInterval also clears a timeout (the open deadline): they share one id space.
     clearInterval(this._timer);
+    clearTimeout(this._deadline);
     this._close();
     return true;
   }

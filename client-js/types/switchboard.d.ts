@@ -11,13 +11,17 @@ export interface ConnectOptions {
   /**
    * Transports to use, best first. Default: `["websocket", "sse", "longpoll", "poll"]`. `sse` is
    * Server-Sent Events read with `fetch` (the server's frames down one streamed response, the
-   * client's up in POSTs); a stream whose open event does not arrive within `connectTimeout` (an
-   * intermediary that buffers it) gives way to long polling, and that is remembered.
+   * client's up in POSTs); a stream whose open event, or the server's probe after it, does not
+   * arrive within `connectTimeout` (an intermediary that buffers it) gives way to long polling,
+   * and that is remembered.
    */
   transports?: TransportName[];
   /** Authentication data handed to the server's authentication hook. */
   auth?: unknown;
-  /** How long a WebSocket or an SSE stream may take to deliver its open frame before falling back (ms). Default 2500. */
+  /**
+   * How long a WebSocket or an SSE stream may take to deliver its open frame before falling back
+   * (ms), and how long an SSE stream's probe may take after the open frame. Default 2500.
+   */
   connectTimeout?: number;
   /**
    * A first WebSocket that has not opened after this many ms gets a polling session opened beside

@@ -25,7 +25,8 @@ import {
 // Where WebSocket is refused, hung or killed, streamed responses still pass: Server-Sent Events.
 // Where long requests are cut (3 s), neither SSE nor long polls last: short polling. Where only
 // responses that have not started are cut (a 504 after 5 s), SSE streams pass. Where answers are
-// held until they end, streams never arrive: long polling.
+// held until they end, streams never arrive: long polling; where all but the first chunk is held, the
+// stream's open event arrives but not the probe after it: long polling too.
 const EXPECTED = {
   "refuse-upgrade": "sse",
   "hang-upgrade": "sse",
@@ -34,6 +35,8 @@ const EXPECTED = {
   "cut-slow-504": "sse",
   // A proxy that holds every answer until it ends: the SSE stream brings no open event in time.
   "buffer-responses": "longpoll",
+  // A proxy that passes the first chunk and holds the rest: the probe after the open event is late.
+  "buffer-after-first": "longpoll",
 };
 
 for (const [mode, expected] of Object.entries(EXPECTED)) {
@@ -78,8 +81,8 @@ for (const [mode, expected] of Object.entries(EXPECTED)) {
     });
 
     // Behind a buffering proxy the first message waits for the client to give up on its stream
-    // (no open event within `connectTimeout`, 2.5 s).
-    const bound = FIRST_MESSAGE_BOUND_MS + (mode === "buffer-responses" ? 2500 : 0);
+    // (no open event, or no probe after it, within `connectTimeout`, 2.5 s).
+    const bound = FIRST_MESSAGE_BOUND_MS + (mode.startsWith("buffer-") ? 2500 : 0);
     assert.ok(firstMs <= bound, `first message after ${Math.round(firstMs)} ms (bound ${bound} ms)`);
     const problems = [
       ...checkSeries(messages, { tag: "B", echoes: 300, stream: 500 }),
@@ -90,6 +93,8 @@ for (const [mode, expected] of Object.entries(EXPECTED)) {
     assert.ok(maxEchoB <= MAX_ECHO_DELAY_MS, `an echo took ${maxEchoB} ms in the first 4 s`);
     assert.ok(maxEchoC <= MAX_ECHO_DELAY_MS, `an echo took ${maxEchoC} ms on ${expected}`);
     assert.equal(finalTransport, expected, `transport events: ${transports.join(", ")}`);
+    // A buffering intermediary is detected within a few seconds (the open deadline, or the probe's).
+    if (mode.startsWith("buffer-")) assert.ok(settledMs <= scaled(10000), `on ${expected} only after ${settledMs} ms`);
     assert.deepEqual(log.filter((e) => e.type === "reset" || e.type === "close"), []);
   });
 }

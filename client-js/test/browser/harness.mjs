@@ -182,6 +182,7 @@ export const PROXY_MODES = [
   "cut-slow-504",
   "kill-ws-idle-2s",
   "buffer-responses",
+  "buffer-after-first",
 ];
 
 /** What `cut-slow-504` answers instead of a response that has not started: nginx's error page. */
@@ -225,6 +226,9 @@ function withoutHopByHop(headers) {
  * - `buffer-responses`: like a buffering proxy: every plain HTTP response is held, headers and
  *   body, until the upstream's response has ended, then sent whole (a streamed response only when
  *   the server ends it). Upgrades are refused as with `refuse-upgrade`.
+ * - `buffer-after-first`: like a proxy that collects small writes: a plain HTTP response's headers
+ *   and first chunk pass at once, the rest is held until the upstream's response has ended (an
+ *   event stream's open event arrives, nothing after it). Upgrades are refused.
  *
  * The mode is read when a request or upgrade arrives: `setMode` changes what happens to the next
  * ones, not to connections already upgraded (use `killWebSockets` for those).
@@ -320,6 +324,19 @@ export async function startProxy(targetPort, mode = "pass") {
         answer.on("error", () => res.destroy());
         return;
       }
+      if (proxy.mode === "buffer-after-first") {
+        res.writeHead(answer.statusCode, withoutHopByHop(answer.headers));
+        let first = true;
+        const rest = [];
+        answer.on("data", (chunk) => {
+          if (first) res.write(chunk);
+          else rest.push(chunk);
+          first = false;
+        });
+        answer.on("end", () => res.end(Buffer.concat(rest)));
+        answer.on("error", () => res.destroy());
+        return;
+      }
       res.writeHead(answer.statusCode, withoutHopByHop(answer.headers));
       answer.pipe(res);
       answer.on("error", () => res.destroy());
@@ -350,7 +367,7 @@ export async function startProxy(targetPort, mode = "pass") {
   server.on("upgrade", (req, socket, head) => {
     stats.upgrades++;
     const mode = proxy.mode;
-    if (["refuse-upgrade", "cut-long-requests", "cut-slow-504", "buffer-responses"].includes(mode)) {
+    if (["refuse-upgrade", "cut-long-requests", "cut-slow-504", "buffer-responses", "buffer-after-first"].includes(mode)) {
       stats.upgradesRefused++;
       socket.end(
         "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n" +

@@ -936,9 +936,42 @@ test("an SSE stream whose open event does not come in time (a buffering proxy) g
   assert.equal(FakeWebSocket.instances.length, 0);
 });
 
+test("an SSE stream whose open event comes but not its probe (held after the first chunk) gives way to long polling, remembered", async () => {
+  const storage = memoryStorage();
+  const { conn, calls, events, call, stream } = await overSse({ storage, connectTimeout: 60 });
+  stream.event(openFrame({ sid: SID, resumed: true }), `${SID}.0`);
+  stream.event({ t: "m", s: 1, d: "came with the open event" });
+  await until(() => messages(events).length === 1);
+  // No probe: the intermediary holds the rest of the stream.
+  await until(() => call.aborted, 1000);
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}&ack=1&wait=1&att=\\d+$`), 200, [{ t: "m", s: 2, d: "polled" }]);
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 0 }]);
+  await until(() => messages(events).length === 2);
+  assert.deepEqual(messages(events), ["came with the open event", "polled"]);
+  assert.equal(conn.transport, "longpoll");
+  assert.deepEqual(events.filter(([name]) => name === "transport").map(([, name]) => name), ["websocket", "sse", "longpoll"]);
+  const remembered = JSON.parse(storage.getItem("switchboard:" + BASE));
+  assert.ok(remembered.sse > Date.now(), JSON.stringify(remembered));
+});
+
+test("an SSE stream whose probe comes stays, after the probe deadline", async () => {
+  const { conn, calls, events, call, stream } = await overSse({ connectTimeout: 60 });
+  stream.event(openFrame({ sid: SID, resumed: true }), `${SID}.0`);
+  await tick(20);
+  stream.event({ t: "ping" });
+  await tick(100);
+  stream.event({ t: "m", s: 1, d: "still streaming" });
+  await until(() => messages(events).length === 1);
+  assert.ok(!call.aborted);
+  assert.equal(conn.transport, "sse");
+  assert.ok(!calls.some((c) => /wait=1/.test(c.url)));
+  conn.close();
+});
+
 test("a recycled stream is followed at once by the next one, from rx; the state stays open", async () => {
   const { conn, calls, events, stream } = await overSse();
   stream.event(openFrame({ sid: SID, resumed: true }));
+  stream.event({ t: "ping" });
   for (let s = 1; s <= 3; s++) stream.event({ t: "m", s, d: s });
   stream.push("event: recycle\ndata:\n\n");
   const next = await until(() => calls.find((c) => /\/sse\?/.test(c.url) && !c.answered));
@@ -946,6 +979,7 @@ test("a recycled stream is followed at once by the next one, from rx; the state 
   const second = next.stream();
   // What the server had not seen acknowledged comes again: dropped.
   second.event(openFrame({ sid: SID, resumed: true, ack: 0 }));
+  second.event({ t: "ping" });
   second.event({ t: "m", s: 3, d: 3 });
   second.event({ t: "m", s: 4, d: 4 });
   await until(() => messages(events).length === 4);
@@ -957,6 +991,7 @@ test("a recycled stream is followed at once by the next one, from rx; the state 
 test("an SSE stream cut after it lived comes back on SSE; one cut before its open event falls back", async () => {
   const { conn, calls, events, stream } = await overSse({ earlyCloseWindow: 0 });
   stream.event(openFrame({ sid: SID, resumed: true }));
+  stream.event({ t: "ping" });
   stream.event({ t: "m", s: 1, d: "one" });
   await until(() => messages(events).length === 1);
   await tick(5);
@@ -974,6 +1009,7 @@ test("an SSE stream cut after it lived comes back on SSE; one cut before its ope
 test("the server's refusals of a stream: after a takeover, 404 resets; after a move, 401 ends", async () => {
   const { conn, calls, events, stream } = await overSse();
   stream.event(openFrame({ sid: SID, resumed: true }));
+  stream.event({ t: "ping" });
   stream.push("event: superseded\ndata:\n\n");
   // Taken over, not by us: try again (after a short backoff), on SSE.
   const again = await until(() => calls.find((c) => /\/sse\?/.test(c.url) && !c.answered));
@@ -986,6 +1022,7 @@ test("the server's refusals of a stream: after a takeover, 404 resets; after a m
 
   const second = await overSse();
   second.stream.event(openFrame({ sid: SID, resumed: true }));
+  second.stream.event({ t: "ping" });
   second.stream.push("event: moved\ndata:\n\n");
   const moved = await until(() => second.calls.find((c) => /\/sse\?/.test(c.url) && !c.answered));
   moved.answered = true;
@@ -997,6 +1034,7 @@ test("the server's refusals of a stream: after a takeover, 404 resets; after a m
 test("from SSE a WebSocket probe takes over mid-stream, without loss or duplicates", async () => {
   const { conn, calls, events, call, stream } = await overSse({ probeDelay: 20 });
   stream.event(openFrame({ sid: SID, resumed: true }));
+  stream.event({ t: "ping" });
   stream.event({ t: "m", s: 1, d: 1 });
   stream.event({ t: "m", s: 2, d: 2 });
   await until(() => FakeWebSocket.instances.length === 2, 2000);
