@@ -5,6 +5,7 @@
 //   node build.mjs --check  fail if those files differ from a fresh build (they are committed)
 
 import { build } from "esbuild";
+import { minify } from "terser";
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { dirname, join } from "node:path";
@@ -33,6 +34,15 @@ for (const [file, options] of Object.entries(outputs)) {
   const result = await build(options);
   built[file] = result.outputFiles[0].text;
 }
+// esbuild bundles and shortens the internal names; terser's compressor then saves about 150 bytes
+// of min+gzip more (safe transforms only; the banner comment is kept).
+const terse = await minify(built["dist/switchboard.js"], {
+  ecma: 2020,
+  compress: { ecma: 2020, passes: 3 },
+  mangle: true,
+  format: { comments: /^\*? Switchboard client/ },
+});
+built["dist/switchboard.js"] = terse.code + "\n";
 built["../crates/switchboard/assets/switchboard.js"] = built["dist/switchboard.js"];
 
 const check = process.argv.includes("--check");
