@@ -3,14 +3,16 @@
 # This is the README's test command, and what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each phase is announced with the minutes and seconds since the start, so that a slow phase shows.
+phase() { echo "== [$((SECONDS / 60))m$((SECONDS % 60))s] $*"; }
 
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all --check
 
-echo "== cargo clippy (all targets, warnings denied)"
+phase "cargo clippy (all targets, warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== redis-server (the cluster tests start their own on free ports)"
+phase "redis-server (the cluster tests start their own on free ports)"
 if ! command -v redis-server >/dev/null; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -18,13 +20,13 @@ if ! command -v redis-server >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null
 fi
 
-echo "== cargo test"
+phase "cargo test"
 cargo test --workspace --locked
 
-echo "== cargo doc (warnings denied: broken links, missing docs)"
+phase "cargo doc (warnings denied: broken links, missing docs)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
-echo "== JavaScript client: dependencies (npm ci) and a browser (Debian's chromium)"
+phase "JavaScript client: dependencies (npm ci) and a browser (Debian's chromium)"
 if [ ! -x /usr/bin/chromium ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -33,7 +35,7 @@ if [ ! -x /usr/bin/chromium ]; then
 fi
 (cd client-js && npm ci --no-audit --no-fund --loglevel=error)
 
-echo "== nginx (the reverse-proxy browser tests run docs/nginx/*.conf)"
+phase "nginx (the reverse-proxy browser tests run docs/nginx/*.conf)"
 if [ ! -x /usr/sbin/nginx ]; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -41,7 +43,8 @@ if [ ! -x /usr/sbin/nginx ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nginx >/dev/null
 fi
 
-echo "== JavaScript client: build check, unit tests, browser tests against the real server"
+phase "JavaScript client: build check, unit tests, browser tests against the real server"
 cargo build -p switchboard --example e2e_server --locked --quiet
 cargo build -p chat --locked --quiet
 (cd client-js && npm test)
+phase "all tests passed"
