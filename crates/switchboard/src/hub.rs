@@ -1,8 +1,10 @@
 //! The hub: rooms, broadcast and presence, the application-facing fan-out.
 //!
-//! A message sent through the hub is encoded once; every target session's buffer gets a
-//! reference-counted handle to the same bytes. The hub never sees transports: it appends to session
-//! buffers, and whichever transport is attached to each session drains it.
+//! A message sent through the hub is encoded once. A broadcast to a room is appended once to the
+//! room's log (see [`crate::room_log`]), from which every member's session takes a
+//! reference-counted handle to the same bytes when its transport drains it; a broadcast to all is
+//! appended to every session's buffer. The hub never sees transports: whichever transport is
+//! attached to each session drains it.
 //!
 //! ```no_run
 //! use switchboard::{Hub, Message, Session};
@@ -27,11 +29,12 @@ use dashmap::DashMap;
 use serde::Serialize;
 
 use crate::backend::{Backend, Topic};
-use crate::config::UserCodec;
+use crate::config::{Config, UserCodec};
 use crate::error::{JoinError, SendError};
 use crate::message::Message;
 use crate::node::{Node, Recorded};
 use crate::protocol::EncodedMessage;
+use crate::room_log::RoomLog;
 use crate::session::registry::Registry;
 use crate::session::{Priority, Session, SessionKey};
 
@@ -44,6 +47,10 @@ use crate::session::{Priority, Session, SessionKey};
 pub(crate) struct RoomIndex<U> {
     rooms: DashMap<Arc<str>, Room<U>>,
     backend: Option<Arc<dyn Backend>>,
+    /// Stamps the entries of every room's log (see [`crate::room_log`]).
+    stamps: AtomicU64,
+    /// The limits the rooms' logs are swept by.
+    config: Arc<Config>,
     /// On a node of a cluster: rooms whose members changed since this node last wrote its
     /// presence entries (see [`RoomIndex::start_presence`]).
     changed: Mutex<HashSet<Arc<str>>>,
@@ -52,6 +59,8 @@ pub(crate) struct RoomIndex<U> {
 /// One room of a [`RoomIndex`].
 struct Room<U> {
     members: HashMap<u64, Session<U>>,
+    /// The room's broadcasts, until every member has taken them.
+    log: Arc<RoomLog<U>>,
     /// Sessions being taken in that will join (see [`RoomIndex::hold`]): the room is kept,
     /// and subscribed, while they are.
     holds: u32,
@@ -60,9 +69,10 @@ struct Room<U> {
 }
 
 impl<U> Room<U> {
-    fn new() -> Self {
+    fn new(name: Arc<str>, config: &Config) -> Self {
         Self {
             members: HashMap::new(),
+            log: Arc::new(RoomLog::new(name, config)),
             holds: 0,
             mark: AtomicU64::new(0),
         }
@@ -70,10 +80,12 @@ impl<U> Room<U> {
 }
 
 impl<U> RoomIndex<U> {
-    pub(crate) fn new(backend: Option<Arc<dyn Backend>>) -> Self {
+    pub(crate) fn new(backend: Option<Arc<dyn Backend>>, config: Arc<Config>) -> Self {
         Self {
             rooms: DashMap::new(),
             backend,
+            stamps: AtomicU64::new(0),
+            config,
             changed: Mutex::new(HashSet::new()),
         }
     }
@@ -94,7 +106,7 @@ impl<U> RoomIndex<U> {
             if let Some(backend) = &self.backend {
                 backend.subscribe(&name);
             }
-            Room::new()
+            Room::new(name, &self.config)
         })
     }
 
@@ -109,11 +121,13 @@ impl<U> RoomIndex<U> {
         let name = self.name(room);
         // Insert first, then record it in the session: a concurrent close either sees the room in
         // the session's list and removes it, or we see the close and undo the insert.
-        self.entry(name.clone())
-            .members
-            .insert(session.shared.key, session.clone());
+        let log = {
+            let mut entry = self.entry(name.clone());
+            entry.members.insert(session.shared.key, session.clone());
+            entry.log.clone()
+        };
         self.changed(&name);
-        match session.shared.add_room(&name) {
+        match session.shared.add_room(&name, &log) {
             Ok(_) => Ok(()),
             Err(err) => {
                 if !session.shared.in_room(room) {
@@ -516,8 +530,12 @@ impl<U> Broadcast<'_, U> {
         self
     }
 
-    /// Sends `message` to every target session; returns how many sessions buffered it. Sessions
-    /// whose buffer overflows are closed with reason `overflow`; ended sessions are skipped.
+    /// Sends `message` to every target session; returns how many sessions it was for. A broadcast
+    /// to a room is written once into the room's log, and each member takes it when its
+    /// transport next looks, or at the log's next sweep (every 256 messages or 1 MiB, or half
+    /// the session buffer limits if lower); a member whose buffer it overflows is closed with
+    /// reason `overflow` then, so the count includes it. A broadcast to all is buffered in every
+    /// session at once, and does not count one that overflows. Ended sessions are skipped.
     ///
     /// On a node of a cluster the message is published once, and every node with target
     /// sessions (this one too) buffers it when the backend hands it back, so that every member
@@ -676,9 +694,11 @@ pub(crate) fn deliver_direct<U>(session: &Session<U>, direct: &Recorded) {
     }
 }
 
-/// Buffers `message` in every target session held here (all but `except`); returns how many
-/// buffered it. Sessions whose buffer overflows are closed with reason `overflow`; ended sessions
-/// are skipped.
+/// Sends `message` to every target session held here (all but `except`); returns how many it was
+/// for. A broadcast to a room is appended to the room's log once, for its members to take (see
+/// [`crate::room_log`]); one to all is buffered in every session. Sessions whose buffer overflows
+/// are closed with reason `overflow` (for a room's members: when they take it, at the latest at
+/// the log's next sweep); ended sessions are skipped.
 pub(crate) fn deliver<U>(
     registry: &Registry<U>,
     rooms: &RoomIndex<U>,
@@ -687,29 +707,73 @@ pub(crate) fn deliver<U>(
     except: Option<u64>,
     priority: Priority,
 ) -> usize {
-    let mut delivered = 0;
-    let mut overflowed = Vec::new();
-    let mut push = |key: u64, session: &Session<U>| {
-        if Some(key) == except {
-            return;
-        }
-        match session.shared.push(message, priority) {
-            Ok(_) => delivered += 1,
-            Err(SendError::Overflow) => overflowed.push(session.clone()),
-            Err(_) => {}
-        }
-    };
-    // Pushing happens under the room index's (or registry's) read lock, without copying the
-    // member list; closing an overflowed session edits the room index, so it waits until the
-    // lock is released.
     match target {
-        Target::Room(room) => rooms.for_each_member(room, &mut push),
-        Target::All => registry.for_each(|session| push(session.shared.key, session)),
+        Target::Room(room) => rooms.broadcast(room, message, except, priority),
+        Target::All => {
+            let mut delivered = 0;
+            let mut overflowed = Vec::new();
+            // Pushing happens under the registry's read lock, without copying the session list;
+            // closing an overflowed session edits the room index, so it waits until the lock is
+            // released.
+            registry.for_each(|session| {
+                if Some(session.shared.key) == except {
+                    return;
+                }
+                match session.shared.push(message, priority) {
+                    Ok(_) => delivered += 1,
+                    Err(SendError::Overflow) => overflowed.push(session.clone()),
+                    Err(_) => {}
+                }
+            });
+            for session in overflowed {
+                session.shared.close_overflowed();
+            }
+            delivered
+        }
     }
-    for session in overflowed {
-        session.shared.close_overflowed();
+}
+
+impl<U> RoomIndex<U> {
+    /// Appends a broadcast to `room`'s log, wakes the members waiting for it and, when the log is
+    /// due, sweeps it; returns how many members it is for.
+    fn broadcast(
+        &self,
+        room: &str,
+        message: &EncodedMessage,
+        except: Option<u64>,
+        priority: Priority,
+    ) -> usize {
+        let Some(entry) = self.rooms.get(room) else {
+            return 0;
+        };
+        let mut appended = entry.log.append(&self.stamps, message, except, priority);
+        let excepted = except.is_some_and(|key| entry.members.contains_key(&key));
+        let count = entry.members.len() - usize::from(excepted);
+        let sweep = appended.sweep.map(|position| (entry.log.clone(), position));
+        drop(entry);
+        appended.wake();
+        if let Some((log, position)) = sweep {
+            self.sweep(room, &log, position);
+        }
+        count
     }
-    delivered
+
+    /// Has every member of `room` take what its log holds for it, then drops the log's entries
+    /// before `position` (see [`crate::room_log`]). Members join with the log's head, so one that
+    /// joins meanwhile needs nothing before it either.
+    fn sweep(&self, room: &str, log: &RoomLog<U>, position: u64) {
+        let mut overflowed = Vec::new();
+        self.for_each_member(room, |_, member| {
+            if member.shared.catch_up().is_err() {
+                overflowed.push(member.clone());
+            }
+        });
+        log.trim(position);
+        // Closing edits the room index, so it waits until its lock is released.
+        for session in overflowed {
+            session.shared.close_overflowed();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -721,17 +785,18 @@ mod tests {
     use crate::config::Config;
     use crate::session::{Drain, SessionId, Shared, TransportKind};
 
-    #[test]
-    fn a_broadcast_is_encoded_once_and_shared_by_every_buffer() {
-        let hub: Hub<()> = Hub {
+    fn hub(config: &Arc<Config>) -> Hub<()> {
+        Hub {
             registry: Arc::new(Registry::new(None)),
-            rooms: Arc::new(RoomIndex::new(None)),
+            rooms: Arc::new(RoomIndex::new(None, config.clone())),
             max_message: 1 << 16,
             node: None,
             codec: None,
-        };
-        let config = Arc::new(Config::default());
-        let sessions: Vec<Session<()>> = (0..3)
+        }
+    }
+
+    fn sessions(hub: &Hub<()>, config: &Arc<Config>, count: u64) -> Vec<Session<()>> {
+        (0..count)
             .map(|key| {
                 Session::from_shared(Arc::new(Shared::new(
                     key,
@@ -741,7 +806,147 @@ mod tests {
                     Arc::downgrade(&hub.rooms),
                 )))
             })
-            .collect();
+            .collect()
+    }
+
+    /// Everything `session` has to send, as text, drained by a transport that attaches now.
+    fn texts(session: &Session<()>) -> Vec<String> {
+        let generation = session.shared.attach(TransportKind::LongPoll, 0).unwrap();
+        let mut texts = Vec::new();
+        let mut after = 0;
+        loop {
+            let mut last_seq = after;
+            let drained = session
+                .shared
+                .drain(generation, after, usize::MAX, |seq, message| {
+                    assert_eq!(seq, last_seq + 1, "sequence numbers without a gap");
+                    last_seq = seq;
+                    texts.push(message.tail_text().to_string());
+                });
+            match drained {
+                Drain::Ready {
+                    last: Some(last), ..
+                } => after = last,
+                _ => return texts,
+            }
+        }
+    }
+
+    /// The text of the frame tail of a text message `text`.
+    fn tail(text: &str) -> String {
+        crate::protocol::EncodedMessage::new(&Message::text(text))
+            .tail_text()
+            .to_string()
+    }
+
+    fn log_len(hub: &Hub<()>, room: &str) -> usize {
+        let entry = hub.rooms.rooms.get(room).unwrap();
+        let log = entry.log.lock();
+        log.from(log.base()).count()
+    }
+
+    #[test]
+    fn one_senders_broadcasts_to_several_rooms_and_direct_messages_arrive_in_order() {
+        let config = Arc::new(Config::default());
+        let hub = hub(&config);
+        let sessions = sessions(&hub, &config, 3);
+        let (both, second_only, first_only) = (&sessions[0], &sessions[1], &sessions[2]);
+        both.join("eins").unwrap();
+        both.join("zwei").unwrap();
+        second_only.join("zwei").unwrap();
+        first_only.join("eins").unwrap();
+        let mut expected = [Vec::new(), Vec::new(), Vec::new()];
+        // Enough for several sweeps of both logs, in an irregular pattern.
+        for i in 0..2_000u32 {
+            let text = format!("{i} 방송 📣");
+            match i % 7 {
+                0 | 3 | 5 => {
+                    hub.to("eins").send(&Message::text(&text)).unwrap();
+                    expected[0].push(tail(&text));
+                    expected[2].push(tail(&text));
+                }
+                1 | 4 => {
+                    hub.to("zwei").send(&Message::text(&text)).unwrap();
+                    expected[0].push(tail(&text));
+                    expected[1].push(tail(&text));
+                }
+                2 => {
+                    both.send(Message::text(&text)).unwrap();
+                    expected[0].push(tail(&text));
+                }
+                _ => {
+                    hub.to("zwei")
+                        .except(both)
+                        .send(&Message::text(&text))
+                        .unwrap();
+                    expected[1].push(tail(&text));
+                }
+            }
+        }
+        for (session, expected) in sessions.iter().zip(&expected) {
+            assert_eq!(&texts(session), expected);
+        }
+    }
+
+    #[test]
+    fn a_waiting_transport_is_woken_by_a_room_it_joined_while_it_waited() {
+        use futures_util::FutureExt as _;
+        let config = Arc::new(Config::default());
+        let hub = hub(&config);
+        let session = &sessions(&hub, &config, 1)[0];
+        session.join("early").unwrap();
+        let generation = session.shared.attach(TransportKind::WebSocket, 0).unwrap();
+        for (sent, room) in ["late", "later"].into_iter().enumerate() {
+            let notified = session.shared.outbound.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let drained = session
+                .shared
+                .drain(generation, sent as u64, usize::MAX, |_, _| {});
+            assert!(matches!(drained, Drain::Idle { .. }));
+            session.join(room).unwrap();
+            hub.to(room).send(&Message::text(room)).unwrap();
+            assert!(notified.now_or_never().is_some(), "woken by {room}");
+        }
+    }
+
+    #[test]
+    fn a_rooms_log_keeps_only_what_a_member_has_not_taken() {
+        let config = Arc::new(Config::default());
+        let hub = hub(&config);
+        let sessions = sessions(&hub, &config, 2);
+        for session in &sessions {
+            session.join("room").unwrap();
+        }
+        for i in 0..1_000 {
+            hub.to("room").send(&Message::text(format!("{i}"))).unwrap();
+            assert!(log_len(&hub, "room") < crate::room_log::SWEEP_ENTRIES);
+        }
+        // Whatever the log dropped was taken by both members first: nothing is lost.
+        for session in &sessions {
+            let texts = texts(session);
+            assert_eq!(texts.len(), 1_000);
+            assert_eq!(texts[999], tail("999"));
+        }
+        // A member that leaves takes what was sent before, and nothing after.
+        hub.to("room").send(&Message::text("before")).unwrap();
+        assert!(sessions[0].leave("room"));
+        hub.to("room").send(&Message::text("after")).unwrap();
+        assert_eq!(sessions[0].buffered().0, 1_001);
+        assert_eq!(sessions[1].buffered().0, 1_002);
+        // A member's close sends what was broadcast before it.
+        hub.to("room").send(&Message::text("last")).unwrap();
+        sessions[1].close("bye");
+        let texts = texts(&sessions[1]);
+        assert_eq!(texts.len(), 1_003);
+        assert_eq!(texts[1_002], tail("last"));
+    }
+
+    #[test]
+    fn a_broadcast_is_encoded_once_and_shared_by_every_buffer() {
+        let config = Arc::new(Config::default());
+        let hub = hub(&config);
+        let sessions = sessions(&hub, &config, 3);
         for session in &sessions {
             session.join("room").unwrap();
         }

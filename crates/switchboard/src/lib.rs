@@ -115,6 +115,7 @@ mod message;
 mod mount;
 mod node;
 pub mod protocol;
+mod room_log;
 mod router;
 pub mod serve;
 mod session;

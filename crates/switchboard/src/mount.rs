@@ -74,12 +74,13 @@ impl<U> Inner<U> {
         backend: Option<Arc<dyn Backend>>,
         user_codec: Option<UserCodec<U>>,
     ) -> Self {
+        let config = Arc::new(config);
         Self {
             addresses: Arc::new(Addresses::new(config.addresses.clone())),
             unknown_address_logged: AtomicBool::new(false),
-            config: Arc::new(config),
+            rooms: Arc::new(RoomIndex::new(backend.clone(), config.clone())),
+            config,
             registry: Arc::new(Registry::new(backend.clone())),
-            rooms: Arc::new(RoomIndex::new(backend.clone())),
             auth,
             shutting_down: AtomicBool::new(false),
             attached: AtomicUsize::new(0),

@@ -479,7 +479,9 @@ async fn a_broadcast_that_overflows_a_slow_member_closes_only_that_member() {
     slow.join("room").unwrap();
     let hub = server.realtime.hub();
     let mut acked = 0;
-    for i in 0..60u64 {
+    // 50 fill the slow member's buffer; the next ones reach it, and overflow it, at the latest
+    // when the room's log is swept (every 25 messages here: half the buffer).
+    for i in 0..80u64 {
         hub.to("room").send(&Message::text(format!("{i}"))).unwrap();
         // The fast member keeps acknowledging; the slow one never does.
         if i % 10 == 9 {

@@ -5,7 +5,14 @@
 //! wake-up is lost: `outbound` for the attached transport (messages released, takeover, close),
 //! `inbound` for the application and inbound deliveries (a message received or taken, room in the
 //! inbound queue, takeover, close). A new message notifies the transport only when it has said it
-//! waits (`drain` answered [`Drain::Idle`]).
+//! waits (`drain` answered [`Drain::Idle`]); a broadcast to one of its rooms then wakes it through
+//! the room's log, where `drain` registered it.
+//!
+//! Broadcasts to the session's rooms are not pushed here: the session takes them from its rooms'
+//! logs (`pull`) before anything that looks at or adds to its buffer (a drain, a direct message,
+//! a close, leaving a room, a handover), so they get their sequence numbers in the order they
+//! were sent (see [`crate::room_log`]). Lock order: a room index's lock, then a session's, then
+//! rooms' logs (several at once in the order of their addresses).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -19,15 +26,17 @@ use crate::error::{CloseReason, JoinError, SendError};
 use crate::hub::RoomIndex;
 use crate::message::Message;
 use crate::protocol::EncodedMessage;
+use crate::room_log::{Registered, RoomLog};
 use crate::session::{Priority, SessionId, TransportKind};
 
-// Field order is fixed (`repr(C)`) and matters: a broadcast touches every recipient's `Shared`
-// once, so what `push` reads and writes (the limits through `config`, the lock, the buffer and its
-// counters, the priority state and the waiting flag) comes first, in as few cache lines as it fits.
+// Field order is fixed (`repr(C)`) and matters: a broadcast to all touches every recipient's
+// `Shared` once (and a room's sweep every member's), so what `push` reads and writes (the limits
+// through `config`, the lock, the buffer and its counters, the priority state and the waiting flag)
+// comes first, in as few cache lines as it fits.
 #[repr(C)]
 pub(crate) struct Shared<U> {
     pub(crate) config: Arc<Config>,
-    state: Mutex<State>,
+    state: Mutex<State<U>>,
     pub(crate) key: u64,
     pub(crate) sid: SessionId,
     pub(crate) user: U,
@@ -62,7 +71,7 @@ pub(crate) struct Snapshot {
 
 // What `push` touches first (see `Shared`).
 #[repr(C)]
-struct State {
+struct State<U> {
     /// Unacknowledged outbound messages, numbered from `acked + 1` on (the number of `out[i]` is
     /// `acked + 1 + i`, so it is not stored).
     out: VecDeque<EncodedMessage>,
@@ -92,10 +101,20 @@ struct State {
     /// While the session lives: since when no transport has been attached (or a POST was seen).
     /// Once it has ended: when it ended. (One field for both keeps every session 16 bytes smaller.)
     since: Instant,
-    rooms: Vec<Arc<str>>,
+    /// The rooms the session is in, and how far it has taken each one's log.
+    rooms: Vec<Membership<U>>,
     /// Counts the session against its client's address while the registry holds it (see
     /// [`Addresses`](crate::address::Addresses)).
     address: Option<AddressSlot>,
+}
+
+/// A room a session is in (see [`crate::room_log`]).
+struct Membership<U> {
+    /// The room's log, which knows the room's name.
+    log: Arc<RoomLog<U>>,
+    /// The position of the next entry of the room's log for this session.
+    next: u64,
+    registered: Registered,
 }
 
 #[derive(Clone, Copy)]
@@ -241,6 +260,11 @@ impl<U> Shared<U> {
         if state.close.is_some() {
             return None;
         }
+        if self.pull(&mut state).is_err() {
+            drop(state);
+            self.close_overflowed();
+            return None;
+        }
         let snapshot = Snapshot {
             key: self.key,
             out: state.out.iter().cloned().collect(),
@@ -251,7 +275,11 @@ impl<U> Shared<U> {
             inbox: std::mem::take(&mut state.inbox).into(),
             in_seq: state.in_seq,
             att: state.att,
-            rooms: state.rooms.clone(),
+            rooms: state
+                .rooms
+                .iter()
+                .map(|room| room.log.name.clone())
+                .collect(),
         };
         self.close_locked(state, CloseReason::HandedOver);
         Some(snapshot)
@@ -261,7 +289,7 @@ impl<U> Shared<U> {
         self.rooms.upgrade()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State<U>> {
         // A panic while holding this lock cannot leave the state half-updated in a way that
         // matters more than losing the session, so poisoning is ignored.
         self.state
@@ -307,11 +335,137 @@ impl<U> Shared<U> {
                 max,
             });
         }
-        let len = message.buffered_len();
         let mut state = self.state();
         if let Some(reason) = &state.close {
             return Err(SendError::Closed(reason.clone()));
         }
+        // Broadcasts sent before this message come before it.
+        let pulled = self.pull(&mut state)?;
+        let (seq, release) = self.enqueue(&mut state, message, priority)?;
+        // Waking a transport that has not yet drained what was there before would only cost the
+        // sender a trip through the notifier.
+        let wake = (pulled || release) && std::mem::take(&mut state.waiting);
+        drop(state);
+        if wake {
+            self.outbound.notify_waiters();
+        }
+        Ok(seq)
+    }
+
+    /// Takes what the logs of the session's rooms hold for it and it has not taken yet into its
+    /// buffer, in the order of their stamps (see [`crate::room_log`]). Returns whether that
+    /// released messages to send; `Err(SendError::Overflow)` if they do not fit (the caller
+    /// closes the session once it has released the lock).
+    fn pull(&self, state: &mut State<U>) -> Result<bool, SendError> {
+        match state.rooms.len() {
+            0 => Ok(false),
+            1 => {
+                let mut rooms = std::mem::take(&mut state.rooms);
+                let pulled = self.pull_one(state, &mut rooms[0]);
+                state.rooms = rooms;
+                pulled
+            }
+            _ => self.pull_merged(state),
+        }
+    }
+
+    /// [`pull`](Self::pull) for a session in one room.
+    fn pull_one(&self, state: &mut State<U>, room: &mut Membership<U>) -> Result<bool, SendError> {
+        let log = room.log.lock();
+        if room.next < log.base() {
+            // Not reached (a sweep has every member take the entries it drops): a gap is never
+            // silent.
+            return Err(SendError::Overflow);
+        }
+        let mut released = false;
+        for entry in log.from(room.next) {
+            room.next += 1;
+            if entry.except != Some(self.key) {
+                released |= self.enqueue(state, &entry.message, entry.priority)?.1;
+            }
+        }
+        Ok(released)
+    }
+
+    /// [`pull`](Self::pull) for a session in several rooms: their logs are locked together (in
+    /// the order of their addresses, as every such pull does) and merged by stamp.
+    fn pull_merged(&self, state: &mut State<U>) -> Result<bool, SendError> {
+        let mut rooms = std::mem::take(&mut state.rooms);
+        let pending = rooms.iter().any(|room| room.log.lock().head() > room.next);
+        let pulled = if pending {
+            self.merge(state, &mut rooms)
+        } else {
+            Ok(false)
+        };
+        state.rooms = rooms;
+        pulled
+    }
+
+    fn merge(&self, state: &mut State<U>, rooms: &mut [Membership<U>]) -> Result<bool, SendError> {
+        let mut logs: Vec<(usize, Arc<RoomLog<U>>)> = rooms
+            .iter()
+            .enumerate()
+            .map(|(at, room)| (at, room.log.clone()))
+            .collect();
+        logs.sort_by_key(|(_, log)| Arc::as_ptr(log) as usize);
+        let locked: Vec<_> = logs.iter().map(|(at, log)| (*at, log.lock())).collect();
+        let mut released = false;
+        loop {
+            let mut earliest: Option<(usize, u64)> = None;
+            for (at, log) in &locked {
+                let next = rooms[*at].next;
+                if next < log.base() {
+                    return Err(SendError::Overflow);
+                }
+                if let Some(entry) = log.at(next)
+                    && earliest.is_none_or(|(_, stamp)| entry.stamp < stamp)
+                {
+                    earliest = Some((*at, entry.stamp));
+                }
+            }
+            let Some((at, _)) = earliest else {
+                return Ok(released);
+            };
+            let Some(log) = locked.iter().find(|(locked_at, _)| *locked_at == at) else {
+                return Ok(released);
+            };
+            let room = &mut rooms[at];
+            let Some(entry) = log.1.at(room.next) else {
+                return Ok(released);
+            };
+            room.next += 1;
+            if entry.except != Some(self.key) {
+                released |= self.enqueue(state, &entry.message, entry.priority)?.1;
+            }
+        }
+    }
+
+    /// Has the session take what its rooms' logs hold for it (see [`pull`](Self::pull)), waking
+    /// its transport if that released messages while it waits. `Err(SendError::Overflow)` if
+    /// they do not fit: the caller closes the session (see [`push`](Self::push)).
+    pub(crate) fn catch_up(&self) -> Result<(), SendError> {
+        let mut state = self.state();
+        if state.close.is_some() {
+            return Ok(());
+        }
+        let released = self.pull(&mut state)?;
+        let wake = released && std::mem::take(&mut state.waiting);
+        drop(state);
+        if wake {
+            self.outbound.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Appends `message` to the buffer of the open session whose state is `state`: its sequence
+    /// number and whether it released messages to send (a low-priority one may wait).
+    fn enqueue(
+        &self,
+        state: &mut State<U>,
+        message: &EncodedMessage,
+        priority: Priority,
+    ) -> Result<(u64, bool), SendError> {
+        let len = message.buffered_len();
         if state.out.len() >= self.config.max_buffered_messages
             || state.out_bytes + len > self.config.max_buffered_bytes
         {
@@ -349,14 +503,7 @@ impl<U> Shared<U> {
                 }
             }
         };
-        // Waking a transport that has not yet drained what was there before would only cost the
-        // sender a trip through the notifier (for a broadcast: one per recipient).
-        let wake = release && std::mem::take(&mut state.waiting);
-        drop(state);
-        if wake {
-            self.outbound.notify_waiters();
-        }
-        Ok(seq)
+        Ok((seq, release))
     }
 
     /// Applies the client's cumulative acknowledgement and returns the acknowledged position.
@@ -462,57 +609,83 @@ impl<U> Shared<U> {
     /// the transport's output, without copying the buffer or touching the messages' reference
     /// counts. A transport that is told [`Drain::Idle`] is woken by the next message released.
     pub(crate) fn drain(
-        &self,
+        self: &Arc<Self>,
         generation: u64,
         after: u64,
         max_bytes: usize,
         mut write: impl FnMut(u64, &EncodedMessage),
     ) -> Drain {
         let mut state = self.state();
-        if matches!(state.close, Some(CloseReason::HandedOver)) {
-            return Drain::Moved;
-        }
-        if !matches!(state.attached, Some((current, _)) if current == generation) {
-            return Drain::Superseded;
-        }
-        if let Some(low) = state.low
-            && low.since + self.config.coalescing.max_delay <= Instant::now()
-        {
-            state.released = state.next_seq - 1;
-            state.low = None;
-        }
-        // Messages up to `after` were written already; start right after them (in O(1), however
-        // many are written but not yet acknowledged).
-        let start = (after.saturating_sub(state.acked) as usize).min(state.out.len());
-        let mut last = None;
-        let mut bytes = 0;
-        let first_seq = state.acked + 1 + start as u64;
-        for (seq, message) in (first_seq..).zip(state.out.range(start..)) {
-            if seq > state.released || (bytes > 0 && bytes + message.buffered_len() > max_bytes) {
-                break;
+        loop {
+            if matches!(state.close, Some(CloseReason::HandedOver)) {
+                return Drain::Moved;
             }
-            bytes += message.buffered_len() + 24;
-            write(seq, message);
-            last = Some(seq);
-        }
-        let last_sent = last.unwrap_or(after.max(state.acked));
-        if let Some(reason) = &state.close {
-            let everything = last_sent >= state.next_seq - 1;
-            return Drain::Ready {
-                last,
-                close: everything.then(|| reason.clone()),
-            };
-        }
-        if last.is_none() {
-            state.waiting = true;
-            Drain::Idle {
-                wake_at: state
-                    .low
-                    .map(|low| low.since + self.config.coalescing.max_delay),
+            if !matches!(state.attached, Some((current, _)) if current == generation) {
+                return Drain::Superseded;
             }
-        } else {
-            Drain::Ready { last, close: None }
+            if self.pull(&mut state).is_err() {
+                drop(state);
+                self.close_overflowed();
+                state = self.state();
+                continue;
+            }
+            if let Some(low) = state.low
+                && low.since + self.config.coalescing.max_delay <= Instant::now()
+            {
+                state.released = state.next_seq - 1;
+                state.low = None;
+            }
+            // Messages up to `after` were written already; start right after them (in O(1),
+            // however many are written but not yet acknowledged).
+            let start = (after.saturating_sub(state.acked) as usize).min(state.out.len());
+            let mut last = None;
+            let mut bytes = 0;
+            let first_seq = state.acked + 1 + start as u64;
+            for (seq, message) in (first_seq..).zip(state.out.range(start..)) {
+                if seq > state.released || (bytes > 0 && bytes + message.buffered_len() > max_bytes)
+                {
+                    break;
+                }
+                bytes += message.buffered_len() + 24;
+                write(seq, message);
+                last = Some(seq);
+            }
+            let last_sent = last.unwrap_or(after.max(state.acked));
+            if let Some(reason) = &state.close {
+                let everything = last_sent >= state.next_seq - 1;
+                return Drain::Ready {
+                    last,
+                    close: everything.then(|| reason.clone()),
+                };
+            }
+            if last.is_some() {
+                return Drain::Ready { last, close: None };
+            }
+            // Nothing to send: wait, unless a broadcast came since the pull (then take it).
+            if self.register(&mut state) {
+                state.waiting = true;
+                return Drain::Idle {
+                    wake_at: state
+                        .low
+                        .map(|low| low.since + self.config.coalescing.max_delay),
+                };
+            }
         }
+    }
+
+    /// Registers the session's transport to be woken by the next broadcast to any of its rooms;
+    /// `false` (with some registrations perhaps made) if one of them has an entry it has not taken
+    /// yet. Each check and registration is made under the log's lock, so that no broadcast comes
+    /// in between unnoticed.
+    fn register(self: &Arc<Self>, state: &mut State<U>) -> bool {
+        for room in &mut state.rooms {
+            let mut log = room.log.lock();
+            if log.head() > room.next {
+                return false;
+            }
+            log.register(|| Arc::downgrade(self), &mut room.registered);
+        }
+        true
     }
 
     /// The highest client sequence number delivered to the application.
@@ -639,7 +812,7 @@ impl<U> Shared<U> {
 
     /// Whether the session is open, has nothing attached and no sign of life for the resume
     /// window at `now`.
-    fn expiry_due(&self, state: &State, now: Instant) -> bool {
+    fn expiry_due(&self, state: &State<U>, now: Instant) -> bool {
         state.close.is_none()
             && state.attached.is_none()
             && state.since + self.open_window(state) <= now
@@ -647,7 +820,7 @@ impl<U> Shared<U> {
 
     /// How long the open session whose state is `state` lives with nothing attached: the resume
     /// window once it has been used, the (shorter) handshake window before.
-    fn open_window(&self, state: &State) -> std::time::Duration {
+    fn open_window(&self, state: &State<U>) -> std::time::Duration {
         let config = &self.config;
         if state.used || self.handed_over {
             config.resume_window
@@ -658,14 +831,20 @@ impl<U> Shared<U> {
 
     /// Ends the open session whose locked state is `state` (the lock is released before the rooms
     /// are left and the waiters woken).
-    fn close_locked(&self, mut state: MutexGuard<'_, State>, reason: CloseReason) {
-        let discard = matches!(
+    fn close_locked(&self, mut state: MutexGuard<'_, State<U>>, mut reason: CloseReason) {
+        let mut discard = matches!(
             reason,
             CloseReason::Overflow
                 | CloseReason::ProtocolError(_)
                 | CloseReason::Expired
                 | CloseReason::HandedOver
         );
+        // What was broadcast to its rooms before the close is sent before it, as a direct message
+        // would be; if it does not fit, the session overflows instead.
+        if !discard && self.pull(&mut state).is_err() {
+            reason = CloseReason::Overflow;
+            discard = true;
+        }
         if discard {
             state.out.clear();
             state.out_bytes = 0;
@@ -680,21 +859,26 @@ impl<U> Shared<U> {
         drop(state);
         if let Some(index) = self.rooms.upgrade() {
             for room in rooms {
-                index.remove(&room, self.key);
+                index.remove(&room.log.name, self.key);
             }
         }
         self.outbound.notify_waiters();
         self.inbound.notify_waiters();
     }
 
-    /// Records that the session is in `room`. The caller has already added it to the room index;
-    /// on `Err` the caller removes it again.
-    pub(crate) fn add_room(&self, room: &Arc<str>) -> Result<bool, JoinError> {
+    /// Records that the session is in `room`, whose log is `log`: it gets the broadcasts appended
+    /// from now on. The caller has already added it to the room index; on `Err` the caller removes
+    /// it again.
+    pub(crate) fn add_room(
+        self: &Arc<Self>,
+        room: &Arc<str>,
+        log: &Arc<RoomLog<U>>,
+    ) -> Result<bool, JoinError> {
         let mut state = self.state();
         if state.close.is_some() {
             return Err(JoinError::Closed);
         }
-        if state.rooms.iter().any(|joined| joined == room) {
+        if state.rooms.iter().any(|joined| joined.log.name == *room) {
             return Ok(false);
         }
         if state.rooms.len() >= self.config.max_rooms_per_session {
@@ -706,23 +890,48 @@ impl<U> Shared<U> {
             // Most sessions join one room or two: room for one, not the four a first push makes.
             state.rooms.reserve_exact(1);
         }
-        state.rooms.push(room.clone());
+        let mut locked = log.lock();
+        let mut registered = Registered::default();
+        if state.waiting {
+            // The transport waits already: the room's next broadcast must wake it too.
+            locked.register(|| Arc::downgrade(self), &mut registered);
+        }
+        let next = locked.head();
+        drop(locked);
+        state.rooms.push(Membership {
+            log: log.clone(),
+            next,
+            registered,
+        });
         Ok(true)
     }
 
-    /// Forgets `room`; returns whether the session was in it.
+    /// Forgets `room`, once what was broadcast to it before has been taken (on overflow the
+    /// session closes); returns whether the session was in it.
     pub(crate) fn remove_room(&self, room: &str) -> bool {
         let mut state = self.state();
-        let before = state.rooms.len();
-        state.rooms.retain(|joined| joined.as_ref() != room);
-        before != state.rooms.len()
+        let Some(at) = state
+            .rooms
+            .iter()
+            .position(|joined| &*joined.log.name == room)
+        else {
+            return false;
+        };
+        if self.pull(&mut state).is_err() {
+            drop(state);
+            // Closing leaves every room.
+            self.close_overflowed();
+            return true;
+        }
+        state.rooms.remove(at);
+        true
     }
 
     pub(crate) fn rooms(&self) -> Vec<String> {
         self.state()
             .rooms
             .iter()
-            .map(|room| room.to_string())
+            .map(|room| room.log.name.to_string())
             .collect()
     }
 
@@ -730,12 +939,18 @@ impl<U> Shared<U> {
         self.state()
             .rooms
             .iter()
-            .any(|joined| joined.as_ref() == room)
+            .any(|joined| &*joined.log.name == room)
     }
 
-    /// Number of messages and bytes waiting for acknowledgement.
+    /// Number of messages and bytes waiting for acknowledgement (broadcasts to the session's
+    /// rooms included).
     pub(crate) fn buffered(&self) -> (usize, usize) {
-        let state = self.state();
+        let mut state = self.state();
+        if self.pull(&mut state).is_err() {
+            drop(state);
+            self.close_overflowed();
+            return (0, 0);
+        }
         (state.out.len(), state.out_bytes)
     }
 

@@ -338,7 +338,12 @@ enum Step {
 
 /// Looks at the session's buffer and encodes what the transport of `generation` should write
 /// after sequence number `sent`.
-fn next_step<U>(shared: &Shared<U>, generation: u64, sent: u64, batch: bool) -> Step {
+fn next_step<U>(
+    shared: &std::sync::Arc<Shared<U>>,
+    generation: u64,
+    sent: u64,
+    batch: bool,
+) -> Step {
     let mut out = Outgoing::new(batch);
     let drained = shared.drain(generation, sent, WRITE_BATCH, |seq, message| {
         out.message(seq, message)
@@ -379,7 +384,7 @@ fn run<U: Clone + Send + Sync + 'static>(
     opening: Opening,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let shared = &*transport.session().shared;
+        let shared = &transport.session().shared;
         let batch = opening.batch;
         if !Box::pin(write_open(&mut socket, shared, opening.resumed, batch)).await {
             return;
