@@ -749,10 +749,10 @@ impl<U> RoomIndex<U> {
         let mut appended = entry.log.append(&self.stamps, message, except, priority);
         let excepted = except.is_some_and(|key| entry.members.contains_key(&key));
         let count = entry.members.len() - usize::from(excepted);
-        let sweep = appended.sweep.map(|position| (entry.log.clone(), position));
+        let log = entry.log.clone();
         drop(entry);
-        appended.wake();
-        if let Some((log, position)) = sweep {
+        appended.wake(&log);
+        if let Some(position) = appended.sweep {
             self.sweep(room, &log, position);
         }
         count

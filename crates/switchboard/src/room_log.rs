@@ -49,6 +49,9 @@ pub(crate) struct LogState<U> {
     /// Sessions whose transport waits for this room's next broadcast. (A low-priority broadcast
     /// wakes them too: it may complete a batch of held messages, which is then due at once.)
     waiters: Vec<Weak<Shared<U>>>,
+    /// An empty list with room, to take the waiters' place when they are woken (so that the list
+    /// does not grow again from nothing after every broadcast).
+    spare: Vec<Weak<Shared<U>>>,
     /// Counts the appends: each wakes and forgets the waiters.
     appends: u64,
     /// A sweep is under way (one at a time).
@@ -79,12 +82,20 @@ pub(crate) struct Appended<U> {
 }
 
 impl<U> Appended<U> {
-    /// Wakes the sessions that waited for the entry.
-    pub(crate) fn wake(&mut self) {
+    /// Wakes the sessions that waited for the entry, and gives their list back to `log` to use
+    /// again.
+    pub(crate) fn wake(&mut self, log: &RoomLog<U>) {
+        if self.waiters.capacity() == 0 {
+            return;
+        }
         for waiter in self.waiters.drain(..) {
             if let Some(shared) = waiter.upgrade() {
                 shared.outbound.notify_waiters();
             }
+        }
+        let mut state = log.lock();
+        if state.spare.capacity() < self.waiters.capacity() {
+            state.spare = std::mem::take(&mut self.waiters);
         }
     }
 }
@@ -98,6 +109,7 @@ impl<U> RoomLog<U> {
                 base: 0,
                 bytes: 0,
                 waiters: Vec::new(),
+                spare: Vec::new(),
                 appends: 0,
                 sweeping: false,
             }),
@@ -131,7 +143,8 @@ impl<U> RoomLog<U> {
             priority,
         });
         log.appends += 1;
-        let waiters = std::mem::take(&mut log.waiters);
+        let spare = std::mem::take(&mut log.spare);
+        let waiters = std::mem::replace(&mut log.waiters, spare);
         let sweep = (!log.sweeping
             && (log.entries.len() >= self.sweep_entries || log.bytes >= self.sweep_bytes))
             .then(|| {

@@ -361,17 +361,41 @@ impl<U> Shared<U> {
             0 => Ok(false),
             1 => {
                 let mut rooms = std::mem::take(&mut state.rooms);
-                let pulled = self.pull_one(state, &mut rooms[0]);
+                let pulled = self.pull_one(state, &mut rooms[0], None);
                 state.rooms = rooms;
-                pulled
+                pulled.map(|(released, _)| released)
             }
             _ => self.pull_merged(state),
         }
     }
 
-    /// [`pull`](Self::pull) for a session in one room.
-    fn pull_one(&self, state: &mut State<U>, room: &mut Membership<U>) -> Result<bool, SendError> {
-        let log = room.log.lock();
+    /// [`pull`](Self::pull) for a transport's drain: when that leaves nothing to send after
+    /// `after`, a session in one room also registers in its log, under the same lock (the one
+    /// lock a waiting member takes per wake-up). Returns whether it registered.
+    fn pull_for_drain(
+        self: &Arc<Self>,
+        state: &mut State<U>,
+        after: u64,
+    ) -> Result<bool, SendError> {
+        if state.rooms.len() != 1 {
+            return self.pull(state).map(|_| false);
+        }
+        let mut rooms = std::mem::take(&mut state.rooms);
+        let pulled = self.pull_one(state, &mut rooms[0], Some((self, after)));
+        state.rooms = rooms;
+        pulled.map(|(_, registered)| registered)
+    }
+
+    /// [`pull`](Self::pull) for a session in one room; with `register`, as
+    /// [`pull_for_drain`](Self::pull_for_drain). Returns whether it released messages and
+    /// whether it registered.
+    fn pull_one(
+        &self,
+        state: &mut State<U>,
+        room: &mut Membership<U>,
+        register: Option<(&Arc<Self>, u64)>,
+    ) -> Result<(bool, bool), SendError> {
+        let mut log = room.log.lock();
         if room.next < log.base() {
             // Not reached (a sweep has every member take the entries it drops): a gap is never
             // silent.
@@ -384,7 +408,14 @@ impl<U> Shared<U> {
                 released |= self.enqueue(state, &entry.message, entry.priority)?.1;
             }
         }
-        Ok(released)
+        if let Some((me, after)) = register
+            && state.close.is_none()
+            && state.released <= after.max(state.acked)
+        {
+            log.register(|| Arc::downgrade(me), &mut room.registered);
+            return Ok((released, true));
+        }
+        Ok((released, false))
     }
 
     /// [`pull`](Self::pull) for a session in several rooms: their logs are locked together (in
@@ -623,12 +654,12 @@ impl<U> Shared<U> {
             if !matches!(state.attached, Some((current, _)) if current == generation) {
                 return Drain::Superseded;
             }
-            if self.pull(&mut state).is_err() {
+            let Ok(registered) = self.pull_for_drain(&mut state, after) else {
                 drop(state);
                 self.close_overflowed();
                 state = self.state();
                 continue;
-            }
+            };
             if let Some(low) = state.low
                 && low.since + self.config.coalescing.max_delay <= Instant::now()
             {
@@ -662,7 +693,7 @@ impl<U> Shared<U> {
                 return Drain::Ready { last, close: None };
             }
             // Nothing to send: wait, unless a broadcast came since the pull (then take it).
-            if self.register(&mut state) {
+            if registered || self.register(&mut state) {
                 state.waiting = true;
                 return Drain::Idle {
                     wake_at: state
