@@ -26,7 +26,7 @@ use crate::error::{CloseReason, JoinError, SendError};
 use crate::hub::RoomIndex;
 use crate::message::Message;
 use crate::protocol::EncodedMessage;
-use crate::room_log::{Registered, RoomLog};
+use crate::room_log::{Entry, Registered, RoomLog};
 use crate::session::{Priority, SessionId, TransportKind};
 
 // Field order is fixed (`repr(C)`) and matters: a broadcast to all touches every recipient's
@@ -256,15 +256,11 @@ impl<U> Shared<U> {
     /// here after the snapshot (a POST that comes later is answered with the acknowledgement of
     /// the snapshot, and its client sends the rest again, to the new owner).
     pub(crate) fn hand_over(&self) -> Option<Snapshot> {
-        let mut state = self.state();
+        let state = self.state();
         if state.close.is_some() {
             return None;
         }
-        if self.pull(&mut state).is_err() {
-            drop(state);
-            self.close_overflowed();
-            return None;
-        }
+        let mut state = self.pulled(state)?;
         let snapshot = Snapshot {
             key: self.key,
             out: state.out.iter().cloned().collect(),
@@ -422,6 +418,7 @@ impl<U> Shared<U> {
     /// the order of their addresses, as every such pull does) and merged by stamp.
     fn pull_merged(&self, state: &mut State<U>) -> Result<bool, SendError> {
         let mut rooms = std::mem::take(&mut state.rooms);
+        // A cheap look first: most pulls find nothing, and the merge allocates.
         let pending = rooms.iter().any(|room| room.log.lock().head() > room.next);
         let pulled = if pending {
             self.merge(state, &mut rooms)
@@ -432,7 +429,10 @@ impl<U> Shared<U> {
         pulled
     }
 
+    /// Merges the logs of `rooms` by stamp into the session's buffer (see
+    /// [`pull_merged`](Self::pull_merged)).
     fn merge(&self, state: &mut State<U>, rooms: &mut [Membership<U>]) -> Result<bool, SendError> {
+        // (room index, its log), in the order of the logs' addresses, then locked in that order.
         let mut logs: Vec<(usize, Arc<RoomLog<U>>)> = rooms
             .iter()
             .enumerate()
@@ -442,33 +442,38 @@ impl<U> Shared<U> {
         let locked: Vec<_> = logs.iter().map(|(at, log)| (*at, log.lock())).collect();
         let mut released = false;
         loop {
-            let mut earliest: Option<(usize, u64)> = None;
+            // The room whose next entry has the lowest stamp, and that entry.
+            let mut earliest: Option<(usize, &Entry)> = None;
             for (at, log) in &locked {
                 let next = rooms[*at].next;
                 if next < log.base() {
                     return Err(SendError::Overflow);
                 }
                 if let Some(entry) = log.at(next)
-                    && earliest.is_none_or(|(_, stamp)| entry.stamp < stamp)
+                    && earliest.is_none_or(|(_, first)| entry.stamp < first.stamp)
                 {
-                    earliest = Some((*at, entry.stamp));
+                    earliest = Some((*at, entry));
                 }
             }
-            let Some((at, _)) = earliest else {
+            let Some((at, entry)) = earliest else {
                 return Ok(released);
             };
-            let Some(log) = locked.iter().find(|(locked_at, _)| *locked_at == at) else {
-                return Ok(released);
-            };
-            let room = &mut rooms[at];
-            let Some(entry) = log.1.at(room.next) else {
-                return Ok(released);
-            };
-            room.next += 1;
+            rooms[at].next += 1;
             if entry.except != Some(self.key) {
                 released |= self.enqueue(state, &entry.message, entry.priority)?.1;
             }
         }
+    }
+
+    /// [`pull`](Self::pull) for the open session whose locked state is `state`; on overflow, closes
+    /// the session and returns `None`.
+    fn pulled<'a>(&self, mut state: MutexGuard<'a, State<U>>) -> Option<MutexGuard<'a, State<U>>> {
+        if self.pull(&mut state).is_ok() {
+            return Some(state);
+        }
+        drop(state);
+        self.close_overflowed();
+        None
     }
 
     /// Has the session take what its rooms' logs hold for it (see [`pull`](Self::pull)), waking
@@ -940,7 +945,7 @@ impl<U> Shared<U> {
     /// Forgets `room`, once what was broadcast to it before has been taken (on overflow the
     /// session closes); returns whether the session was in it.
     pub(crate) fn remove_room(&self, room: &str) -> bool {
-        let mut state = self.state();
+        let state = self.state();
         let Some(at) = state
             .rooms
             .iter()
@@ -948,13 +953,10 @@ impl<U> Shared<U> {
         else {
             return false;
         };
-        if self.pull(&mut state).is_err() {
-            drop(state);
-            // Closing leaves every room.
-            self.close_overflowed();
-            return true;
+        // Closing (on overflow) leaves every room.
+        if let Some(mut state) = self.pulled(state) {
+            state.rooms.remove(at);
         }
-        state.rooms.remove(at);
         true
     }
 
@@ -976,13 +978,10 @@ impl<U> Shared<U> {
     /// Number of messages and bytes waiting for acknowledgement (broadcasts to the session's
     /// rooms included).
     pub(crate) fn buffered(&self) -> (usize, usize) {
-        let mut state = self.state();
-        if self.pull(&mut state).is_err() {
-            drop(state);
-            self.close_overflowed();
-            return (0, 0);
+        match self.pulled(self.state()) {
+            Some(state) => (state.out.len(), state.out_bytes),
+            None => (0, 0),
         }
-        (state.out.len(), state.out_bytes)
     }
 
     /// Whether the reaper should expire or forget this session.
