@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use crate::address::{AddressConfig, Net};
 use crate::backend::Backend;
+use crate::metrics::{Metrics, Source};
 
 /// Thresholds after which held-back low-priority messages are released.
 ///
@@ -84,6 +85,8 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: Duration,
     pub(crate) handshake_window: Duration,
     pub(crate) addresses: AddressConfig,
+    /// Where the server's metrics go (made by [`Builder::build`](crate::Builder::build)).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Default for Config {
@@ -109,6 +112,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             handshake_window: Duration::from_secs(10),
             addresses: AddressConfig::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -130,6 +134,7 @@ pub struct Builder<U> {
     pub(crate) auth: AuthHook<U>,
     pub(crate) backend: Option<Arc<dyn Backend>>,
     pub(crate) codec: Option<UserCodec<U>>,
+    pub(crate) recorder: Source,
 }
 
 /// How a session's user data moves between nodes (as JSON), when it is handed over.
@@ -170,6 +175,7 @@ impl Builder<()> {
             auth: Arc::new(|_handshake| Box::pin(async { Ok(()) })),
             backend: None,
             codec: None,
+            recorder: Source::Global,
         }
     }
 }
@@ -208,6 +214,7 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
             // `backend`, and the error `build` logs).
             backend: self.backend,
             codec: None,
+            recorder: self.recorder,
         }
     }
 
@@ -441,6 +448,34 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
     /// write to the socket. Default: 4 KiB.
     pub fn websocket_write_buffer(mut self, bytes: usize) -> Self {
         self.config.ws_write_buffer = bytes;
+        self
+    }
+
+    /// Records this server's metrics with `recorder` rather than with the global recorder.
+    /// Default: the recorder installed globally (`metrics::set_global_recorder`, or an
+    /// exporter's `install`) *when [`build`](crate::Builder::build) is called*, so install it
+    /// before; without one, nothing is recorded and counting costs nothing.
+    ///
+    /// Every metric, its unit and labels are listed in `docs/deployment.md` ("Metrics"). A
+    /// recorder of its own suits a server among several in one process (each scraped on its
+    /// own) and tests.
+    ///
+    /// ```
+    /// use metrics_exporter_prometheus::PrometheusBuilder;
+    /// use switchboard::Switchboard;
+    ///
+    /// let recorder = PrometheusBuilder::new().build_recorder();
+    /// let scrape = recorder.handle();
+    /// let realtime = Switchboard::builder().metrics_recorder(recorder).build();
+    /// // Serve `scrape.render()` at /metrics, next to `realtime.router(…)`.
+    /// assert!(scrape.render().contains("switchboard_sessions"));
+    /// # let _ = realtime;
+    /// ```
+    pub fn metrics_recorder(
+        mut self,
+        recorder: impl metrics::Recorder + Send + Sync + 'static,
+    ) -> Self {
+        self.recorder = Source::Given(Arc::new(recorder));
         self
     }
 

@@ -257,9 +257,15 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        response.extensions_mut().insert(Rejected(self.code));
         response
     }
 }
+
+/// Marks a response as a refusal with this error code, for the metrics (see
+/// [`crate::router`]'s origin check, which counts them on the way out).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rejected(pub(crate) &'static str);
 
 /// A JSON answer that no cache may keep.
 pub(crate) fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {

@@ -112,6 +112,7 @@ mod handover;
 mod hub;
 mod logs;
 mod message;
+mod metrics;
 mod mount;
 mod node;
 pub mod protocol;

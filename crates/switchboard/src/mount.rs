@@ -75,6 +75,7 @@ impl<U> Inner<U> {
         user_codec: Option<UserCodec<U>>,
     ) -> Self {
         let config = Arc::new(config);
+        let metrics = config.metrics.clone();
         Self {
             addresses: Arc::new(Addresses::new(config.addresses.clone())),
             unknown_address_logged: AtomicBool::new(false),
@@ -86,7 +87,7 @@ impl<U> Inner<U> {
             attached: AtomicUsize::new(0),
             attached_changed: Notify::new(),
             reaper: Once::new(),
-            node: backend.map(|backend| Arc::new(Node::new(backend))),
+            node: backend.map(|backend| Arc::new(Node::new(backend, metrics))),
             handler: OnceLock::new(),
             user_codec,
         }
@@ -127,7 +128,12 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
         // The per-address limits come first: a refusal there costs no session and no hook call.
         handshake.client_addr = inner.addresses.client(handshake.peer, &handshake.headers);
         let address = match handshake.client_addr {
-            Some(addr) => Some(inner.addresses.admit(addr)?),
+            Some(addr) => Some(
+                inner
+                    .addresses
+                    .admit(addr)
+                    .inspect_err(|err| inner.config.metrics.address_refusal(err.code))?,
+            ),
             None => {
                 if !inner.unknown_address_logged.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -279,6 +285,7 @@ where
         Some(node) => tracing::info_span!("session", key = session.shared.key, node = %node),
         None => tracing::info_span!("session", key = session.shared.key),
     };
+    session.shared.set_span(&span);
     tokio::spawn(
         async move {
             // Closes the session when the handler returns, and also if it panics.

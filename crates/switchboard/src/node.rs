@@ -17,6 +17,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::backend::{Backend, BackendError, Owner, SessionRef};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::protocol::EncodedMessage;
 use crate::session::Priority;
 use crate::session::registry::Registry;
@@ -214,6 +215,8 @@ pub(crate) struct Recorder {
 /// This node's link to its cluster.
 pub(crate) struct Node {
     pub(crate) backend: Arc<dyn Backend>,
+    /// The server's metrics (forwarded requests).
+    metrics: Arc<Metrics>,
     pending: DashMap<u64, oneshot::Sender<Answer>>,
     /// The owners of sessions other nodes hold, as last looked up (see [`MAX_CACHED_OWNERS`]).
     owners: DashMap<SessionRef, Owner>,
@@ -234,10 +237,11 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    pub(crate) fn new(backend: Arc<dyn Backend>) -> Self {
+    pub(crate) fn new(backend: Arc<dyn Backend>, metrics: Arc<Metrics>) -> Self {
         let first = (u64::from(backend.node_number()) << 44) + 1;
         Self {
             backend,
+            metrics,
             pending: DashMap::new(),
             owners: DashMap::new(),
             next_id: AtomicU64::new(1),
@@ -384,6 +388,8 @@ impl Node {
         patience: Duration,
         on_timeout: fn() -> Response,
     ) -> Result<Response, ()> {
+        let started = std::time::Instant::now();
+        let outcome = |outcome| self.metrics.forwarded(outcome, started.elapsed());
         // Three times at most: a session that moved between the look-up and the request (its
         // old owner says it is not there, or has left the cluster since) is looked up again.
         for attempt in 0..3 {
@@ -406,6 +412,7 @@ impl Node {
                     if answer.status == 404 {
                         tracing::debug!(?op, "forwarded request answered 404 by the owner");
                     }
+                    outcome("answered");
                     return Ok(answer.into_response());
                 }
                 Err(Unanswered::Here(key)) => {
@@ -414,9 +421,17 @@ impl Node {
                     self.settled(key).await;
                     return Err(());
                 }
-                Err(err) => return Ok(err.into_response(on_timeout)),
+                Err(err) => {
+                    outcome(match err {
+                        Unanswered::Busy => "busy",
+                        Unanswered::Timeout => "timeout",
+                        _ => "failed",
+                    });
+                    return Ok(err.into_response(on_timeout));
+                }
             }
         }
+        outcome("failed");
         Ok(ApiError::unknown_session().into_response())
     }
 
@@ -1037,7 +1052,7 @@ mod tests {
     /// take 20 000 sockets over HTTP, so the limit is checked on the node.
     #[tokio::test]
     async fn a_node_with_10_000_forwarded_requests_waiting_answers_503_forward_busy() {
-        let node = Node::new(Arc::new(Ghost));
+        let node = Node::new(Arc::new(Ghost), Arc::default());
         let mut waiting = Vec::new();
         for id in 0..MAX_PENDING as u64 {
             let (answer_tx, answer_rx) = oneshot::channel();

@@ -24,8 +24,9 @@ use crate::auth::AuthHook;
 use crate::backend::Backend;
 use crate::cluster;
 use crate::config::{Builder, Config, Origins, UserCodec};
-use crate::error::{ApiError, CloseReason};
+use crate::error::{ApiError, CloseReason, Rejected};
 use crate::hub::Hub;
+use crate::metrics::Refused;
 use crate::mount::{Inner, Mounted};
 use crate::session::Session;
 use crate::transport;
@@ -58,6 +59,7 @@ impl<U: Clone + Send + Sync + 'static> Builder<U> {
     /// Builds the [`Switchboard`].
     pub fn build(mut self) -> Switchboard<U> {
         self.config.max_body = self.config.max_body.max(self.config.max_message * 2);
+        self.config.metrics = Arc::new(crate::metrics::Metrics::new(self.recorder.clone()));
         if self.backend.is_some() && self.codec.is_none() {
             tracing::error!(
                 "Builder::backend was called before Builder::authenticate: sessions of this node \
@@ -266,10 +268,11 @@ struct CheckOrigin<S> {
 impl<S> Service<Request> for CheckOrigin<S>
 where
     S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Unpin,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<S::Future, Ready<Result<Response, Infallible>>>;
+    type Future = Either<Counted<S::Future>, Ready<Result<Response, Infallible>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -283,10 +286,9 @@ where
                 path = request.uri().path(),
                 "request body declared too large"
             );
-            return Either::Right(ready(Ok(ApiError::too_large(
+            return self.refuse(ApiError::too_large(
                 "declared request body exceeds the size limit",
-            )
-            .into_response())));
+            ));
         }
         if let Some(hosts) = &self.config.hosts
             && !host_allowed(hosts, request.headers())
@@ -296,18 +298,53 @@ where
                 path = request.uri().path(),
                 "request for a host not in the allow-list refused"
             );
-            return Either::Right(ready(Ok(ApiError::host_not_allowed().into_response())));
+            return self.refuse(ApiError::host_not_allowed());
         }
         if origin_allowed(&self.config.origins, request.headers()) {
-            Either::Left(self.inner.call(request))
+            Either::Left(Counted {
+                inner: self.inner.call(request),
+                config: self.config.clone(),
+            })
         } else {
             crate::logs::info_limited!(
                 origin = ?request.headers().get(header::ORIGIN),
                 path = request.uri().path(),
                 "request from a disallowed origin refused"
             );
-            Either::Right(ready(Ok(ApiError::origin_not_allowed().into_response())))
+            self.refuse(ApiError::origin_not_allowed())
         }
+    }
+}
+
+impl<S> CheckOrigin<S> {
+    /// Answers with `err` at once, counted in the metrics.
+    fn refuse<F>(&self, err: ApiError) -> Either<F, Ready<Result<Response, Infallible>>> {
+        self.config.metrics.rejected(Refused::Request, err.code);
+        Either::Right(ready(Ok(err.into_response())))
+    }
+}
+
+/// The future of a request the origin check let through: on the way out it counts a refusal
+/// (a response an [`ApiError`] made) in the metrics.
+pub(crate) struct Counted<F> {
+    inner: F,
+    config: Arc<Config>,
+}
+
+impl<F> Future for Counted<F>
+where
+    F: Future<Output = Result<Response, Infallible>> + Unpin,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let output = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll(cx));
+        if let Ok(response) = &output
+            && let Some(Rejected(code)) = response.extensions().get::<Rejected>()
+        {
+            self.config.metrics.rejected(Refused::Request, code);
+        }
+        Poll::Ready(output)
     }
 }
 

@@ -187,7 +187,7 @@ impl<U> Session<U> {
     /// that a handler that greets or announces newcomers can skip it. Always `false` on a single
     /// node.
     pub fn handed_over(&self) -> bool {
-        self.shared.handed_over
+        self.shared.handed_over()
     }
 
     /// What the authentication hook returned for this session.

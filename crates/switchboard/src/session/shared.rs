@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::error::{CloseReason, JoinError, SendError};
 use crate::hub::RoomIndex;
 use crate::message::Message;
+use crate::metrics::Origin;
 use crate::protocol::EncodedMessage;
 use crate::room_log::{Entry, Registered, RoomLog};
 use crate::session::{Priority, SessionId, TransportKind};
@@ -46,8 +47,6 @@ pub(crate) struct Shared<U> {
     /// Wakes the application and inbound deliveries: a message received or taken, takeover, close.
     inbound: Notify,
     inbound_lock: tokio::sync::Mutex<()>,
-    /// The session came from another node of the cluster (see [`Shared::restore`]).
-    pub(crate) handed_over: bool,
 }
 
 /// What moves with a session handed over to another node of the cluster: everything but the
@@ -87,6 +86,11 @@ struct State<U> {
     /// A transport has attached or a POST has come: the session is in use, and expires after
     /// the resume window rather than the handshake window.
     used: bool,
+    /// The session came from another node of the cluster (see [`Shared::restore`]).
+    handed_over: bool,
+    /// The kind of the transport attached last, if any has (for the metrics: which transport a
+    /// session is on, and whether a change of transport was a fallback or an upgrade).
+    last: Option<TransportKind>,
     close: Option<CloseReason>,
     low: Option<LowPending>,
     acked: u64,
@@ -106,6 +110,8 @@ struct State<U> {
     /// Counts the session against its client's address while the registry holds it (see
     /// [`Addresses`](crate::address::Addresses)).
     address: Option<AddressSlot>,
+    /// The session's span (see [`Shared::span`]); `None` while spans at its level are off.
+    span: Option<Box<tracing::Span>>,
 }
 
 /// A room a session is in (see [`crate::room_log`]).
@@ -163,7 +169,19 @@ pub(crate) enum AttachError {
 }
 
 impl<U> Shared<U> {
+    /// A new session, opened by a client.
     pub(crate) fn new(
+        key: u64,
+        sid: SessionId,
+        user: U,
+        config: Arc<Config>,
+        rooms: Weak<RoomIndex<U>>,
+    ) -> Self {
+        config.metrics.session_opened(Origin::Client);
+        Self::fresh(key, sid, user, config, rooms)
+    }
+
+    fn fresh(
         key: u64,
         sid: SessionId,
         user: U,
@@ -185,21 +203,23 @@ impl<U> Shared<U> {
                 waiting: false,
                 post_busy: false,
                 used: false,
+                handed_over: false,
                 low: None,
                 inbox: VecDeque::new(),
                 in_seq: 0,
                 generation: 0,
                 attached: None,
+                last: None,
                 att: 0,
                 since: Instant::now(),
                 close: None,
                 rooms: Vec::new(),
                 address: None,
+                span: None,
             }),
             outbound: Notify::new(),
             inbound: Notify::new(),
             inbound_lock: tokio::sync::Mutex::new(()),
-            handed_over: false,
         }
     }
 
@@ -229,12 +249,13 @@ impl<U> Shared<U> {
         config: Arc<Config>,
         rooms: Weak<RoomIndex<U>>,
     ) -> Self {
-        let mut shared = Self::new(snapshot.key, sid, user, config, rooms);
-        shared.handed_over = true;
+        config.metrics.session_opened(Origin::Handover);
+        let mut shared = Self::fresh(snapshot.key, sid, user, config, rooms);
         let state = shared
             .state
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.handed_over = true;
         state.out_bytes = snapshot.out.iter().map(EncodedMessage::buffered_len).sum();
         state.out = snapshot.out.into();
         state.acked = snapshot.acked;
@@ -279,6 +300,28 @@ impl<U> Shared<U> {
         };
         self.close_locked(state, CloseReason::HandedOver);
         Some(snapshot)
+    }
+
+    /// Whether the session came from another node of the cluster (see [`Shared::restore`]).
+    pub(crate) fn handed_over(&self) -> bool {
+        self.state().handed_over
+    }
+
+    /// The session's span, which its handler runs in: the parent of its transports' spans, so
+    /// that one client's story reads as one in the log. A disabled span while spans at `info`
+    /// are off.
+    pub(crate) fn span(&self) -> tracing::Span {
+        match &self.state().span {
+            Some(span) => (**span).clone(),
+            None => tracing::Span::none(),
+        }
+    }
+
+    /// Makes `span` the session's span (see [`span`](Self::span)).
+    pub(crate) fn set_span(&self, span: &tracing::Span) {
+        if !span.is_disabled() {
+            self.state().span = Some(Box::new(span.clone()));
+        }
     }
 
     pub(crate) fn rooms_index(&self) -> Option<Arc<RoomIndex<U>>> {
@@ -587,6 +630,11 @@ impl<U> Shared<U> {
         state.generation += 1;
         let generation = state.generation;
         let previous = state.attached.replace((generation, kind));
+        let metrics = &self.config.metrics;
+        if let Some((_, previous)) = previous {
+            metrics.detached(previous);
+        }
+        metrics.attached(kind, state.last.replace(kind), previous.is_some());
         drop(state);
         if previous.is_some() {
             tracing::debug!(session = self.key, ?kind, "transport takes over");
@@ -601,7 +649,10 @@ impl<U> Shared<U> {
     /// Releases the transport of this generation (no-op if another has taken over since).
     pub(crate) fn detach(&self, generation: u64) {
         let mut state = self.state();
-        if matches!(state.attached, Some((current, _)) if current == generation) {
+        if let Some((current, kind)) = state.attached
+            && current == generation
+        {
+            self.config.metrics.detached(kind);
             state.attached = None;
             if state.close.is_none() {
                 state.since = Instant::now();
@@ -676,6 +727,7 @@ impl<U> Shared<U> {
             let start = (after.saturating_sub(state.acked) as usize).min(state.out.len());
             let mut last = None;
             let mut bytes = 0;
+            let (mut count, mut payload) = (0, 0);
             let first_seq = state.acked + 1 + start as u64;
             for (seq, message) in (first_seq..).zip(state.out.range(start..)) {
                 if seq > state.released || (bytes > 0 && bytes + message.buffered_len() > max_bytes)
@@ -683,8 +735,13 @@ impl<U> Shared<U> {
                     break;
                 }
                 bytes += message.buffered_len() + 24;
+                count += 1;
+                payload += message.payload_len();
                 write(seq, message);
                 last = Some(seq);
+            }
+            if let (Some((_, kind)), true) = (state.attached, count > 0) {
+                self.config.metrics.sent(kind, count, payload as u64);
             }
             let last_sent = last.unwrap_or(after.max(state.acked));
             if let Some(reason) = &state.close {
@@ -747,6 +804,7 @@ impl<U> Shared<U> {
         let cap = self.config.inbound_queue;
         for (seq, message) in messages {
             let mut message = Some(message);
+            let mut waited = false;
             loop {
                 let notified = self.inbound.notified();
                 tokio::pin!(notified);
@@ -764,12 +822,19 @@ impl<U> Shared<U> {
                     }
                     if state.inbox.len() < cap {
                         if let Some(message) = message.take() {
+                            if let Some(kind) = state.last {
+                                self.config.metrics.received(kind, message.payload_len());
+                            }
                             state.inbox.push_back(message);
                         }
                         state.in_seq = seq;
                         drop(state);
                         self.inbound.notify_waiters();
                         break;
+                    }
+                    if !waited {
+                        waited = true;
+                        self.config.metrics.inbound_wait();
                     }
                 }
                 notified.await;
@@ -858,7 +923,7 @@ impl<U> Shared<U> {
     /// window once it has been used, the (shorter) handshake window before.
     fn open_window(&self, state: &State<U>) -> std::time::Duration {
         let config = &self.config;
-        if state.used || self.handed_over {
+        if state.used || state.handed_over {
             config.resume_window
         } else {
             config.handshake_window.min(config.resume_window)
@@ -889,6 +954,7 @@ impl<U> Shared<U> {
         state.released = state.next_seq - 1;
         state.low = None;
         tracing::debug!(session = self.key, reason = %reason, "session closed");
+        self.config.metrics.session_ended(&reason, state.last);
         state.close = Some(reason);
         state.since = Instant::now();
         let rooms = std::mem::take(&mut state.rooms);
@@ -987,6 +1053,9 @@ impl<U> Shared<U> {
     /// Whether the reaper should expire or forget this session.
     pub(crate) fn expiry(&self, now: Instant) -> Expiry {
         let state = self.state();
+        if state.close.is_none() {
+            self.config.metrics.buffer_depth(depth(&state));
+        }
         let window = self.config.resume_window;
         // An expired session answers as unknown already: nothing is kept for its client.
         if matches!(state.close, Some(CloseReason::Expired)) {
@@ -1023,6 +1092,32 @@ impl<U> Drop for PostSlot<U> {
         // The POST was a sign of life until its end (see `Shared::expire`).
         if state.attached.is_none() && state.close.is_none() {
             state.since = Instant::now();
+        }
+    }
+}
+
+/// Messages a session holds for its client and the client has not acknowledged: its buffer,
+/// plus the broadcasts to its rooms it has not taken from their logs yet (those sent to all but
+/// it included: an upper bound by a few).
+fn depth<U>(state: &State<U>) -> usize {
+    let pending: u64 = state
+        .rooms
+        .iter()
+        .map(|room| room.log.lock().head().saturating_sub(room.next))
+        .sum();
+    state.out.len().saturating_add(pending as usize)
+}
+
+impl<U> Drop for Shared<U> {
+    fn drop(&mut self) {
+        // A session dropped without ever being closed (one whose opening failed half-way) stops
+        // counting as open.
+        let state = self
+            .state
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.close.is_none() {
+            self.config.metrics.session_dropped(state.last);
         }
     }
 }

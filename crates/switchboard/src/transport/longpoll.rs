@@ -19,6 +19,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use tokio::time::{Instant, sleep_until};
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use crate::error::ApiError;
 use crate::mount::Mounted;
@@ -38,7 +39,15 @@ pub(crate) fn receive<U: Clone + Send + Sync + 'static>(
     uri: Uri,
 ) -> impl Future<Output = Response> + Send {
     match accept(&mounted, &uri) {
-        Ok((session, request)) => Either::Left(poll(mounted, session, request)),
+        Ok((session, request)) => {
+            let parent = session.shared.span();
+            let span = if request.wait {
+                tracing::info_span!(parent: &parent, "longpoll")
+            } else {
+                tracing::info_span!(parent: &parent, "poll")
+            };
+            Either::Left(poll(mounted, session, request).instrument(span))
+        }
         Err(err) => Either::Right(ready(refused(err))),
     }
 }

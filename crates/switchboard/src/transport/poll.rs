@@ -12,12 +12,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument as _;
 
 use crate::auth::Handshake;
 use crate::error::{ApiError, CloseReason};
 use crate::mount::Mounted;
 use crate::protocol::{self, ClientFrame, FrameError, OpenInfo};
-use crate::session::{AttachError, TransportKind};
+use crate::session::{AttachError, Session, TransportKind};
 use crate::transport::{Params, json_response};
 
 /// The answer to a body that could not be read (too large, or broken off).
@@ -135,6 +136,16 @@ async fn receive_frames<U: Clone + Send + Sync + 'static>(
 ) -> Result<Response, ApiError> {
     let params = Params::from_uri(&uri)?;
     let session = mounted.lookup(params.sid()?)?;
+    let span = tracing::info_span!(parent: &session.shared.span(), "post");
+    receive_into(mounted, session, body).instrument(span).await
+}
+
+/// [`receive_frames`] once the session is found, in a span of the session's.
+async fn receive_into<U: Clone + Send + Sync + 'static>(
+    mounted: Mounted<U>,
+    session: Session<U>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let shared = &session.shared;
     let body = body.map_err(body_error)?;
     let _slot = shared.begin_post().ok_or_else(ApiError::busy)?;

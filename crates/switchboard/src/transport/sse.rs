@@ -27,6 +27,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tokio::time::{Instant, sleep_until};
+use tracing::Instrument as _;
 
 use crate::auth::Handshake;
 use crate::error::ApiError;
@@ -129,7 +130,9 @@ async fn start<U: Clone + Send + Sync + 'static>(
         }
     };
     let client_ack = session.shared.ack(ack);
-    let attached = mounted.attach_transport(&session, TransportKind::Sse, params.att())?;
+    let span = tracing::info_span!(parent: &session.shared.span(), "sse");
+    let attached =
+        span.in_scope(|| mounted.attach_transport(&session, TransportKind::Sse, params.att()))?;
     let config = &session.shared.config;
     let open = protocol::open_frame(&OpenInfo {
         sid: &session.shared.sid.to_hex(),
@@ -153,8 +156,12 @@ async fn start<U: Clone + Send + Sync + 'static>(
         nudge_at: None,
         last_write: Instant::now(),
         done: false,
+        span,
     };
-    let body = Body::from_stream(futures_util::stream::unfold(state, next_chunk));
+    let body = Body::from_stream(futures_util::stream::unfold(state, |stream| {
+        let span = stream.span.clone();
+        next_chunk(stream).instrument(span)
+    }));
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -228,6 +235,8 @@ struct Stream<U> {
     last_write: Instant,
     /// The last chunk has been taken.
     done: bool,
+    /// The stream's span, a child of its session's.
+    span: tracing::Span,
 }
 
 /// The next chunk of the stream: what the session has released after `sent`, a heartbeat, or

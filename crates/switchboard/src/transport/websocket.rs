@@ -24,6 +24,7 @@ use tracing::Instrument as _;
 
 use crate::auth::Handshake;
 use crate::error::{ApiError, CloseReason};
+use crate::metrics::Refused;
 use crate::mount::{self, Mounted};
 use crate::protocol::{self, ClientFrame, EncodedMessage, FrameArray, OpenInfo};
 use crate::session::{Drain, Session, Shared, TransportKind};
@@ -97,7 +98,7 @@ fn serve<U: Clone + Send + Sync + 'static>(
 ) -> impl Future<Output = ()> + Send + 'static {
     attaching.then(move |attached| {
         let transport = attached.and_then(|attached| {
-            let span = tracing::info_span!("websocket", session = attached.session.shared.key);
+            let span = tracing::info_span!(parent: &attached.session.shared.span(), "websocket");
             let transport = span.in_scope(|| {
                 mounted.attach_transport(&attached.session, TransportKind::WebSocket, attached.att)
             })?;
@@ -109,6 +110,11 @@ fn serve<U: Clone + Send + Sync + 'static>(
             }
             Err(err) => {
                 crate::logs::info_limited!(error = err.code, "WebSocket session refused");
+                mounted
+                    .inner
+                    .config
+                    .metrics
+                    .rejected(Refused::Request, err.code);
                 Either::Right(refuse(socket, err))
             }
         }
@@ -478,7 +484,7 @@ async fn on_wake<U>(
         Wake::Timer => {
             let now = Instant::now();
             if now >= *last_heard + config.ping_interval + config.ping_timeout {
-                heartbeat_timeout(socket, shared.key).await;
+                heartbeat_timeout(socket, shared).await;
                 return false;
             }
             if now >= *next_ping {
@@ -551,6 +557,7 @@ async fn take_step<U>(
     let config = &shared.config;
     if !write_all(socket, messages, config.write_timeout).await {
         tracing::debug!(session = shared.key, "WebSocket write failed or stalled");
+        config.metrics.write_timeout(TransportKind::WebSocket);
         if !closing {
             let close = close_message(WRITE_TIMEOUT, "write_timeout");
             let _ = timeout(Duration::from_millis(100), socket.send(close)).await;
@@ -567,15 +574,19 @@ async fn take_step<U>(
         }
         *last_heard = Instant::now();
     } else if Instant::now() >= *last_heard + config.ping_interval + config.ping_timeout {
-        heartbeat_timeout(socket, shared.key).await;
+        heartbeat_timeout(socket, shared).await;
         return false;
     }
     true
 }
 
 /// Gives up on a socket that has been silent (or stuck) too long; the session lives on.
-async fn heartbeat_timeout(socket: &mut WebSocket, key: u64) {
-    tracing::debug!(session = key, "WebSocket heartbeat timeout");
+async fn heartbeat_timeout(socket: &mut WebSocket, shared: &Shared<impl Sized>) {
+    tracing::debug!(session = shared.key, "WebSocket heartbeat timeout");
+    shared
+        .config
+        .metrics
+        .heartbeat_timeout(TransportKind::WebSocket);
     let close = close_message(HEARTBEAT_TIMEOUT, "heartbeat_timeout");
     let _ = timeout(Duration::from_millis(100), socket.send(close)).await;
 }
@@ -685,6 +696,10 @@ async fn handle_incoming<U>(
                     len = frame.len(),
                     "WebSocket frame too large"
                 );
+                shared
+                    .config
+                    .metrics
+                    .rejected(Refused::Frame, "payload_too_large");
                 let close = close_message(1009, "payload_too_large");
                 if let Ok(Ok(())) = timeout(Duration::from_millis(100), socket.send(close)).await {
                     linger(socket).await;
@@ -700,18 +715,23 @@ async fn handle_incoming<U>(
                 Ok(ClientFrame::Pong | ClientFrame::Unknown) => {}
                 Ok(ClientFrame::Close) => close = true,
                 Err(err) => {
-                    if over_budget(transport, &err.to_string()) {
-                        return close_rejected(socket, replies, &shared.config).await;
-                    }
                     let code = match err {
                         protocol::FrameError::Malformed(_) => "malformed_frame",
                         protocol::FrameError::TooLarge { .. } => "payload_too_large",
                     };
+                    shared.config.metrics.rejected(Refused::Frame, code);
+                    if over_budget(transport, &err.to_string()) {
+                        return close_rejected(socket, replies, &shared.config).await;
+                    }
                     replies.frame(&protocol::error_frame(code, &err.to_string()));
                 }
             },
             WsMessage::Binary(_) => {
                 let why = "binary WebSocket messages are not part of protocol v1; send payloads base64-encoded in b";
+                shared
+                    .config
+                    .metrics
+                    .rejected(Refused::Frame, "malformed_frame");
                 if over_budget(transport, why) {
                     return close_rejected(socket, replies, &shared.config).await;
                 }
@@ -735,7 +755,7 @@ async fn handle_incoming<U>(
                 session = shared.key,
                 "application is not taking messages; dropping the WebSocket"
             );
-            heartbeat_timeout(socket, shared.key).await;
+            heartbeat_timeout(socket, shared).await;
             return Err(());
         };
         replies.frame(&protocol::ack_frame(ack));
