@@ -13,6 +13,11 @@
 //! a set (`chat:rooms`), under the backend's prefix. (Two lines said at the same moment on two
 //! nodes may be kept in the history in the other order than the one the room saw them in.)
 //!
+//! **Metrics**: `GET /metrics` answers Switchboard's metrics in the Prometheus text format
+//! (`docs/deployment.md`, "Metrics", lists them and the queries an operator wants first). It is
+//! on the chat's own address for the example's sake; in production serve it where only the
+//! monitoring system reaches it.
+//!
 //! **Hardened**: the pages carry a content security policy without inline code, no-sniff and
 //! no-framing headers; each client address may be in at most five rooms of its own choosing at
 //! once (so one client cannot take every room); served by `switchboard::serve` (time-outs and
@@ -39,6 +44,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use switchboard::{CloseReason, Hub, Message, Refusal, Session, Switchboard};
@@ -132,6 +138,9 @@ async fn run() -> Result<(), String> {
         }
     }
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Before the server is built: Switchboard (and the Redis backend) take the global recorder
+    // when they are made.
+    let metrics = metrics_recorder()?;
     let Args {
         addr,
         redis,
@@ -205,6 +214,10 @@ async fn run() -> Result<(), String> {
             "/realtime",
             realtime.router(move |session| on_session(session, chat.clone())),
         )
+        .route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(metrics.render())),
+        )
         .fallback_service(pages(static_files));
 
     // A listen queue of 4096 rather than TcpListener::bind's 128: when many pages reconnect at
@@ -231,6 +244,41 @@ async fn run() -> Result<(), String> {
         })
         .await
         .map_err(|err| format!("server failed: {err}"))
+}
+
+/// Installs the Prometheus recorder every metric goes to, and keeps it tidy: histograms are
+/// drained every 5 s (the exporter's upkeep) rather than only when scraped. Buckets for the two
+/// histograms, so that they add up across the nodes of a cluster (a summary's quantiles do not).
+fn metrics_recorder() -> Result<PrometheusHandle, String> {
+    let buckets = |builder: PrometheusBuilder, name: &str, buckets: &[f64]| {
+        builder
+            .set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)
+            .map_err(|err| format!("metrics buckets for {name}: {err}"))
+    };
+    let builder = buckets(
+        PrometheusBuilder::new(),
+        "switchboard_buffer_depth",
+        &[0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 8192.0],
+    )?;
+    let builder = buckets(
+        builder,
+        "switchboard_forward_duration_seconds",
+        &[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 25.0,
+        ],
+    )?;
+    let handle = builder
+        .install_recorder()
+        .map_err(|err| format!("cannot install the metrics recorder: {err}"))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// The chat's pages and their files, with the headers a hardened page wants: a content security
