@@ -259,8 +259,82 @@ impl Names {
     }
 }
 
+/// The backend's metrics (`docs/deployment.md`, "Metrics"), registered with the global recorder
+/// when the backend connects.
+struct RedisMetrics {
+    published: metrics::Counter,
+    publish_errors: metrics::Counter,
+    subscribes: metrics::Counter,
+    unsubscribes: metrics::Counter,
+    subscribe_errors: metrics::Counter,
+    /// Messages received on a room's channel, the all-sessions channel and this node's own.
+    received: [metrics::Counter; 3],
+    errors: metrics::Counter,
+    disconnects: metrics::Counter,
+    reconnects: metrics::Counter,
+}
+
+impl RedisMetrics {
+    fn new() -> Self {
+        use metrics::{Unit, describe_counter};
+        describe_counter!(
+            "switchboard_redis_published_total",
+            Unit::Count,
+            "Publications (broadcasts to rooms and to all sessions) Redis took."
+        );
+        describe_counter!(
+            "switchboard_redis_publish_errors_total",
+            Unit::Count,
+            "Publications lost: Redis unreachable, or the publication queue full."
+        );
+        describe_counter!(
+            "switchboard_redis_subscriptions_total",
+            Unit::Count,
+            "Room subscriptions made and dropped, by op (subscribe, unsubscribe)."
+        );
+        describe_counter!(
+            "switchboard_redis_subscribe_errors_total",
+            Unit::Count,
+            "Room subscriptions that failed (renewed when Redis is back)."
+        );
+        describe_counter!(
+            "switchboard_redis_received_total",
+            Unit::Count,
+            "Messages received from Redis, by channel (room, all, node: requests and answers between nodes)."
+        );
+        describe_counter!(
+            "switchboard_redis_errors_total",
+            Unit::Count,
+            "Commands to Redis that failed."
+        );
+        describe_counter!(
+            "switchboard_redis_disconnects_total",
+            Unit::Count,
+            "Connections to Redis lost."
+        );
+        describe_counter!(
+            "switchboard_redis_reconnects_total",
+            Unit::Count,
+            "Connections to Redis back, with every subscription renewed."
+        );
+        let channel = |channel: &'static str| metrics::counter!("switchboard_redis_received_total", "channel" => channel);
+        Self {
+            published: metrics::counter!("switchboard_redis_published_total"),
+            publish_errors: metrics::counter!("switchboard_redis_publish_errors_total"),
+            subscribes: metrics::counter!("switchboard_redis_subscriptions_total", "op" => "subscribe"),
+            unsubscribes: metrics::counter!("switchboard_redis_subscriptions_total", "op" => "unsubscribe"),
+            subscribe_errors: metrics::counter!("switchboard_redis_subscribe_errors_total"),
+            received: [channel("room"), channel("all"), channel("node")],
+            errors: metrics::counter!("switchboard_redis_errors_total"),
+            disconnects: metrics::counter!("switchboard_redis_disconnects_total"),
+            reconnects: metrics::counter!("switchboard_redis_reconnects_total"),
+        }
+    }
+}
+
 /// What the push handler (which runs in redis-rs's connection task) shares with the backend.
 struct Pushes {
+    metrics: RedisMetrics,
     names: Arc<Names>,
     node_channel: Vec<u8>,
     deliver: OnceLock<Arc<dyn Fn(Delivery) + Send + Sync>>,
@@ -285,18 +359,23 @@ impl Pushes {
                     return;
                 };
                 let payload = Bytes::from(payload);
+                let received = &self.metrics.received;
                 if channel == self.node_channel {
+                    received[2].increment(1);
                     deliver(Delivery::Node(payload));
                 } else if channel == self.names.all.as_bytes() {
+                    received[1].increment(1);
                     deliver(Delivery::All(payload));
                 } else if let Some(room) = channel.strip_prefix(self.names.room.as_bytes())
                     && let Ok(room) = std::str::from_utf8(room)
                 {
+                    received[0].increment(1);
                     deliver(Delivery::Room(Arc::from(room), payload));
                 }
             }
             PushKind::Disconnection => {
                 tracing::warn!("connection to Redis lost");
+                self.metrics.disconnects.increment(1);
                 self.healthy.store(false, Ordering::SeqCst);
                 self.lost.store(true, Ordering::SeqCst);
                 if let Some(deliver) = self.deliver.get() {
@@ -363,6 +442,7 @@ impl RedisBackend {
         let id = random_id().ok_or_else(|| BackendError::new("no random numbers for a node id"))?;
         let node_channel = names.node_channel(&id);
         let pushes = Arc::new(Pushes {
+            metrics: RedisMetrics::new(),
             names: names.clone(),
             node_channel: node_channel.clone().into_bytes(),
             deliver: OnceLock::new(),
@@ -516,6 +596,9 @@ impl Shared {
 
     fn result<T>(&self, result: redis::RedisResult<T>) -> Result<T, BackendError> {
         self.pushes.healthy.store(result.is_ok(), Ordering::SeqCst);
+        if result.is_err() {
+            self.pushes.metrics.errors.increment(1);
+        }
         result.map_err(redis_error)
     }
 
@@ -552,6 +635,7 @@ impl Shared {
             tracing::warn!(error = %err, "node counter not checked");
         }
         tracing::info!(node = %self.id, "connection to Redis back, subscriptions renewed");
+        self.pushes.metrics.reconnects.increment(1);
         if let Some(deliver) = self.pushes.deliver.get() {
             deliver(Delivery::Reconnected);
         }
@@ -589,6 +673,7 @@ async fn run_queue(shared: std::sync::Weak<Shared>, mut jobs: mpsc::Receiver<Job
     let mut batch = Batch {
         pipe: redis::pipe(),
         pending: 0,
+        publications: 0,
         releases: Vec::new(),
         release: redis::Script::new(RELEASE),
     };
@@ -608,6 +693,7 @@ async fn run_queue(shared: std::sync::Weak<Shared>, mut jobs: mpsc::Receiver<Job
                         .arg(&payload[..])
                         .ignore();
                     batch.pending += 1;
+                    batch.publications += 1;
                 }
                 Job::Release(key, value) => batch.releases.push((key, value)),
                 Job::Presence(room, entry) => {
@@ -634,7 +720,9 @@ async fn run_queue(shared: std::sync::Weak<Shared>, mut jobs: mpsc::Receiver<Job
                 Job::Subscribe(room) => {
                     batch.send(&shared, &mut conn).await;
                     let result = conn.subscribe(shared.names.room_channel(&room)).await;
+                    shared.pushes.metrics.subscribes.increment(1);
                     if let Err(err) = shared.result(result) {
+                        shared.pushes.metrics.subscribe_errors.increment(1);
                         tracing::warn!(%err, "room subscription failed; renewed when Redis is back");
                         shared.pushes.lost.store(true, Ordering::SeqCst);
                     }
@@ -642,6 +730,7 @@ async fn run_queue(shared: std::sync::Weak<Shared>, mut jobs: mpsc::Receiver<Job
                 Job::Unsubscribe(room) => {
                     batch.send(&shared, &mut conn).await;
                     let result = conn.unsubscribe(shared.names.room_channel(&room)).await;
+                    shared.pushes.metrics.unsubscribes.increment(1);
                     shared.result(result).ok();
                 }
                 Job::Flush(done) => {
@@ -665,6 +754,8 @@ struct Batch {
     pipe: redis::Pipeline,
     /// Commands in `pipe`.
     pending: usize,
+    /// Of those, publications.
+    publications: u64,
     /// Ownership records to release: key and the value that names this node.
     releases: Vec<(String, String)>,
     release: redis::Script,
@@ -675,11 +766,17 @@ impl Batch {
     async fn send(&mut self, shared: &Shared, conn: &mut ConnectionManager) {
         if self.pending > 0 {
             let result: redis::RedisResult<()> = self.pipe.query_async(conn).await;
-            if let Err(err) = shared.result(result) {
-                tracing::warn!(%err, publications = self.pending, "publications lost: Redis did not take them");
+            let metrics = &shared.pushes.metrics;
+            match shared.result(result) {
+                Ok(()) => metrics.published.increment(self.publications),
+                Err(err) => {
+                    metrics.publish_errors.increment(self.publications);
+                    tracing::warn!(%err, publications = self.pending, "publications lost: Redis did not take them");
+                }
             }
             self.pipe.clear();
             self.pending = 0;
+            self.publications = 0;
         }
         if !self.releases.is_empty() {
             let mut invocation = self.release.prepare_invoke();
@@ -707,6 +804,7 @@ impl Backend for RedisBackend {
 
     fn publish(&self, topic: Topic<'_>, payload: Bytes) -> Result<(), BackendError> {
         if !self.shared.pushes.healthy.load(Ordering::SeqCst) {
+            self.shared.pushes.metrics.publish_errors.increment(1);
             return Err(BackendError::new("redis is unreachable"));
         }
         let channel = match topic {
@@ -716,7 +814,10 @@ impl Backend for RedisBackend {
         self.shared
             .queue
             .try_send(Job::Publish(channel, payload))
-            .map_err(|_| BackendError::new("the publication queue is full"))
+            .map_err(|_| {
+                self.shared.pushes.metrics.publish_errors.increment(1);
+                BackendError::new("the publication queue is full")
+            })
     }
 
     fn subscribe(&self, room: &str) {

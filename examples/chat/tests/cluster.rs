@@ -3,6 +3,8 @@
 //! replaced gracefully (SIGTERM), with people talking all along (issue 10, items 4, 5 and 8).
 #![allow(clippy::unwrap_used)]
 
+#[path = "common/mod.rs"]
+mod chat;
 #[path = "../../../crates/switchboard-redis/tests/common/mod.rs"]
 mod common;
 
@@ -384,4 +386,32 @@ async fn a_node_replaced_with_sigterm_hands_its_people_over_with_nothing_lost() 
     expected.push("newcomer".into());
     expected.sort_by_key(|nick| nick.to_lowercase());
     assert_eq!(newcomer.members, expected);
+
+    // What the nodes' /metrics say of it (issue 14): node 0 took the sessions node 1 handed
+    // over, the broadcasts went through Redis, and polls that landed on the other node were
+    // forwarded to the owner.
+    let http = reqwest::Client::new();
+    let total = |series: &str, texts: &[String]| -> f64 {
+        texts
+            .iter()
+            .map(|text| chat::sample(text, series).unwrap_or(0.0))
+            .sum()
+    };
+    let mut texts = Vec::new();
+    for node in &cluster.nodes {
+        texts.push(chat::scrape(&http, &node.addr.to_string()).await);
+    }
+    let handed = chat::sample(
+        &texts[0],
+        r#"switchboard_sessions_opened_total{origin="handover"}"#,
+    );
+    assert!(handed.unwrap_or(0.0) >= 1.0, "{}", texts[0]);
+    assert!(total("switchboard_redis_published_total", &texts) > 0.0);
+    assert!(
+        total(
+            r#"switchboard_redis_received_total{channel="room"}"#,
+            &texts
+        ) > 0.0
+    );
+    assert!(total(r#"switchboard_forwarded_total{outcome="answered"}"#, &texts) > 0.0);
 }

@@ -6,26 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::Chat;
+use common::{Chat, sample, scrape};
 use serde_json::json;
 use switchboard_client::{Client, Message, Transport};
-
-/// The value of the sample whose series (name and labels, as rendered) is `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(|value| value.trim().parse().unwrap())
-}
-
-async fn scrape(http: &reqwest::Client, addr: &str) -> String {
-    let response = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
 
 #[tokio::test]
 async fn the_chat_serves_its_metrics_in_the_prometheus_format() {

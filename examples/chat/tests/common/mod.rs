@@ -62,3 +62,20 @@ impl Chat {
         Self { child, addr, log }
     }
 }
+
+/// The value of the sample whose series (name and labels, as rendered) is `series`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().unwrap())
+}
+
+pub async fn scrape(http: &reqwest::Client, addr: &str) -> String {
+    let response = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
