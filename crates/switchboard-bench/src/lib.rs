@@ -40,6 +40,7 @@
 pub mod abuse;
 pub mod clients;
 pub mod memory;
+pub mod metrics_cost;
 pub mod payload;
 pub mod proto;
 pub mod redis;

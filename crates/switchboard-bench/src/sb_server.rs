@@ -12,7 +12,7 @@
 //! The load generator starts it as a child process:
 //!
 //! ```text
-//! sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--hardened | --unprotected | --serve axum|switchboard] [--max-files N]
+//! sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--hardened | --unprotected | --serve axum|switchboard] [--metrics] [--max-files N]
 //! ```
 //!
 //! - `--port N`: port on 127.0.0.1 (default 0: ephemeral).
@@ -37,6 +37,10 @@
 //!   apply; they are lifted here (the load generator's thousands of clients come from 8 loopback
 //!   addresses), and the connection limit is raised to
 //!   [`SWITCHBOARD_MAX_CONNECTIONS`](crate::serve::SWITCHBOARD_MAX_CONNECTIONS).
+//! - `--metrics`: installs a Prometheus recorder (`metrics-exporter-prometheus`, as the chat
+//!   example does) before the server is built, so every metric is recorded, and serves its text at
+//!   `GET /metrics` (the metrics scenario, issue 14). Without it no recorder is installed and
+//!   Switchboard's counting costs nothing.
 //! - `--max-files N`: lowers this process's open-file limit to `N` at start (before
 //!   [`switchboard::serve`](fn@switchboard::serve) reads it for its connection limit).
 //!
@@ -54,7 +58,7 @@ use crate::serve::{Serving, exit_code, flag_value, run_hardened, run_with};
 use axum::Router;
 use switchboard::{Coalescing, Hub, Session, Switchboard};
 
-const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--hardened | --unprotected | --serve axum|switchboard] [--max-files N]";
+const USAGE: &str = "usage: sb_server [--port N] [--coalescing-ms N] [--low] [--redis URL] [--hardened | --unprotected | --serve axum|switchboard] [--metrics] [--max-files N]";
 
 /// The command line.
 #[derive(Debug, Default)]
@@ -67,6 +71,7 @@ struct Args {
     unprotected: bool,
     serve: Serving,
     max_files: Option<u64>,
+    metrics: bool,
 }
 
 impl Args {
@@ -84,6 +89,7 @@ impl Args {
                 "--hardened" => args.hardened = true,
                 "--serve" => args.serve = flag_value(&arg, iter.next(), USAGE)?,
                 "--unprotected" => args.unprotected = true,
+                "--metrics" => args.metrics = true,
                 "--max-files" => args.max_files = Some(flag_value(&arg, iter.next(), USAGE)?),
                 "-h" | "--help" => return Err(USAGE.to_string()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -113,6 +119,22 @@ async fn serve(args: Args) -> std::io::Result<()> {
         let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
         rlimit::setrlimit(rlimit::Resource::NOFILE, files.min(hard), hard)?;
     }
+    let scrape = if args.metrics {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(std::io::Error::other)?;
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+        Some(handle)
+    } else {
+        None
+    };
     let mut builder = Switchboard::builder().allow_any_origin();
     if args.hardened {
         builder = builder.trusted_proxies(["127.0.0.1"]);
@@ -139,10 +161,16 @@ async fn serve(args: Args) -> std::io::Result<()> {
     let realtime = builder.build();
     let hub = realtime.hub();
     let low = args.low;
-    let app = Router::new().nest(
+    let mut app = Router::new().nest(
         "/rt",
         realtime.router(move |session| on_session(session, hub.clone(), low)),
     );
+    if let Some(scrape) = scrape {
+        app = app.route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(scrape.render())),
+        );
+    }
     if args.hardened {
         run_hardened(args.port, app, || {}).await
     } else {

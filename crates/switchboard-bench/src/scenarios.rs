@@ -725,18 +725,28 @@ pub async fn fanout(plan: &Plan, problems: &mut Problems) -> Table {
 
 /// Result of one echo run.
 #[derive(Debug, Clone, Copy, Default)]
-struct Echo {
-    sent: u64,
-    lost: u64,
+pub(crate) struct Echo {
+    pub(crate) sent: u64,
+    pub(crate) lost: u64,
     p50: f64,
-    p99: f64,
+    pub(crate) p99: f64,
     p999: f64,
     max: f64,
-    cpu: f64,
+    pub(crate) cpu: f64,
 }
 
 async fn echo_one(kind: Kind, conns: usize, rate: u64, secs: u64) -> Result<Echo, Error> {
-    let server = Server::start(kind, &[]).await?;
+    echo_on(Server::start(kind, &[]).await?, conns, rate, secs).await
+}
+
+/// The echo of scenario 3 against `server`, which it stops at the end.
+pub(crate) async fn echo_on(
+    server: Server,
+    conns: usize,
+    rate: u64,
+    secs: u64,
+) -> Result<Echo, Error> {
+    let kind = server.kind();
     let port = server.port();
     let (drivers, failed) = clients::connect_many(kind, port, conns).await;
     if failed > 0 {

@@ -63,3 +63,25 @@ fn load_smoke_memory_run_succeeds() {
         "no clean memory table in\n{stdout}\n--- stderr\n{stderr}"
     );
 }
+
+/// The metrics scenario (`load --only metrics`, not part of `--smoke` itself) at tiny numbers:
+/// `sb_server --metrics` records (a session it opened shows in its `/metrics`), and the fan-out
+/// and echo run with the recorder and without, nothing lost.
+#[test]
+fn load_smoke_metrics_run_succeeds() {
+    let out = Command::new(env!("CARGO_BIN_EXE_load"))
+        .args(["--smoke", "--only", "metrics"])
+        .output()
+        .expect("cannot run the load binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "load --smoke --only metrics failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("metrics off and on") && !stdout.contains("problems:"),
+        "no clean metrics table in\n{stdout}\n--- stderr\n{stderr}"
+    );
+}

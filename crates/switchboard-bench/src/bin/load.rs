@@ -1,7 +1,7 @@
 //! `load`: the Switchboard benchmark harness.
 //!
 //! ```text
-//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,transports,memory] [--alloc LABELS] [--transport-clients N] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]
+//! load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,transports,memory,metrics] [--alloc LABELS] [--transport-clients N] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]
 //! ```
 //!
 //! The `transports` scenario (issue 12) receives one room's broadcasts over WebSocket, Server-Sent
@@ -36,7 +36,7 @@ use switchboard_bench::scenarios::{self, Plan, Problems};
 use switchboard_bench::{Error, sys};
 
 /// The scenarios, in the order they run (`--only` picks some).
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "idle",
     "fanout",
     "echo",
@@ -46,10 +46,11 @@ const SCENARIOS: [&str; 9] = [
     "abuse",
     "transports",
     "memory",
+    "metrics",
 ];
 
 /// The scenarios that run only when `--only` names them.
-const OPT_IN: [&str; 1] = ["memory"];
+const OPT_IN: [&str; 2] = ["memory", "metrics"];
 
 /// Parsed command line.
 #[derive(Debug)]
@@ -119,7 +120,7 @@ fn parse_args() -> Result<Args, Error> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,transports,memory] [--alloc LABELS] [--transport-clients N] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]"
+                    "usage: load [--quick | --full | --smoke] [--json PATH] [--only idle,fanout,echo,poll,storm,cluster,abuse,transports,memory,metrics] [--alloc LABELS] [--transport-clients N] [--sb-unbatched] [--read-buffer BYTES] [--heap DIR]"
                 );
                 std::process::exit(0);
             }
@@ -189,6 +190,7 @@ async fn run(args: Args) -> Result<bool, Error> {
             "transports" => {
                 vec![switchboard_bench::transports::transports(&plan, &mut problems).await]
             }
+            "metrics" => vec![switchboard_bench::metrics_cost::metrics(&plan, &mut problems).await],
             "memory" => vec![
                 switchboard_bench::memory::memory(&plan, &mut problems, args.alloc.as_deref())
                     .await,
