@@ -169,6 +169,7 @@ var PollingTransport = class {
         });
       }
       if (long && lifetime >= conn._hold * 0.9) conn._held();
+      if (!long) conn._sample(lifetime);
       conn._acked = Math.max(conn._acked, ack);
       conn._frames(this, answer.body);
       if (!long && !this._stopped) await new Promise((wake) => this._wake = setTimeout(wake, options.pollInterval));
@@ -236,7 +237,7 @@ var Stream = class {
       () => {
         const now = Date.now();
         if (now - this._heard > limit) this._fail(0);
-        else if (now - this._active >= keepalive) this.send(['{"t":"ping"}']);
+        else if (now - this._active >= keepalive && this.send(['{"t":"ping"}'])) this._conn._timing ||= [Infinity, now];
       },
       Math.min(limit / 4, 5e3, keepalive / 4 || Infinity)
     );
@@ -369,6 +370,7 @@ var DEFAULTS = {
 var KEEPALIVE_MIN = 1e3;
 var IDLE_DEATH = 750;
 var CUT_WINDOW = 6e4;
+var HISTORY = 32;
 var RESERVED = ["open", "message", "close", "transport", "state", "reset"];
 var RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "protocol_error" };
 var FATAL = [4400, 4401, 4403];
@@ -400,15 +402,32 @@ var Connection = class extends Emitter {
     this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._postFailures = 0;
     this._cuts = this._cutRun = this._cutAt = this._takeovers = 0;
     this._timers = {};
+    this._n = { attached: 0, fallbacks: 0, upgrades: 0, resends: 0, resets: 0, sent: 0, received: 0 };
+    this._history = [];
     this.transport = null;
     this.state = "connecting";
     setTimeout(() => this._connect(this._pick()));
   }
   /** Forgets the session: a new one starts from sequence numbers 0. */
   _fresh() {
-    this._sid = null;
-    this._rx = this._acked = this._seq = this._serverAck = this._sent = this._posted = 0;
+    this._sid = this._timing = null;
+    this._rx = this._acked = this._seq = this._serverAck = this._sent = this._posted = this._top = 0;
     this._out = [];
+  }
+  /**
+   * A snapshot for the application's analytics, new on every call (plain data: keep it, change it
+   * or `JSON.stringify` it): the transport now, the history of the transports that carried the
+   * session, counters, and the round-trip estimate (`Stats` in types/switchboard.d.ts).
+   */
+  stats() {
+    const rtt = this._rtt;
+    return {
+      transport: this.transport,
+      state: this.state,
+      transports: this._history.map((entry) => ({ ...entry })),
+      ...this._n,
+      rtt: rtt == null ? null : Math.round(rtt)
+    };
   }
   /** Sends text (a string), JSON (any other value) or binary (`Uint8Array`/`ArrayBuffer`). */
   send(data, options) {
@@ -424,6 +443,7 @@ var Connection = class extends Emitter {
     const { text, size } = encodeMessage(this._seq + 1, data, event);
     if (size > this._maxMessage) throw failure("too_large");
     this._out.push({ seq: ++this._seq, text });
+    this._n.sent++;
     if (!lowPriority) {
       this._clear("flush");
       this._flush();
@@ -497,6 +517,7 @@ var Connection = class extends Emitter {
         if (!ok || this._sid || this._current && this._current.name !== "websocket") opening.stopped = true;
         else {
           this._clear("retry");
+          this._move("fallback");
           this._loser = this._current;
           this._current = opening;
         }
@@ -536,6 +557,7 @@ var Connection = class extends Emitter {
   _attached(transport, open) {
     if (transport === this._probe) {
       this._probe = null;
+      this._move("upgrade");
       const old = this._current;
       this._current = transport;
       if (old) old.stop();
@@ -568,18 +590,19 @@ var Connection = class extends Emitter {
       this._learned = false;
       this._memory.store("keepalive", this._keepalive);
     }
-    this._use(transport);
+    this._use(transport, fresh);
     if (fresh) this._fire("open", { sid: open.sid, resumed: false });
     this._scheduleAck();
     this._flush();
   }
-  /** `transport` works: make it the one in use. */
-  _use(transport) {
+  /** `transport` works: make it the one in use (`fresh`: the first of a new session). */
+  _use(transport, fresh) {
     const name = transport.name;
     this._attempt = 0;
     for (const failed of this._suspects || []) this._memory.remember(failed);
     this._suspects = [];
     if (transport instanceof Stream) this._memory.forget(name);
+    this._carry(transport, fresh);
     this._setTransport(name);
     this._setState("open");
     this._scheduleProbe();
@@ -604,7 +627,7 @@ var Connection = class extends Emitter {
       return this._scheduleLongpoll();
     }
     if (transport !== this._current || this.state === "closed") return;
-    this._current = null;
+    this._current = this._timing = null;
     if (reason === "recycle") return this._connect(transport.name);
     if (code === 4409 && this._probe) {
       this._superseded = transport.name;
@@ -634,13 +657,17 @@ var Connection = class extends Emitter {
       const fallback = ++this._cuts >= 2 && this._pick(name);
       if (fallback) {
         this._memory.remember(name);
+        this._move("fallback");
         return this._repoll(fallback);
       }
       return this._repoll(name, this._cutRun++ ? backoff(this._cutRun - 2, options.backoff) : 0);
     } else if (!(transport instanceof Stream)) {
       this._suspects = [];
     }
-    if (next !== name) (this._suspects ||= []).push(name);
+    if (next !== name) {
+      (this._suspects ||= []).push(name);
+      this._move("fallback");
+    } else this._why ||= "reconnect";
     this._setTransport(next);
     this._setState(this._sid ? "reconnecting" : "connecting");
     if (next !== name) return this._connect(next);
@@ -656,7 +683,7 @@ var Connection = class extends Emitter {
   }
   /** Goes on polling the session as `name` ("longpoll" or "poll"), without reconnecting. */
   _repoll(name, delay) {
-    this._current = new PollingTransport(this, name, delay);
+    this._carry(this._current = new PollingTransport(this, name, delay));
     this._setTransport(name);
     this._scheduleLongpoll();
   }
@@ -676,6 +703,7 @@ var Connection = class extends Emitter {
         current.stop();
         this._cuts = 1;
         this._cutAt = Date.now();
+        this._move("upgrade");
         this._repoll("longpoll");
       }
     }, delay);
@@ -697,6 +725,43 @@ var Connection = class extends Emitter {
     if (this._keepalive || code !== 1006 || !(idle >= IDLE_DEATH) || every >= (this._ping || Infinity)) return false;
     this._keepalive = every;
     return this._learned = true;
+  }
+  /** Counts a `fallback`, an `upgrade` or a `reset`; the next transport's entry tells it (`_carry`). */
+  _move(why) {
+    this._n[why + "s"]++;
+    this._why = why;
+  }
+  /**
+   * `transport` carries the session now. A new transport object gets an entry in the history,
+   * with why it came: the first of a session `open` (or `reset`), otherwise the move since the
+   * last entry. None when nothing moved (an SSE stream recycled, a long poll cut and polled again,
+   * polling back after a failed probe): the session went on as it was.
+   */
+  _carry(transport, fresh) {
+    if (transport === this._used) return;
+    this._used = transport;
+    const why = fresh ? this._n.resets ? "reset" : "open" : this._why;
+    this._why = null;
+    if (why) {
+      this._n.attached++;
+      if (this._history.push({ transport: transport.name, at: Date.now(), why }) > HISTORY) this._history.shift();
+    }
+  }
+  /** A round trip took `ms`: the estimate moves an eighth of the way to it (as TCP's SRTT). */
+  _sample(ms) {
+    this._rtt = (this._rtt ?? ms) * 0.875 + ms / 8;
+  }
+  /** The server answered up to `ack` (a pong: `Infinity`): the end of a round trip being timed. */
+  _answered(ack) {
+    const timing = this._timing;
+    if (timing && ack >= timing[0]) {
+      this._timing = null;
+      this._sample(Date.now() - timing[1]);
+    }
+  }
+  /** Counts the messages of `batch` (in order, about to go) that went before. */
+  _count(batch) {
+    for (const { seq } of batch) seq > this._top ? this._top = seq : this._n.resends++;
   }
   /** While on a fallback, try WebSocket again now and then; it takes over when it works. */
   _scheduleProbe(delay) {
@@ -723,6 +788,7 @@ var Connection = class extends Emitter {
       if (frame.s <= this._rx) return;
       if (frame.s !== this._rx + 1) return this._current && this._current._fail(0);
       this._rx = frame.s;
+      this._n.received++;
       const data = payloadOf(frame);
       const info = { seq: frame.s };
       if (frame.e !== void 0) info.event = frame.e;
@@ -733,6 +799,8 @@ var Connection = class extends Emitter {
       this._onAck(frame.a);
     } else if (frame.t === "ping") {
       if (this._current) this._current.send(['{"t":"pong"}']);
+    } else if (frame.t === "pong") {
+      this._answered(Infinity);
     } else if (frame.t === "close") {
       if (this._current) this._current.stop();
       this._current = null;
@@ -742,6 +810,7 @@ var Connection = class extends Emitter {
   }
   /** The server has our messages up to `ack`: stop keeping them. */
   _onAck(ack) {
+    this._answered(ack);
     if (ack > this._serverAck) this._serverAck = ack;
     while (this._out.length && this._out[0].seq <= this._serverAck) this._out.shift();
   }
@@ -774,8 +843,12 @@ var Connection = class extends Emitter {
     if (current.name !== "websocket") return this._post();
     const pending = this._out.filter((message) => message.seq > this._sent);
     if (pending.length) {
-      current.send(pending.map((message) => message.text));
-      this._sent = pending[pending.length - 1].seq;
+      const last = pending[pending.length - 1].seq;
+      if (current.send(pending.map((message) => message.text))) {
+        this._count(pending);
+        this._timing ||= [last, Date.now()];
+      }
+      this._sent = last;
     }
   }
   /** POSTs pending messages, one request at a time, in batches. */
@@ -799,9 +872,12 @@ var Connection = class extends Emitter {
         const frames = batch.map((message) => message.text);
         if (ack) frames.push(`{"t":"ack","a":${ack}}`);
         const body = "[" + frames.join(",") + "]";
+        this._count(batch);
+        const started = Date.now();
         const answer = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout);
         if (!polling()) break;
         if (answer.status === 200 && Array.isArray(answer.body)) {
+          this._sample(Date.now() - started);
           this._postFailures = 0;
           if (ack > this._acked) this._acked = ack;
           const closing = answer.body.some((frame) => frame && frame.t === "close");
@@ -853,6 +929,7 @@ var Connection = class extends Emitter {
     const first = this._pick();
     this._stopAll();
     this._fresh();
+    this._move("reset");
     this._setTransport(first);
     this._setState("reconnecting");
     this._fire("reset", { reason, unsent });

@@ -33,6 +33,9 @@ const IDLE_DEATH = 750;
 /** Two cuts of long polls within this time (ms) move the session to short polling. */
 const CUT_WINDOW = 60000;
 
+/** How many entries the transport history of `stats()` keeps (the latest). */
+const HISTORY = 32;
+
 /** Connection events that a server event name cannot shadow. */
 const RESERVED = ["open", "message", "close", "transport", "state", "reset"];
 
@@ -79,6 +82,10 @@ export class Connection extends Emitter {
     this._att = this._attempt = this._probeAttempt = this._pollAttempt = this._postFailures = 0;
     this._cuts = this._cutRun = this._cutAt = this._takeovers = 0;
     this._timers = {};
+    // For `stats()`: counters, and the transports that carried the session (latest last). `_why`
+    // (unset at first) tells why the next one does (see `_carry`).
+    this._n = { attached: 0, fallbacks: 0, upgrades: 0, resends: 0, resets: 0, sent: 0, received: 0 };
+    this._history = [];
     /** The transport in use or being tried, or `null`. */
     this.transport = null;
     /** `connecting`, `open`, `reconnecting` or `closed`. */
@@ -89,9 +96,26 @@ export class Connection extends Emitter {
 
   /** Forgets the session: a new one starts from sequence numbers 0. */
   _fresh() {
-    this._sid = null;
-    this._rx = this._acked = this._seq = this._serverAck = this._sent = this._posted = 0;
+    this._sid = this._timing = null;
+    // `_top`: the highest sequence number sent so far (a message at or below it goes again).
+    this._rx = this._acked = this._seq = this._serverAck = this._sent = this._posted = this._top = 0;
     this._out = [];
+  }
+
+  /**
+   * A snapshot for the application's analytics, new on every call (plain data: keep it, change it
+   * or `JSON.stringify` it): the transport now, the history of the transports that carried the
+   * session, counters, and the round-trip estimate (`Stats` in types/switchboard.d.ts).
+   */
+  stats() {
+    const rtt = this._rtt;
+    return {
+      transport: this.transport,
+      state: this.state,
+      transports: this._history.map((entry) => ({ ...entry })),
+      ...this._n,
+      rtt: rtt == null ? null : Math.round(rtt),
+    };
   }
 
   /** Sends text (a string), JSON (any other value) or binary (`Uint8Array`/`ArrayBuffer`). */
@@ -110,6 +134,7 @@ export class Connection extends Emitter {
     const { text, size } = encodeMessage(this._seq + 1, data, event);
     if (size > this._maxMessage) throw failure("too_large");
     this._out.push({ seq: ++this._seq, text });
+    this._n.sent++;
     if (!lowPriority) {
       this._clear("flush");
       this._flush();
@@ -197,6 +222,7 @@ export class Connection extends Emitter {
         if (!ok || this._sid || (this._current && this._current.name !== "websocket")) opening.stopped = true;
         else {
           this._clear("retry");
+          this._move("fallback");
           this._loser = this._current;
           this._current = opening;
         }
@@ -240,6 +266,7 @@ export class Connection extends Emitter {
     if (transport === this._probe) {
       // The upgrade probe worked: the server has already released the old transport.
       this._probe = null;
+      this._move("upgrade");
       const old = this._current;
       this._current = transport;
       if (old) old.stop();
@@ -277,14 +304,14 @@ export class Connection extends Emitter {
       this._learned = false;
       this._memory.store("keepalive", this._keepalive);
     }
-    this._use(transport);
+    this._use(transport, fresh);
     if (fresh) this._fire("open", { sid: open.sid, resumed: false });
     this._scheduleAck();
     this._flush();
   }
 
-  /** `transport` works: make it the one in use. */
-  _use(transport) {
+  /** `transport` works: make it the one in use (`fresh`: the first of a new session). */
+  _use(transport, fresh) {
     const name = transport.name;
     this._attempt = 0;
     // Only now that another transport works is a failed one worth remembering: a server that is
@@ -292,6 +319,7 @@ export class Connection extends Emitter {
     for (const failed of this._suspects || []) this._memory.remember(failed);
     this._suspects = [];
     if (transport instanceof Stream) this._memory.forget(name);
+    this._carry(transport, fresh);
     this._setTransport(name);
     this._setState("open");
     this._scheduleProbe();
@@ -321,7 +349,7 @@ export class Connection extends Emitter {
       return this._scheduleLongpoll();
     }
     if (transport !== this._current || this.state === "closed") return;
-    this._current = null;
+    this._current = this._timing = null;
     // An SSE stream ended to be recycled (§5.7): the next one takes over at once.
     if (reason === "recycle") return this._connect(transport.name);
     if (code === 4409 && this._probe) {
@@ -370,6 +398,7 @@ export class Connection extends Emitter {
       const fallback = ++this._cuts >= 2 && this._pick(name);
       if (fallback) {
         this._memory.remember(name);
+        this._move("fallback");
         return this._repoll(fallback);
       }
       // Cut after cut with no answer between them (a gateway in front of a server that is down)
@@ -380,7 +409,10 @@ export class Connection extends Emitter {
       // the transports that failed before.
       this._suspects = [];
     }
-    if (next !== name) (this._suspects ||= []).push(name);
+    if (next !== name) {
+      (this._suspects ||= []).push(name);
+      this._move("fallback");
+    } else this._why ||= "reconnect";
     // Tell what is being tried before saying that it is not open yet.
     this._setTransport(next);
     this._setState(this._sid ? "reconnecting" : "connecting");
@@ -399,7 +431,7 @@ export class Connection extends Emitter {
 
   /** Goes on polling the session as `name` ("longpoll" or "poll"), without reconnecting. */
   _repoll(name, delay) {
-    this._current = new PollingTransport(this, name, delay);
+    this._carry((this._current = new PollingTransport(this, name, delay)));
     this._setTransport(name);
     this._scheduleLongpoll();
   }
@@ -420,6 +452,7 @@ export class Connection extends Emitter {
         current.stop();
         this._cuts = 1;
         this._cutAt = Date.now();
+        this._move("upgrade");
         this._repoll("longpoll");
       }
     }, delay);
@@ -443,6 +476,48 @@ export class Connection extends Emitter {
     if (this._keepalive || code !== 1006 || !(idle >= IDLE_DEATH) || every >= (this._ping || Infinity)) return false;
     this._keepalive = every;
     return (this._learned = true);
+  }
+
+  /** Counts a `fallback`, an `upgrade` or a `reset`; the next transport's entry tells it (`_carry`). */
+  _move(why) {
+    this._n[why + "s"]++;
+    this._why = why;
+  }
+
+  /**
+   * `transport` carries the session now. A new transport object gets an entry in the history,
+   * with why it came: the first of a session `open` (or `reset`), otherwise the move since the
+   * last entry. None when nothing moved (an SSE stream recycled, a long poll cut and polled again,
+   * polling back after a failed probe): the session went on as it was.
+   */
+  _carry(transport, fresh) {
+    if (transport === this._used) return;
+    this._used = transport;
+    const why = fresh ? (this._n.resets ? "reset" : "open") : this._why;
+    this._why = null;
+    if (why) {
+      this._n.attached++;
+      if (this._history.push({ transport: transport.name, at: Date.now(), why }) > HISTORY) this._history.shift();
+    }
+  }
+
+  /** A round trip took `ms`: the estimate moves an eighth of the way to it (as TCP's SRTT). */
+  _sample(ms) {
+    this._rtt = (this._rtt ?? ms) * 0.875 + ms / 8;
+  }
+
+  /** The server answered up to `ack` (a pong: `Infinity`): the end of a round trip being timed. */
+  _answered(ack) {
+    const timing = this._timing;
+    if (timing && ack >= timing[0]) {
+      this._timing = null;
+      this._sample(Date.now() - timing[1]);
+    }
+  }
+
+  /** Counts the messages of `batch` (in order, about to go) that went before. */
+  _count(batch) {
+    for (const { seq } of batch) seq > this._top ? (this._top = seq) : this._n.resends++;
   }
 
   /** While on a fallback, try WebSocket again now and then; it takes over when it works. */
@@ -474,6 +549,7 @@ export class Connection extends Emitter {
       // A gap cannot happen with a correct server; resume from what we have.
       if (frame.s !== this._rx + 1) return this._current && this._current._fail(0);
       this._rx = frame.s;
+      this._n.received++;
       const data = payloadOf(frame);
       const info = { seq: frame.s };
       if (frame.e !== undefined) info.event = frame.e;
@@ -484,6 +560,8 @@ export class Connection extends Emitter {
       this._onAck(frame.a);
     } else if (frame.t === "ping") {
       if (this._current) this._current.send(['{"t":"pong"}']);
+    } else if (frame.t === "pong") {
+      this._answered(Infinity);
     } else if (frame.t === "close") {
       if (this._current) this._current.stop();
       this._current = null;
@@ -495,6 +573,7 @@ export class Connection extends Emitter {
 
   /** The server has our messages up to `ack`: stop keeping them. */
   _onAck(ack) {
+    this._answered(ack);
     if (ack > this._serverAck) this._serverAck = ack;
     while (this._out.length && this._out[0].seq <= this._serverAck) this._out.shift();
   }
@@ -530,8 +609,13 @@ export class Connection extends Emitter {
     if (current.name !== "websocket") return this._post();
     const pending = this._out.filter((message) => message.seq > this._sent);
     if (pending.length) {
-      current.send(pending.map((message) => message.text));
-      this._sent = pending[pending.length - 1].seq;
+      const last = pending[pending.length - 1].seq;
+      if (current.send(pending.map((message) => message.text))) {
+        this._count(pending);
+        // Timed until the server acknowledges them (it does at once, §5.1).
+        this._timing ||= [last, Date.now()];
+      }
+      this._sent = last;
     }
   }
 
@@ -558,9 +642,12 @@ export class Connection extends Emitter {
         const frames = batch.map((message) => message.text);
         if (ack) frames.push(`{"t":"ack","a":${ack}}`);
         const body = "[" + frames.join(",") + "]";
+        this._count(batch);
+        const started = Date.now();
         const answer = await this._request("POST", `poll?v=1&sid=${sid}`, body, this._options.requestTimeout);
         if (!polling()) break;
         if (answer.status === 200 && Array.isArray(answer.body)) {
+          this._sample(Date.now() - started);
           this._postFailures = 0;
           if (ack > this._acked) this._acked = ack;
           // The server has the session and answers over HTTP: the polling transport carries.
@@ -620,6 +707,7 @@ export class Connection extends Emitter {
     const first = this._pick();
     this._stopAll();
     this._fresh();
+    this._move("reset");
     this._setTransport(first);
     this._setState("reconnecting");
     this._fire("reset", { reason, unsent });

@@ -50,6 +50,8 @@ export class PollingTransport {
         });
       }
       if (long && lifetime >= conn._hold * 0.9) conn._held();
+      // A short poll is answered at once: a round trip.
+      if (!long) conn._sample(lifetime);
       conn._acked = Math.max(conn._acked, ack);
       conn._frames(this, answer.body);
       if (!long && !this._stopped) await new Promise((wake) => (this._wake = setTimeout(wake, options.pollInterval)));

@@ -56,7 +56,8 @@ export class Stream {
       () => {
         const now = Date.now();
         if (now - this._heard > limit) this._fail(0);
-        else if (now - this._active >= keepalive) this.send(['{"t":"ping"}']);
+        // A keep-alive sent times a round trip (to its pong) if none is being timed.
+        else if (now - this._active >= keepalive && this.send(['{"t":"ping"}'])) this._conn._timing ||= [Infinity, now];
       },
       Math.min(limit / 4, 5000, keepalive / 4 || Infinity),
     );

@@ -91,6 +91,87 @@ export interface SwitchboardError extends Error {
   code: string;
 }
 
+/**
+ * Why a transport came to carry the session (an entry of {@link Stats.transports}):
+ * - `open`: the first transport of the connection's first session (even when the client had to
+ *   fall back before it: {@link Stats.fallbacks} counts that);
+ * - `reset`: the first transport of a new session after a reset (the `reset` event);
+ * - `fallback`: the session moved down the `transports` order (a WebSocket or SSE stream refused,
+ *   hung, held by an intermediary or killed right after opening; long polls cut twice);
+ * - `upgrade`: it moved up (a WebSocket probe took over from SSE or polling; short polling tried
+ *   long polls again);
+ * - `reconnect`: the same kind of transport again, after the last one failed or was cut (a dropped
+ *   socket, a failed poll, a takeover, a socket closed `1012`).
+ *
+ * Routine renewals are no new entry: an SSE stream recycled by the server, a long poll cut by an
+ * intermediary and polled again at once, polling going on after a WebSocket probe that failed.
+ */
+export type TransportWhy = "open" | "reset" | "fallback" | "upgrade" | "reconnect";
+
+/** One entry of the transport history: a transport that carried the session. */
+export interface TransportEntry {
+  /** The transport. */
+  transport: TransportName;
+  /**
+   * When it took over, as a `Date.now()` value: its open frame, or its first answer over HTTP (for
+   * a move between long and short polling, the move itself).
+   */
+  at: number;
+  /** Why it came (see {@link TransportWhy}). */
+  why: TransportWhy;
+}
+
+/**
+ * What a connection went through, for the application's own analytics ({@link Connection.stats}).
+ * Plain data, new on every call: keep it, change it or `JSON.stringify` it; the connection is not
+ * affected. Counters cover the connection's whole life (across resets) and only grow.
+ */
+export interface Stats {
+  /** The transport in use or being tried now, as {@link Connection.transport} (`null` before the first attempt and once closed). */
+  transport: TransportName | null;
+  /** The connection's state now, as {@link Connection.state}. */
+  state: State;
+  /**
+   * The transports that carried the session, oldest first: the latest 32 (older entries are
+   * dropped; {@link Stats.attached} counts them all).
+   */
+  transports: TransportEntry[];
+  /** How many entries the transport history has had in all, including those it dropped. */
+  attached: number;
+  /**
+   * How many times the client moved down the `transports` order, to a worse transport: every step
+   * counts (WebSocket refused, then SSE held: 2), including a first polling session winning the
+   * race against a late first socket.
+   */
+  fallbacks: number;
+  /** How many times it moved up the order: a WebSocket probe taking over, short polling trying long polls again. */
+  upgrades: number;
+  /**
+   * How many messages of the application's went out more than once (counted one by one, not by
+   * batch): sent again on a new transport because the server had not acknowledged them when the
+   * old one went away, or in a POST again after one that failed or whose answer did not
+   * acknowledge them all. The server drops the duplicates.
+   */
+  resends: number;
+  /** How many session resets happened (the `reset` event; counted before it fires). */
+  resets: number;
+  /** Messages the application handed to `send` or `emit` (and that were accepted). */
+  sent: number;
+  /** Messages delivered to the application (`message` events: each once). */
+  received: number;
+  /**
+   * The round-trip estimate in ms (rounded), or `null` before the first measurement. Each sample is
+   * the time from sending something to the server's answer to it: a `POST` to its response (SSE
+   * and polling), a short poll to its response, messages on a WebSocket to the server's `ack` of
+   * them, a keep-alive `ping` to its `pong`. Smoothed like TCP's SRTT (each sample moves the
+   * estimate an eighth of the way to it). No traffic is added to measure: over a WebSocket that
+   * sends nothing (without keep-alives), or long polls that only receive, it stays as it was (or
+   * `null`). A sample includes the time the server waited for its application to take messages
+   * (back-pressure), if it had to.
+   */
+  rtt: number | null;
+}
+
 export interface ConnectionEvents {
   open: (info: { sid: string; resumed: boolean }) => void;
   message: (data: unknown, info: MessageInfo) => void;
@@ -121,6 +202,8 @@ export interface Connection {
   emit(event: string, data: unknown, options?: SendOptions): void;
   /** Ends the session. */
   close(): void;
+  /** A snapshot of the transport history, the counters and the round-trip estimate (see {@link Stats}). */
+  stats(): Stats;
 }
 
 /** Opens a connection to a Switchboard mount point, such as `"/realtime"` or `"https://host/realtime"`. */

@@ -1053,3 +1053,203 @@ test("from SSE a WebSocket probe takes over mid-stream, without loss or duplicat
   assert.ok(!calls.some((c) => /wait=1/.test(c.url)), "no long poll on the way");
   conn.close();
 });
+
+// --- Issue 14: stats() ----------------------------------------------------------------------------
+
+test("stats() through a fallback, an upgrade, a reconnect and a reset: the history, the counters, the round trip, a copy", async () => {
+  // A clock the test sets around the round trips it times (the real one between them).
+  const realNow = Date.now;
+  let clock = null;
+  Date.now = () => clock ?? realNow();
+  try {
+    const { conn, calls } = setup({ probeDelay: 20, earlyCloseWindow: 0 });
+    const empty = { transport: null, state: "connecting", transports: [], attached: 0, fallbacks: 0, upgrades: 0, resends: 0, resets: 0, sent: 0, received: 0, rtt: null };
+    assert.deepEqual(conn.stats(), empty);
+    const resets = [];
+    conn.on("reset", () => resets.push(conn.stats().resets));
+    const started = realNow();
+
+    // The upgrade is refused: long polling opens the session.
+    await until(() => FakeWebSocket.last());
+    FakeWebSocket.last().drop(1006);
+    await answer(calls, /\/open\?/, 200, OPEN);
+    await tick();
+    let stats = conn.stats();
+    assert.equal(stats.transport, "longpoll");
+    assert.equal(stats.state, "open");
+    assert.equal(stats.fallbacks, 1);
+    assert.deepEqual(stats.transports.map(({ transport, why }) => [transport, why]), [["longpoll", "open"]]);
+    assert.ok(stats.transports[0].at >= started && stats.transports[0].at <= realNow());
+    assert.equal(stats.rtt, null, "no round trip yet");
+
+    // A POST answered 40 ms after it left: the first round trip.
+    let t = realNow();
+    clock = t;
+    conn.send("a");
+    clock = null;
+    conn.send("b");
+    conn.send("c");
+    const first = await until(() => posts(calls)[0]);
+    assert.deepEqual(first.body.map((frame) => frame.s), [1]);
+    clock = t + 40;
+    first.answered = true;
+    first.answer(200, [{ t: "ack", a: 1 }]);
+    await tick(0);
+    clock = null;
+    assert.equal(conn.stats().rtt, 40);
+    // "b" and "c" go up next; their POST is not answered before the probe takes over.
+    const second = await until(() => posts(calls)[1]);
+    assert.deepEqual(second.body.map((frame) => frame.s), [2, 3]);
+
+    // The probe takes over: "b" and "c" go again on the socket (two resends); their ack, 80 ms
+    // later, is the second round trip: 40 · 7/8 + 80 / 8 = 45.
+    await until(() => FakeWebSocket.instances.length === 2, 2000);
+    const probe = FakeWebSocket.last();
+    t = realNow();
+    clock = t;
+    probe.accept({ sid: SID, resumed: true, ack: 1 });
+    clock = null;
+    assert.deepEqual(probe.sent.filter((frame) => frame.t === "m").map((frame) => frame.s), [2, 3]);
+    clock = t + 80;
+    probe.deliver({ t: "ack", a: 3 }, { t: "m", s: 1, d: "hi" });
+    clock = null;
+    stats = conn.stats();
+    assert.deepEqual(
+      stats.transports.map(({ transport, why }) => [transport, why]),
+      [["longpoll", "open"], ["websocket", "upgrade"]],
+    );
+    assert.equal(stats.transports[1].at, t);
+    assert.deepEqual(
+      { ...stats, transports: undefined },
+      { transport: "websocket", state: "open", transports: undefined, attached: 2, fallbacks: 1, upgrades: 1, resends: 2, resets: 0, sent: 3, received: 1, rtt: 45 },
+    );
+
+    // The socket is cut (after the early-close window): a new one resumes, on the same transport.
+    await tick(5);
+    probe.drop(1006);
+    await until(() => FakeWebSocket.instances.length === 3, 1000);
+    FakeWebSocket.last().accept({ sid: SID, resumed: true, ack: 3 });
+    // The session expires on the server (overflow): a reset, and a new session.
+    FakeWebSocket.last().deliver({ t: "close", code: 4003, reason: "overflow" });
+    assert.deepEqual(resets, [1], "counted when the reset event fires");
+    await until(() => FakeWebSocket.instances.length === 4, 1000);
+    FakeWebSocket.last().accept({ sid: "e".repeat(32) });
+
+    const snapshot = conn.stats();
+    assert.deepEqual(
+      snapshot.transports.map(({ transport, why }) => [transport, why]),
+      [["longpoll", "open"], ["websocket", "upgrade"], ["websocket", "reconnect"], ["websocket", "reset"]],
+    );
+    const times = snapshot.transports.map((entry) => entry.at);
+    assert.ok(times[2] >= times[0] && times[3] >= times[2], JSON.stringify(times));
+    assert.deepEqual(
+      { ...snapshot, transports: undefined },
+      { transport: "websocket", state: "open", transports: undefined, attached: 4, fallbacks: 1, upgrades: 1, resends: 2, resets: 1, sent: 3, received: 1, rtt: 45 },
+    );
+
+    // A copy of plain data: it survives JSON, and changing it changes nothing in the connection.
+    const json = JSON.parse(JSON.stringify(snapshot));
+    assert.deepEqual(json, snapshot);
+    assert.notEqual(conn.stats(), snapshot);
+    snapshot.transports[0].why = "changed";
+    snapshot.transports.push({ transport: "poll", at: 0, why: "fallback" });
+    snapshot.fallbacks = 99;
+    snapshot.rtt = 0;
+    assert.deepEqual(conn.stats(), json);
+    conn.close();
+    assert.equal(conn.stats().transport, null);
+    assert.equal(conn.stats().state, "closed");
+  } finally {
+    Date.now = realNow;
+  }
+});
+
+test("stats() counts every move down (WebSocket refused, then an SSE stream killed early), not a recycled stream", async () => {
+  const { conn, calls, stream } = await overSse();
+  stream.event(openFrame({ sid: SID, resumed: true }));
+  stream.event({ t: "ping" });
+  stream.push("event: recycle\ndata:\n\n");
+  const next = await until(() => calls.find((c) => /\/sse\?/.test(c.url) && !c.answered));
+  const second = next.stream();
+  second.event(openFrame({ sid: SID, resumed: true }));
+  second.event({ t: "ping" });
+  second.event({ t: "m", s: 1, d: "streamed" });
+  await until(() => conn._rx === 1);
+  let stats = conn.stats();
+  assert.deepEqual(stats.transports.map(({ transport, why }) => [transport, why]), [["sse", "open"]], "a recycled stream goes on");
+  assert.equal(stats.fallbacks, 1);
+  // Its ack went up in a POST: answered, a round trip.
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 0 }]);
+  await until(() => conn.stats().rtt !== null);
+  assert.equal(typeof conn.stats().rtt, "number");
+  // Killed right after opening (a proxy): long polling, whose first poll fails at once (and is
+  // tried again) before the resume's POST is answered: still the fallback's entry.
+  second.cut();
+  await answer(calls, /wait=1/, 502, null);
+  await until(() => calls.filter((c) => /wait=1/.test(c.url)).length === 2);
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 0 }]);
+  await until(() => conn.state === "open" && conn.transport === "longpoll");
+  stats = conn.stats();
+  assert.deepEqual(stats.transports.map(({ transport, why }) => [transport, why]), [["sse", "open"], ["longpoll", "fallback"]]);
+  assert.equal(stats.fallbacks, 2);
+  assert.equal(stats.upgrades, 0);
+  assert.equal(stats.received, 1);
+  conn.close();
+});
+
+test("stats(): long polls cut twice fall back to short polling; trying long polls again is an upgrade", async () => {
+  const { conn, calls } = setup({ transports: ["longpoll", "poll"], pollInterval: 10, probeDelay: 3 });
+  await answer(calls, /\/open\?/, 200, openFrame({ sid: SID, hold: 400 }));
+  for (let cut = 0; cut < 2; cut++) {
+    await until(() => calls.some((call) => /wait=1/.test(call.url) && !call.answered));
+    await tick(150);
+    await answer(calls, /wait=1/, 504, null);
+  }
+  // A short poll is answered at once: a round trip.
+  await answer(calls, /wait=0/, 200, []);
+  await until(() => conn.stats().rtt !== null);
+  assert.deepEqual(conn.stats().transports.map(({ transport, why }) => [transport, why]), [["longpoll", "open"], ["poll", "fallback"]], "the first cut is no entry");
+  // After probeDelay × 10 (about 30 ms here), long polls are tried again.
+  await until(() => conn.transport === "longpoll", 1000);
+  const stats = conn.stats();
+  assert.deepEqual(
+    stats.transports.map(({ transport, why }) => [transport, why]),
+    [["longpoll", "open"], ["poll", "fallback"], ["longpoll", "upgrade"]],
+  );
+  assert.equal(stats.fallbacks, 1);
+  assert.equal(stats.upgrades, 1);
+  assert.equal(stats.attached, 3);
+  conn.close();
+});
+
+test("stats() keeps the latest 32 transports; attached counts them all", async () => {
+  const { conn } = setup({ earlyCloseWindow: 0, backoff: { min: 1, max: 1, jitter: 0 } });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  for (let i = 2; i <= 40; i++) {
+    await tick(1);
+    FakeWebSocket.last().drop(1006);
+    await until(() => FakeWebSocket.instances.length === i, 1000);
+    FakeWebSocket.last().accept({ sid: SID, resumed: true });
+  }
+  const stats = conn.stats();
+  assert.equal(stats.attached, 40);
+  assert.equal(stats.transports.length, 32);
+  assert.ok(stats.transports.every(({ transport, why }) => transport === "websocket" && why === "reconnect"), "the first (open) is gone");
+  assert.equal(stats.fallbacks, 0);
+  conn.close();
+});
+
+test("stats(): a keep-alive ping answered by its pong is a round trip", async () => {
+  const storage = memoryStorage();
+  storage.setItem("switchboard:" + BASE, JSON.stringify({ keepalive: { value: 1000, until: Date.now() + 60000 } }));
+  const { conn } = setup({ storage });
+  await until(() => FakeWebSocket.last());
+  const ws = FakeWebSocket.last();
+  ws.accept({ sid: SID });
+  await until(() => ws.sent.some((frame) => frame.t === "ping"), 2000);
+  assert.equal(conn.stats().rtt, null);
+  ws.deliver({ t: "pong" });
+  assert.equal(typeof conn.stats().rtt, "number");
+  conn.close();
+});
