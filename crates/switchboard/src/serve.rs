@@ -17,6 +17,11 @@
 //! heartbeat's business: `docs/protocol.md` §6); neither is a connection with a request in
 //! progress (a held long poll, a download).
 //!
+//! It counts, with the global `metrics` recorder (see `docs/deployment.md`, "Metrics and traces"):
+//! `switchboard_connections_open` (gauge), `switchboard_connections_shed_total` (idle connections
+//! closed to make room) and `switchboard_connections_refused_total` (answered `503`: the limit
+//! was reached and none was idle).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use switchboard::Switchboard;
@@ -233,6 +238,7 @@ impl Serve {
                     connections = table.open(),
                     "connection refused: the connection limit is reached and none is idle"
                 );
+                metrics::counter!("switchboard_connections_refused_total").increment(1);
                 refuse(stream);
                 continue;
             }
@@ -423,6 +429,7 @@ impl Table {
             epoch: *self.epoch.get_or_init(Instant::now),
         });
         self.open.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("switchboard_connections_open").increment(1.0);
         self.connections.insert(id, state.clone());
         state
     }
@@ -465,6 +472,7 @@ impl Table {
             state.shed.notify_one();
         }
         if !idle.is_empty() {
+            metrics::counter!("switchboard_connections_shed_total").increment(idle.len() as u64);
             tracing::debug!(
                 closed = idle.len(),
                 open = self.open(),
@@ -525,6 +533,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.table.connections.remove(&self.state.id);
         self.table.open.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("switchboard_connections_open").decrement(1.0);
         if self.state.doomed.load(Ordering::Relaxed) {
             self.table.doomed.fetch_sub(1, Ordering::Relaxed);
         }
