@@ -235,12 +235,14 @@ impl Metrics {
     }
 
     /// A transport of `kind` attached to a session whose last transport was `last`, taking over
-    /// from an attached one if `takeover`.
+    /// from an attached one if `takeover`; `open`: the session has not ended (an ended one may
+    /// still get a transport, for its close frame, and no longer counts among the sessions).
     pub(crate) fn attached(
         &self,
         kind: TransportKind,
         last: Option<TransportKind>,
         takeover: bool,
+        open: bool,
     ) {
         let to = index(kind);
         self.attaches[to].increment(1);
@@ -248,7 +250,7 @@ impl Metrics {
         if takeover {
             self.takeovers[to].increment(1);
         }
-        if last == Some(kind) {
+        if last == Some(kind) || !open {
             return;
         }
         let from = last.map_or(4, index);

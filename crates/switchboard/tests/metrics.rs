@@ -606,3 +606,53 @@ async fn transports_run_in_their_sessions_span() {
     );
     assert!(!log.contains(&sid), "the session id is never logged");
 }
+
+#[tokio::test]
+async fn a_transport_that_fetches_the_close_frame_does_not_count_the_session_again() {
+    let (mut server, metrics) = start(Switchboard::builder()).await;
+    let http = reqwest::Client::new();
+    let (socket, sid) = ws_session(&server, "").await;
+    let session = server.next_session().await;
+    drop(socket);
+    let ws = [("transport", "websocket")];
+    assert_eq!(
+        metrics
+            .until("switchboard_transports_attached", &ws, 0.0)
+            .await,
+        0.0
+    );
+    session.close("끝");
+    let closed = [("reason", "closed")];
+    assert_eq!(
+        metrics
+            .until("switchboard_sessions_ended_total", &closed, 1.0)
+            .await,
+        1.0
+    );
+    // The client comes back over long polling and gets the close frame.
+    let (status, frames) = common::get(&http, server.poll_url(&sid, 0, true)).await;
+    assert_eq!(status, 200);
+    assert_eq!(frames[0]["t"], "close", "{frames}");
+    let scrape = metrics.scrape().await;
+    for transport in ["none", "websocket", "longpoll"] {
+        let labels = [("transport", transport)];
+        assert_eq!(
+            scrape.value("switchboard_sessions", &labels),
+            0.0,
+            "{}",
+            scrape.0
+        );
+    }
+    let fallback = [("from", "websocket"), ("to", "longpoll")];
+    assert_eq!(
+        scrape.value("switchboard_transport_fallbacks_total", &fallback),
+        0.0
+    );
+    assert_eq!(
+        scrape.value(
+            "switchboard_transport_attaches_total",
+            &[("transport", "longpoll")]
+        ),
+        1.0
+    );
+}

@@ -634,7 +634,10 @@ impl<U> Shared<U> {
         if let Some((_, previous)) = previous {
             metrics.detached(previous);
         }
-        metrics.attached(kind, state.last.replace(kind), previous.is_some());
+        // A session that has ended no longer counts as open (a transport may still come for its
+        // close frame): then only the attach is counted.
+        let open = state.close.is_none();
+        metrics.attached(kind, state.last.replace(kind), previous.is_some(), open);
         drop(state);
         if previous.is_some() {
             tracing::debug!(session = self.key, ?kind, "transport takes over");
