@@ -108,7 +108,7 @@ impl<U: Clone + Send + Sync + 'static> Switchboard<U> {
         self.inner.registry.len()
     }
 
-    /// The axum router to mount (with [`Router::nest`]) at the path the client connects to.
+    /// The axum router to mount (with [`Router::nest`](https://docs.rs/axum/0.8/axum/struct.Router.html#method.nest)) at the path the client connects to.
     ///
     /// `on_session` runs once per new session, in its own task, with the session handle; when it
     /// returns, the session is closed (code 4000, reason `"closed"`) unless it has ended already.

@@ -67,7 +67,7 @@ use tower_service::Service as _;
 /// [`Serve`] for each limit and its default). Await the returned [`Serve`] to run it.
 ///
 /// Like `axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())`: every
-/// request carries the client's address as [`ConnectInfo<SocketAddr>`], which the per-address
+/// request carries the client's address as [`ConnectInfo<SocketAddr>`](https://docs.rs/axum/0.8/axum/extract/struct.ConnectInfo.html), which the per-address
 /// session limits read ([`Builder::sessions_per_address`](crate::Builder::sessions_per_address)).
 /// HTTP/1.1 only (WebSockets included); put a proxy in front for HTTP/2 or TLS.
 pub fn serve(listener: TcpListener, app: Router) -> Serve {
