@@ -311,16 +311,34 @@ where
                 path = request.uri().path(),
                 "request from a disallowed origin refused"
             );
-            self.refuse(ApiError::origin_not_allowed())
+            // The refusal is readable by the page that made the request (CORS headers for its
+            // origin), so that its client can say why it cannot connect instead of seeing a
+            // network error it cannot tell from a server that is down. It says nothing but that.
+            let mut response = self.refusal(ApiError::origin_not_allowed());
+            if let Some(origin) = request.headers().get(header::ORIGIN).cloned() {
+                let headers = response.headers_mut();
+                headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+                headers.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+                headers.append(header::VARY, HeaderValue::from_static("origin"));
+            }
+            Either::Right(ready(Ok(response)))
         }
     }
 }
 
 impl<S> CheckOrigin<S> {
+    /// The answer `err`, counted in the metrics.
+    fn refusal(&self, err: ApiError) -> Response {
+        self.config.metrics.rejected(Refused::Request, err.code);
+        err.into_response()
+    }
+
     /// Answers with `err` at once, counted in the metrics.
     fn refuse<F>(&self, err: ApiError) -> Either<F, Ready<Result<Response, Infallible>>> {
-        self.config.metrics.rejected(Refused::Request, err.code);
-        Either::Right(ready(Ok(err.into_response())))
+        Either::Right(ready(Ok(self.refusal(err))))
     }
 }
 

@@ -162,6 +162,43 @@ async fn oversized_bodies_and_messages_get_413_and_deliver_nothing() {
     assert_session_works(&http, &server, &sid, &session, 2).await;
 }
 
+/// The `403 origin_not_allowed` carries the CORS headers a browser needs to let the page that
+/// made the request read it.
+fn assert_refusal_readable(response: &reqwest::Response, origin: &str) {
+    let headers = response.headers();
+    assert_eq!(
+        headers["access-control-allow-origin"], origin,
+        "{headers:?}"
+    );
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    assert!(
+        headers.get_all("vary").iter().any(|value| value
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("origin")),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_disallowed_origin_can_read_its_refusal_on_a_same_origin_server() {
+    // No CORS layer at all (the default: only the server's own origin).
+    let server = TestServer::start(Switchboard::builder().build()).await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/open?v=1", server.base))
+        .header("origin", "https://elsewhere.example")
+        .header("content-type", "text/plain;charset=UTF-8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_refusal_readable(&response, "https://elsewhere.example");
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"], "origin_not_allowed");
+    assert_eq!(server.realtime.session_count(), 0);
+}
+
 #[tokio::test]
 async fn disallowed_origin_gets_403_everywhere() {
     let mut server = TestServer::start(
@@ -180,6 +217,9 @@ async fn disallowed_origin_gets_403_everywhere() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // Readable by the refused page (issue 15), so that its client can say why it cannot connect:
+    // CORS headers for its origin, on the refusal only.
+    assert_refusal_readable(&response, evil);
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["error"], "origin_not_allowed");
     assert_eq!(server.realtime.session_count(), 0);
