@@ -172,6 +172,21 @@ async fn except_and_all_work_from_any_node() {
     ];
     for_b.sort();
     assert_eq!(for_b, ["not for a 🙉", "모두에게"]);
+    // Several left out, by session and by key (issue 15), across nodes: neither hears the first.
+    hub1.to("pair")
+        .except(&session_a)
+        .except_keys([session_b.key()])
+        .send(&switchboard::Message::text("for nobody"))
+        .unwrap();
+    hub1.all()
+        .except_keys([session_a.key(), session_b.key()])
+        .send(&switchboard::Message::text("nobody either"))
+        .unwrap();
+    hub1.to("pair")
+        .send(&switchboard::Message::text("both again"))
+        .unwrap();
+    assert_eq!(common::next_text(&mut a).await, "both again");
+    assert_eq!(common::next_text(&mut b).await, "both again");
     // After the last member on node 0 leaves, node 0 no longer hears the room.
     session_a.leave("pair");
     cluster.nodes[0].realtime.hub().flush().await.unwrap();

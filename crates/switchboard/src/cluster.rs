@@ -221,7 +221,7 @@ fn broadcast<U>(inner: &Inner<U>, node: &Node, room: Option<Arc<str>>, bytes: By
             &inner.rooms,
             target,
             &broadcast.message,
-            broadcast.except,
+            &broadcast.except,
             broadcast.priority,
         );
     });

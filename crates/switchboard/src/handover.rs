@@ -37,6 +37,7 @@ use crate::message::{Message, Payload};
 use crate::mount::{Inner, Mounted};
 use crate::node::{self, Answer, Forwarded, Node, Op, Recorded, Unanswered};
 use crate::protocol::EncodedMessage;
+use crate::room_log::Except;
 use crate::session::{Session, SessionId, Shared, Snapshot};
 
 /// The giver's side: answers a `Prepare` or `HandOver` request. Called by the task that also
@@ -471,7 +472,7 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
                     None => state.all_mark,
                 };
                 if delivered_by_giver(&log, at, mark)
-                    || entry.except == Some(key)
+                    || entry.except.contains(key)
                     || entry.only.is_some_and(|only| only != key)
                 {
                     continue;
@@ -507,7 +508,7 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
                     room: None,
                     id: 0,
                     message: reason,
-                    except: None,
+                    except: Except::None,
                     priority: crate::session::Priority::Normal,
                     only: Some(key),
                     close: true,
@@ -780,7 +781,7 @@ mod tests {
             room: Some(Arc::from(room)),
             id,
             message: EncodedMessage::new(&Message::text("x")),
-            except: None,
+            except: Except::None,
             priority: Priority::Normal,
             only: None,
             close: false,

@@ -34,6 +34,7 @@ use crate::error::{JoinError, SendError};
 use crate::message::Message;
 use crate::node::{Node, Recorded};
 use crate::protocol::EncodedMessage;
+use crate::room_log::Except;
 use crate::room_log::RoomLog;
 use crate::session::registry::Registry;
 use crate::session::{Priority, Session, SessionKey};
@@ -381,7 +382,7 @@ impl<U> Hub<U> {
         Broadcast {
             hub: self,
             target: Target::Room(room),
-            except: None,
+            except: Except::None,
             priority: Priority::Normal,
         }
     }
@@ -391,7 +392,7 @@ impl<U> Hub<U> {
         Broadcast {
             hub: self,
             target: Target::All,
-            except: None,
+            except: Except::None,
             priority: Priority::Normal,
         }
     }
@@ -499,7 +500,7 @@ pub(crate) enum Target<'a> {
 pub struct Broadcast<'a, U> {
     hub: &'a Hub<U>,
     target: Target<'a>,
-    except: Option<u64>,
+    except: Except,
     priority: Priority,
 }
 
@@ -512,9 +513,19 @@ impl<U> fmt::Debug for Broadcast<'_, U> {
 }
 
 impl<U> Broadcast<'_, U> {
-    /// Leaves `session` out (typically the sender).
+    /// Leaves `session` out (typically the sender). Called again, it leaves out that session
+    /// too: `hub.to("lobby").except(&alice).except(&bob)`.
     pub fn except(mut self, session: &Session<U>) -> Self {
-        self.except = Some(session.shared.key);
+        self.except = self.except.with(session.shared.key);
+        self
+    }
+
+    /// Leaves out every session of `keys` too (for example the members of a team, from their
+    /// [`Session::key`]s), wherever they are in a cluster. At most 65,535 sessions can be left out
+    /// of one broadcast on a node of a cluster (the keys beyond are not passed on); a broadcast
+    /// that leaves out most of a room is better sent to a room of the others.
+    pub fn except_keys(mut self, keys: impl IntoIterator<Item = SessionKey>) -> Self {
+        self.except = self.except.with_all(keys.into_iter().map(|key| key.0));
         self
     }
 
@@ -552,7 +563,7 @@ impl<U> Broadcast<'_, U> {
                 &self.hub.rooms,
                 self.target,
                 &encoded,
-                self.except,
+                &self.except,
                 self.priority,
             ));
         };
@@ -560,14 +571,18 @@ impl<U> Broadcast<'_, U> {
             Target::Room(room) => Topic::Room(room),
             Target::All => Topic::All,
         };
-        node.publish(topic, &encoded, self.except, self.priority)
+        node.publish(topic, &encoded, self.except.clone(), self.priority)
             .map_err(|err| SendError::Backend(err.to_string()))?;
-        let except = |key: &u64| Some(*key) != self.except;
+        let except = |key: &u64| !self.except.contains(*key);
         Ok(match self.target {
             Target::Room(room) => self.hub.rooms.rooms.get(room).map_or(0, |entry| {
                 entry.members.keys().filter(|key| except(key)).count()
             }),
-            Target::All => self.hub.registry.len(),
+            Target::All => {
+                let here = |key: &&u64| self.hub.registry.by_key(**key).is_some();
+                let excepted = self.except.keys().iter().filter(here).count();
+                self.hub.registry.len().saturating_sub(excepted)
+            }
         })
     }
 
@@ -704,7 +719,7 @@ pub(crate) fn deliver<U>(
     rooms: &RoomIndex<U>,
     target: Target<'_>,
     message: &EncodedMessage,
-    except: Option<u64>,
+    except: &Except,
     priority: Priority,
 ) -> usize {
     match target {
@@ -716,7 +731,7 @@ pub(crate) fn deliver<U>(
             // closing an overflowed session edits the room index, so it waits until the lock is
             // released.
             registry.for_each(|session| {
-                if Some(session.shared.key) == except {
+                if except.contains(session.shared.key) {
                     return;
                 }
                 match session.shared.push(message, priority) {
@@ -740,15 +755,21 @@ impl<U> RoomIndex<U> {
         &self,
         room: &str,
         message: &EncodedMessage,
-        except: Option<u64>,
+        except: &Except,
         priority: Priority,
     ) -> usize {
         let Some(entry) = self.rooms.get(room) else {
             return 0;
         };
-        let mut appended = entry.log.append(&self.stamps, message, except, priority);
-        let excepted = except.is_some_and(|key| entry.members.contains_key(&key));
-        let count = entry.members.len() - usize::from(excepted);
+        let mut appended = entry
+            .log
+            .append(&self.stamps, message, except.clone(), priority);
+        let excepted = except
+            .keys()
+            .iter()
+            .filter(|key| entry.members.contains_key(key))
+            .count();
+        let count = entry.members.len() - excepted;
         let log = entry.log.clone();
         drop(entry);
         appended.wake(&log);
@@ -940,6 +961,45 @@ mod tests {
         let texts = texts(&sessions[1]);
         assert_eq!(texts.len(), 1_003);
         assert_eq!(texts[1_002], tail("last"));
+    }
+
+    #[test]
+    fn a_broadcast_leaves_out_several_sessions() {
+        let config = Arc::new(Config::default());
+        let hub = hub(&config);
+        let sessions = sessions(&hub, &config, 5);
+        for session in &sessions {
+            session.join("room").unwrap();
+            hub.registry.adopt(session.clone());
+        }
+        let message = Message::text("모두에게, 둘만 빼고 🙈");
+        // Chained, and by keys; a key left out twice, or of no member, changes nothing.
+        let sent = hub
+            .to("room")
+            .except(&sessions[0])
+            .except_keys([sessions[3].key(), sessions[0].key(), SessionKey(999_999)])
+            .send(&message);
+        assert_eq!(sent, Ok(3));
+        let sent = hub
+            .all()
+            .except(&sessions[1])
+            .except(&sessions[4])
+            .send(&message);
+        assert_eq!(sent, Ok(3));
+        let got: Vec<usize> = sessions
+            .iter()
+            .map(|session| session.buffered().0)
+            .collect();
+        assert_eq!(got, [1, 1, 2, 1, 1]);
+    }
+
+    #[test]
+    fn except_keeps_its_keys_sorted_and_single() {
+        let except = Except::None.with(7).with_all([3, 7, 5]);
+        assert_eq!(except.keys(), [3, 5, 7]);
+        assert!(except.contains(5) && !except.contains(4));
+        assert_eq!(Except::of(vec![4, 4]), Except::One(4));
+        assert_eq!(Except::of(Vec::new()), Except::None);
     }
 
     #[test]

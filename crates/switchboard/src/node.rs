@@ -19,6 +19,7 @@ use crate::backend::{Backend, BackendError, Owner, SessionRef};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::protocol::EncodedMessage;
+use crate::room_log::Except;
 use crate::session::Priority;
 use crate::session::registry::Registry;
 
@@ -197,7 +198,7 @@ pub(crate) struct Recorded {
     pub(crate) room: Option<Arc<str>>,
     pub(crate) id: u64,
     pub(crate) message: EncodedMessage,
-    pub(crate) except: Option<u64>,
+    pub(crate) except: Except,
     pub(crate) priority: Priority,
     /// A direct send: only the session of this key.
     pub(crate) only: Option<u64>,
@@ -541,7 +542,7 @@ impl Node {
                 room: recorded.room.clone(),
                 id: recorded.id,
                 message: recorded.message.clone(),
-                except: recorded.except,
+                except: recorded.except.clone(),
                 priority: recorded.priority,
                 only: recorded.only,
                 close: recorded.close,
@@ -554,7 +555,7 @@ impl Node {
         &self,
         topic: crate::backend::Topic<'_>,
         message: &EncodedMessage,
-        except: Option<u64>,
+        except: Except,
         priority: Priority,
     ) -> Result<(), BackendError> {
         let id = self.next_publication.fetch_add(1, Ordering::Relaxed);
@@ -585,7 +586,7 @@ impl Node {
             room: None,
             id,
             message: message.clone(),
-            except: None,
+            except: Except::None,
             priority,
             only: Some(key),
             close,
@@ -681,8 +682,9 @@ fn unavailable(err: &BackendError) -> Response {
 // request:   1, id u64, from (u16 len), op u8 (1 receive, 2 send, 3 prepare, 4 hand over,
 //            5 adopt), key u64, query (u32 len), body (rest)
 // answer:    2, id u64, status u16, header count u8, headers (name u8 len, value u16 len), body (rest)
-// broadcast: id u64, close u8 (0 or 1), priority u8 (0 normal, 1 low), except u64 (0: none),
-//            only u64 (0: every target), payload length u32, tail (rest)
+// broadcast: id u64, close u8 (0 or 1), priority u8 (0 normal, 1 low), except count u16 and
+//            as many keys u64 (increasing), only u64 (0: every target), payload length u32,
+//            tail (rest)
 // rooms:     count u16, names (u16 len)
 
 fn encode_request(id: u64, from: &str, op: Op, key: u64, query: &str, body: &[u8]) -> Bytes {
@@ -772,14 +774,20 @@ pub(crate) fn decode_node_message(mut bytes: Bytes) -> Option<NodeMessage> {
 /// whether it is a close).
 pub(crate) fn encode_broadcast(broadcast: &Recorded) -> Bytes {
     let tail = broadcast.message.tail_text();
-    let mut out = BytesMut::with_capacity(30 + tail.len());
+    let except = broadcast.except.keys();
+    let mut out = BytesMut::with_capacity(24 + 8 * except.len() + tail.len());
     out.put_u64(broadcast.id);
     out.put_u8(u8::from(broadcast.close));
     out.put_u8(match broadcast.priority {
         Priority::Normal => 0,
         Priority::Low => 1,
     });
-    out.put_u64(broadcast.except.unwrap_or(0));
+    // More than 65,535 left out cannot be said: `Broadcast::except` caps them (and a broadcast
+    // leaving out that many would be better sent to a room).
+    out.put_u16(except.len().min(usize::from(u16::MAX)) as u16);
+    for key in except.iter().take(usize::from(u16::MAX)) {
+        out.put_u64(*key);
+    }
     out.put_u64(broadcast.only.unwrap_or(0));
     out.put_u32(broadcast.message.payload_len() as u32);
     out.put_slice(tail.as_bytes());
@@ -799,7 +807,11 @@ pub(crate) fn decode_broadcast(mut bytes: Bytes) -> Option<Recorded> {
         1 => Priority::Low,
         _ => return None,
     };
-    let except = take_u64(&mut bytes)?;
+    let excepted = take_u16(&mut bytes)?;
+    let mut except = Vec::with_capacity(usize::from(excepted));
+    for _ in 0..excepted {
+        except.push(take_u64(&mut bytes)?);
+    }
     let only = take_u64(&mut bytes)?;
     let payload_len = take_u32(&mut bytes)? as usize;
     let tail = std::str::from_utf8(&bytes).ok()?;
@@ -807,7 +819,7 @@ pub(crate) fn decode_broadcast(mut bytes: Bytes) -> Option<Recorded> {
         room: None,
         id,
         message: EncodedMessage::from_tail(tail, payload_len),
-        except: (except != 0).then_some(except),
+        except: Except::of(except),
         priority,
         only: (only != 0).then_some(only),
         close,
@@ -913,7 +925,7 @@ mod tests {
             room: None,
             id: 5,
             message: message.clone(),
-            except: Some(3),
+            except: Except::of(vec![9, 3]),
             priority: Priority::Low,
             only: Some(8),
             close: true,
@@ -924,12 +936,12 @@ mod tests {
         assert_eq!(
             (
                 decoded.id,
-                decoded.except,
+                decoded.except.clone(),
                 decoded.priority,
                 decoded.only,
                 decoded.close
             ),
-            (5, Some(3), Priority::Low, Some(8), true)
+            (5, Except::of(vec![3, 9]), Priority::Low, Some(8), true)
         );
         let rooms = ["로비", "", "emoji 🎉"];
         assert_eq!(decode_rooms(encode_rooms(&rooms)).unwrap(), rooms);

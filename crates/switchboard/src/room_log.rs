@@ -64,12 +64,65 @@ pub(crate) struct LogState<U> {
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Registered(u64);
 
+/// The sessions (by key) a broadcast leaves out: none, one (the common case: the sender, no
+/// allocation), or several, sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Except {
+    #[default]
+    None,
+    One(u64),
+    Many(Arc<[u64]>),
+}
+
+impl Except {
+    /// Whether the session of `key` is left out.
+    pub(crate) fn contains(&self, key: u64) -> bool {
+        match self {
+            Except::None => false,
+            Except::One(one) => *one == key,
+            Except::Many(many) => many.binary_search(&key).is_ok(),
+        }
+    }
+
+    /// The same, leaving out `key` too.
+    pub(crate) fn with(self, key: u64) -> Self {
+        self.with_all([key])
+    }
+
+    /// The same, leaving out `keys` too.
+    pub(crate) fn with_all(self, keys: impl IntoIterator<Item = u64>) -> Self {
+        let mut all: Vec<u64> = self.keys().to_vec();
+        all.extend(keys);
+        Self::of(all)
+    }
+
+    /// Leaves out exactly `keys`.
+    pub(crate) fn of(mut keys: Vec<u64>) -> Self {
+        keys.sort_unstable();
+        keys.dedup();
+        match keys.as_slice() {
+            [] => Except::None,
+            [one] => Except::One(*one),
+            _ => Except::Many(keys.into()),
+        }
+    }
+
+    /// The keys left out, in increasing order.
+    pub(crate) fn keys(&self) -> &[u64] {
+        match self {
+            Except::None => &[],
+            Except::One(one) => std::slice::from_ref(one),
+            Except::Many(many) => many,
+        }
+    }
+}
+
 /// One broadcast in a room's log.
 pub(crate) struct Entry {
     pub(crate) stamp: u64,
     pub(crate) message: EncodedMessage,
-    /// The session (key) the broadcast leaves out.
-    pub(crate) except: Option<u64>,
+    /// The sessions the broadcast leaves out.
+    pub(crate) except: Except,
     pub(crate) priority: Priority,
 }
 
@@ -130,7 +183,7 @@ impl<U> RoomLog<U> {
         &self,
         stamps: &AtomicU64,
         message: &EncodedMessage,
-        except: Option<u64>,
+        except: Except,
         priority: Priority,
     ) -> Appended<U> {
         let mut log = self.lock();

@@ -443,7 +443,7 @@ impl<U> Shared<U> {
         let mut released = false;
         for entry in log.from(room.next) {
             room.next += 1;
-            if entry.except != Some(self.key) {
+            if !entry.except.contains(self.key) {
                 released |= self.enqueue(state, &entry.message, entry.priority)?.1;
             }
         }
@@ -502,7 +502,7 @@ impl<U> Shared<U> {
                 return Ok(released);
             };
             rooms[at].next += 1;
-            if entry.except != Some(self.key) {
+            if !entry.except.contains(self.key) {
                 released |= self.enqueue(state, &entry.message, entry.priority)?.1;
             }
         }
