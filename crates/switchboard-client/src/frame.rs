@@ -39,6 +39,11 @@ pub struct Message {
     pub event: Option<String>,
     /// The payload.
     pub payload: Payload,
+    /// Sent as a request (`q`, protocol §3.1): the server's handler answers it with a message
+    /// whose [`reply_to`](Message::reply_to) is this id. Unique among the client's requests.
+    pub request: Option<u64>,
+    /// On a message from the server: the id of the request it answers (`p`).
+    pub reply_to: Option<u64>,
 }
 
 impl Message {
@@ -52,6 +57,8 @@ impl Message {
         Message {
             event: None,
             payload: Payload::Json(value),
+            request: None,
+            reply_to: None,
         }
     }
 
@@ -60,7 +67,17 @@ impl Message {
         Message {
             event: None,
             payload: Payload::Binary(bytes),
+            request: None,
+            reply_to: None,
         }
+    }
+
+    /// Sends it as the request of id `id` (1 to 2^53 − 1): the server's reply carries the id in
+    /// [`reply_to`](Message::reply_to).
+    #[must_use]
+    pub fn with_request(mut self, id: u64) -> Message {
+        self.request = Some(id);
+        self
     }
 
     /// Sets the event name.
@@ -106,6 +123,9 @@ impl Message {
         map.insert("s".into(), Value::from(seq));
         if let Some(e) = &self.event {
             map.insert("e".into(), Value::from(e.as_str()));
+        }
+        if let Some(q) = self.request {
+            map.insert("q".into(), Value::from(q));
         }
         match &self.payload {
             Payload::Json(v) => {
@@ -403,7 +423,19 @@ fn parse_msg(map: &Map<String, Value>) -> Result<(u64, Message), Error> {
         (Some(_), Some(_)) => return Err(Error::protocol("m: both d and b present")),
         (None, None) => return Err(Error::protocol("m: neither d nor b present")),
     };
-    Ok((seq, Message { event, payload }))
+    let reply_to = match map.get("p") {
+        None => None,
+        Some(_) => Some(bounded(req_u64(map, "p")?, "m: p")?),
+    };
+    Ok((
+        seq,
+        Message {
+            event,
+            payload,
+            request: None,
+            reply_to,
+        },
+    ))
 }
 
 fn parse_ack(map: &Map<String, Value>) -> Result<u64, Error> {

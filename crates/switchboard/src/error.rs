@@ -91,6 +91,10 @@ pub enum SendError {
     /// No session has this key (a direct send on a single node, see
     /// [`Hub::session`](crate::Hub::session)).
     NoSuchSession,
+    /// [`Session::reply`](crate::Session::reply) was given a message that is not a client's
+    /// request (its [`Message::request_id`](crate::Message::request_id) is `None`). Nothing was
+    /// sent.
+    NotARequest,
 }
 
 impl fmt::Display for SendError {
@@ -104,6 +108,9 @@ impl fmt::Display for SendError {
             SendError::Encode(why) => write!(f, "cannot encode message: {why}"),
             SendError::Backend(why) => write!(f, "broadcast not published: {why}"),
             SendError::NoSuchSession => write!(f, "no session has this key"),
+            SendError::NotARequest => {
+                write!(f, "the message is not a request: nothing to reply to")
+            }
         }
     }
 }

@@ -560,9 +560,13 @@ struct State {
     user: Vec<u8>,
 }
 
-// The state, as stored: version u8 (1); key, acked, next_seq, released, in_seq, att (u64 each);
+/// The version of the stored state below (2: inbox messages carry request ids).
+const STATE_VERSION: u8 = 2;
+
+// The state, as stored: version u8 (2); key, acked, next_seq, released, in_seq, att (u64 each);
 // low: u8 flag, count u32, bytes u32; out: u32 count, each payload length u32 and tail (u32
-// len); inbox: u32 count, each event (u8 flag, u16 len), kind u8 (0 JSON, 1 binary), payload
+// len); inbox: u32 count, each flags u8 (1: event, 2: request id), event (u16 len) if flagged,
+// request id u64 if flagged, kind u8 (0 JSON, 1 binary), payload
 // (u32 len); rooms: u16 count, each name (u16 len) and mark u64; all mark u64; user data (rest).
 
 fn encode_state(snapshot: &Snapshot, marks: &[(String, u64)], all_mark: u64, user: &[u8]) -> Bytes {
@@ -572,7 +576,7 @@ fn encode_state(snapshot: &Snapshot, marks: &[(String, u64)], all_mark: u64, use
         .map(|message| message.buffered_len() + 8)
         .sum();
     let mut out = BytesMut::with_capacity(size + 128 + user.len());
-    out.put_u8(1);
+    out.put_u8(STATE_VERSION);
     for value in [
         snapshot.key,
         snapshot.acked,
@@ -597,12 +601,15 @@ fn encode_state(snapshot: &Snapshot, marks: &[(String, u64)], all_mark: u64, use
     }
     out.put_u32(snapshot.inbox.len() as u32);
     for message in &snapshot.inbox {
-        match message.event() {
-            Some(event) => {
-                out.put_u8(1);
-                put_bytes16(&mut out, event.as_bytes());
-            }
-            None => out.put_u8(0),
+        // Flags: 1, an event name follows; 2, a request id follows (u64).
+        let flags =
+            u8::from(message.event().is_some()) | (u8::from(message.request_id().is_some()) << 1);
+        out.put_u8(flags);
+        if let Some(event) = message.event() {
+            put_bytes16(&mut out, event.as_bytes());
+        }
+        if let Some(id) = message.request_id() {
+            out.put_u64(id);
         }
         match message.payload() {
             Payload::Json(raw) => {
@@ -626,7 +633,7 @@ fn encode_state(snapshot: &Snapshot, marks: &[(String, u64)], all_mark: u64, use
 }
 
 fn decode_state(mut bytes: Bytes) -> Option<State> {
-    if take(&mut bytes, 1)?.get_u8() != 1 {
+    if take(&mut bytes, 1)?.get_u8() != STATE_VERSION {
         return None;
     }
     let mut fixed = take(&mut bytes, 6 * 8 + 9)?;
@@ -646,8 +653,13 @@ fn decode_state(mut bytes: Bytes) -> Option<State> {
     let received = take(&mut bytes, 4)?.get_u32();
     let mut inbox = Vec::new();
     for _ in 0..received {
-        let event = match take(&mut bytes, 1)?.get_u8() {
+        let flags = take(&mut bytes, 1)?.get_u8();
+        let event = match flags & 1 {
             1 => Some(String::from_utf8(take_bytes16(&mut bytes)?.to_vec()).ok()?),
+            _ => None,
+        };
+        let request = match flags & 2 {
+            2 => Some(take(&mut bytes, 8)?.get_u64()),
             _ => None,
         };
         let kind = take(&mut bytes, 1)?.get_u8();
@@ -658,11 +670,14 @@ fn decode_state(mut bytes: Bytes) -> Option<State> {
             ),
             _ => Payload::Binary(payload),
         };
-        let message = Message::from_payload(payload);
-        inbox.push(match event {
-            Some(event) => message.with_event(event),
-            None => message,
-        });
+        let mut message = Message::from_payload(payload);
+        if let Some(event) = event {
+            message = message.with_event(event);
+        }
+        if let Some(id) = request {
+            message = message.into_request(id);
+        }
+        inbox.push(message);
     }
     let rooms = take(&mut bytes, 2)?.get_u16();
     let mut marks = Vec::new();
@@ -740,6 +755,8 @@ mod tests {
             inbox: vec![
                 Message::text("받은 메시지"),
                 Message::binary(vec![1u8, 2, 3]).with_event("e"),
+                Message::text("질문?").with_event("ask").into_request(42),
+                Message::text("질문 2").into_request(7),
             ],
             in_seq: 5,
             att: 3,
@@ -767,6 +784,11 @@ mod tests {
         assert_eq!(decoded.inbox[0].as_text().as_deref(), Some("받은 메시지"));
         assert_eq!(decoded.inbox[1].event(), Some("e"));
         assert_eq!(&decoded.inbox[1].as_bytes().unwrap()[..], &[1, 2, 3]);
+        assert_eq!(decoded.inbox[1].request_id(), None);
+        assert_eq!(decoded.inbox[2].event(), Some("ask"));
+        assert_eq!(decoded.inbox[2].request_id(), Some(42));
+        assert_eq!(decoded.inbox[3].request_id(), Some(7));
+        assert_eq!(decoded.inbox[3].event(), None);
         assert_eq!(state.marks, marks);
         assert_eq!(state.all_mark, 4);
         assert_eq!(state.user, b"{\"name\":\"kim\"}");

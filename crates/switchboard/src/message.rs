@@ -35,6 +35,18 @@ pub enum Payload {
 pub struct Message {
     event: Option<Box<str>>,
     payload: Payload,
+    pairing: Pairing,
+}
+
+/// What pairs a request with its reply (`docs/protocol.md` §3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Pairing {
+    #[default]
+    None,
+    /// A client's request, with its id: the client waits for a reply.
+    Request(u64),
+    /// The reply to the client's request of this id.
+    Reply(u64),
 }
 
 impl Message {
@@ -72,6 +84,7 @@ impl Message {
         Self {
             event: None,
             payload,
+            pairing: Pairing::None,
         }
     }
 
@@ -125,6 +138,37 @@ impl Message {
                 "binary payload where JSON was expected",
             )),
         }
+    }
+
+    /// The id of the client's request, if the client sent this message as one (the JavaScript
+    /// client's `conn.request(…)`) and waits for a reply: answer it with
+    /// [`Session::reply`](crate::Session::reply). `None` for an ordinary message.
+    pub fn request_id(&self) -> Option<u64> {
+        match self.pairing {
+            Pairing::Request(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The id of the client's request this message answers, if it is a reply (see
+    /// [`Session::reply`](crate::Session::reply)).
+    pub fn reply_to(&self) -> Option<u64> {
+        match self.pairing {
+            Pairing::Reply(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The same message, as the client's request of id `id`.
+    pub(crate) fn into_request(mut self, id: u64) -> Self {
+        self.pairing = Pairing::Request(id);
+        self
+    }
+
+    /// The same message, as the reply to the client's request of id `id`.
+    pub(crate) fn into_reply(mut self, id: u64) -> Self {
+        self.pairing = Pairing::Reply(id);
+        self
     }
 
     /// The size of the payload as counted against the message size limit: the JSON text, or the

@@ -45,6 +45,11 @@ impl EncodedMessage {
     /// Encodes `message`.
     pub(crate) fn new(message: &Message) -> Self {
         let mut tail = String::with_capacity(message.payload_len() + 24);
+        if let Some(id) = message.reply_to() {
+            tail.push_str("\"p\":");
+            write_decimal(&mut tail, id);
+            tail.push(',');
+        }
         if let Some(event) = message.event() {
             tail.push_str("\"e\":");
             write_json_string(&mut tail, event);
@@ -306,6 +311,8 @@ struct RawFrame<'a> {
     s: Option<u64>,
     #[serde(default)]
     a: Option<u64>,
+    #[serde(default)]
+    q: Option<u64>,
     #[serde(default, borrow)]
     e: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "present")]
@@ -423,6 +430,12 @@ fn from_raw(raw: RawFrame<'_>, max_message: usize) -> Result<ClientFrame, FrameE
                     return Err(malformed("event name longer than 128 bytes"));
                 }
                 message = message.with_event(event.into_owned());
+            }
+            if let Some(id) = raw.q {
+                if id == 0 || id > MAX_SEQ {
+                    return Err(malformed("q must be between 1 and 2^53-1"));
+                }
+                message = message.into_request(id);
             }
             Ok(ClientFrame::Message { seq, message })
         }

@@ -214,6 +214,21 @@ impl<U> Session<U> {
             .map(|_| ())
     }
 
+    /// Answers the client's `request` (a message whose [`Message::request_id`] is set: the
+    /// JavaScript client's `conn.request(…)`) with `reply`: the client's promise resolves with
+    /// it. The reply is an ordinary message of the session's ordered, exactly-once sequence, so it
+    /// reaches the client once, whichever transport carries it and however often the client
+    /// switches while it is on its way (`docs/protocol.md` §3.1). Answer each request once: a
+    /// second reply to the same id is dropped by the client. A request left unanswered fails on
+    /// the client's side after its time-out.
+    ///
+    /// Fails with [`SendError::NotARequest`] (sending nothing) if `request` is not a request, and
+    /// as [`send`](Self::send) does otherwise.
+    pub fn reply(&self, request: &Message, reply: impl Into<Message>) -> Result<(), SendError> {
+        let id = request.request_id().ok_or(SendError::NotARequest)?;
+        self.send_with(reply.into().into_reply(id), Priority::Normal)
+    }
+
     /// Sends a named event whose payload is `data` encoded as JSON.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), SendError> {
         let message = Message::json(data)
