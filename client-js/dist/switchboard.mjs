@@ -17,10 +17,19 @@ var Emitter = class {
     this._listeners.set(event, [...list, listener]);
     return this;
   }
-  /** Removes `listener` from `event`. */
+  /** Subscribes `listener` to the next `event` only; `off` with the same `listener` removes it. */
+  once(event, listener) {
+    const once = (...args) => {
+      this.off(event, once);
+      listener(...args);
+    };
+    once._listener = listener;
+    return this.on(event, once);
+  }
+  /** Removes `listener` from `event` (subscribed with `on` or `once`). */
   off(event, listener) {
     const list = this._listeners.get(event) || [];
-    this._listeners.set(event, list.filter((l) => l !== listener));
+    this._listeners.set(event, list.filter((l) => l !== listener && l._listener !== listener));
     return this;
   }
   _fire(event, ...args) {
@@ -53,8 +62,9 @@ function fromBase64(text) {
   return bytes;
 }
 var utf8 = new TextEncoder();
-function encodeMessage(seq, data, event) {
+function encodeMessage(seq, data, event, request) {
   let text = `{"t":"m","s":${seq}`;
+  if (request) text += `,"q":${request}`;
   if (event !== void 0) text += `,"e":${JSON.stringify(String(event))}`;
   let size;
   if (isBinary(data)) {
@@ -138,10 +148,12 @@ var PollingTransport = class {
     this._aborts = /* @__PURE__ */ new Set();
     this.att = conn._probe && conn._pollAtt ? conn._pollAtt : ++conn._att;
     conn._pollAtt = this.att;
+    this._idle = delay === null;
     if (delay) this._wake = setTimeout(() => this._loop(), delay);
-    else queueMicrotask(() => this._loop());
+    else if (!this._idle) queueMicrotask(() => this._loop());
   }
   async _loop() {
+    this._idle = false;
     const conn = this._conn;
     const options = conn._options;
     const long = this.name === "longpoll";
@@ -159,10 +171,9 @@ var PollingTransport = class {
       const lifetime = Date.now() - started;
       if (answer.status !== 200 || !Array.isArray(answer.body)) {
         this._stopped = true;
-        const body = answer.body || {};
         return conn._down(this, {
           code: answer.status >= 400 && answer.status < 600 ? 4e3 + answer.status : 0,
-          reason: body.error,
+          reason: conn._error(answer.status, answer.body),
           status: answer.status,
           body: answer.body,
           lifetime
@@ -286,8 +297,7 @@ var SseTransport = class extends Stream {
         { credentials: "include", signal: this._abort.signal }
       );
       if (response.status !== 200) {
-        const body = await response.json().catch(() => null);
-        const error = body && body.error;
+        const error = conn._error(response.status, await response.json().catch(() => null));
         return this._fail(error ? 4e3 + response.status : 0, error);
       }
       const reader = response.body.getReader();
@@ -374,6 +384,12 @@ var HISTORY = 32;
 var RESERVED = ["open", "message", "close", "transport", "state", "reset"];
 var RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "protocol_error" };
 var FATAL = [4400, 4401, 4403];
+var ADVICE = {
+  __proto__: null,
+  not_found: "no Switchboard mount point here (404): check the path given to connect",
+  origin_not_allowed: "the server does not allow this page's origin: add it with Builder::allowed_origins"
+};
+var LOST = 6;
 var CLOSE = '{"t":"close"}';
 function localStorageIfAny() {
   try {
@@ -382,11 +398,45 @@ function localStorageIfAny() {
   }
 }
 var failure = (code) => Object.assign(new Error("switchboard: " + code), { code });
+var NAMES = ["websocket", "sse", "longpoll", "poll"];
+var MS = "a number of ms, at least 0";
+var number = (v) => typeof v === "number" && v >= 0 && v < Infinity;
+var RULES = {
+  __proto__: null,
+  transports: [(v) => Array.isArray(v) && v.length && v.every((name, i) => NAMES.includes(name) && v.indexOf(name) === i), "a non-empty list of distinct names of " + NAMES],
+  auth: [() => 1],
+  backoff: [(v) => v && typeof v === "object" && Object.entries(v).every(([k, n]) => ["min", "max", "jitter"].includes(k) && (n === void 0 || number(n) && (k !== "jitter" || n <= 1))), "{ min, max, jitter }, each optional (ms; jitter 0 to 1)"],
+  maxBuffered: [(v) => Number.isInteger(v) && v > 0, "a whole number, at least 1"],
+  WebSocket: [(v) => typeof v === "function", "a constructor"],
+  fetch: [(v) => typeof v === "function", "a function"],
+  storage: [(v) => v === null || typeof v === "object" && typeof v.getItem === "function" && typeof v.setItem === "function", "null or like localStorage"]
+};
+for (const name of ["connectTimeout", "raceAfter", "earlyCloseWindow", "pollInterval", "requestTimeout", "probeDelay", "probeMax", "rememberFor", "lowPriorityDelay"]) {
+  RULES[name] = [number, MS];
+}
+function checked(options) {
+  const given = {};
+  for (const [name, value] of Object.entries(options)) {
+    if (value === void 0) continue;
+    const rule = RULES[name];
+    if (!rule) throw new TypeError(`switchboard: unknown option ${name} (known: ${Object.keys(RULES)})`);
+    if (!rule[0](value)) throw new TypeError(`switchboard: option ${name} must be ${rule[1]}, not ${describe(value)}`);
+    given[name] = value;
+  }
+  return given;
+}
+function describe(value) {
+  try {
+    return typeof value === "function" ? "a function" : JSON.stringify(value).slice(0, 60);
+  } catch {
+    return String(value);
+  }
+}
 var Connection = class extends Emitter {
   constructor(url, options = {}) {
     super();
     const g = globalThis;
-    const given = Object.fromEntries(Object.entries(options).filter((entry) => entry[1] !== void 0));
+    const given = checked(options || {});
     this._options = {
       ...DEFAULTS,
       WebSocket: g.WebSocket,
@@ -406,6 +456,9 @@ var Connection = class extends Emitter {
     this._history = [];
     this.transport = null;
     this.state = "connecting";
+    this.ready = new Promise((resolve, reject) => this.once("open", resolve).once("close", reject));
+    this.ready.catch(() => {
+    });
     setTimeout(() => this._connect(this._pick()));
   }
   /** Forgets the session: a new one starts from sequence numbers 0. */
@@ -413,6 +466,8 @@ var Connection = class extends Emitter {
     this._sid = this._timing = null;
     this._rx = this._acked = this._seq = this._serverAck = this._sent = this._posted = this._top = 0;
     this._out = [];
+    this._q = 0;
+    this._pending = /* @__PURE__ */ new Map();
   }
   /**
    * A snapshot for the application's analytics, new on every call (plain data: keep it, change it
@@ -437,10 +492,43 @@ var Connection = class extends Emitter {
   emit(event, data, options) {
     this._queue(data, event, options);
   }
-  _queue(data, event, { lowPriority = false } = {}) {
+  /**
+   * Sends a request: a message (named `event`, or unnamed when it is `null`) that the server's
+   * application answers with `Session::reply`. Resolves with the reply's payload; rejects with an
+   * `Error` whose `code` is `timeout` (no reply within `timeout` ms, default 10000; `Infinity` waits
+   * as long as the session lasts), `reset` or `closed` (the session that would have answered is
+   * gone), or what `send` would throw. A reply that comes later is dropped. Replies are no `message`
+   * events.
+   */
+  request(event, data, { timeout = 1e4, lowPriority } = {}) {
+    return new Promise((resolve, reject) => {
+      if (typeof timeout !== "number" || !(timeout >= 0)) {
+        throw new TypeError(`switchboard: request's timeout must be ${MS} or Infinity, not ${describe(timeout)}`);
+      }
+      const id = this._q + 1;
+      this._queue(data, event ?? void 0, { lowPriority }, id);
+      this._q = id;
+      const timer = timeout < Infinity && setTimeout(() => this._answer(id, failure("timeout")), timeout);
+      this._pending.set(id, { resolve, reject, timer });
+    });
+  }
+  /** Settles request `id`, if it still waits: with the reply's payload, or rejected with `error`. */
+  _answer(id, error, data) {
+    const waiting = this._pending.get(id);
+    if (!waiting) return;
+    this._pending.delete(id);
+    clearTimeout(waiting.timer);
+    if (error) waiting.reject(error);
+    else waiting.resolve(data);
+  }
+  /** Rejects every request still waiting: the session that would answer them is gone. */
+  _giveUp(error) {
+    for (const id of [...this._pending.keys()]) this._answer(id, error());
+  }
+  _queue(data, event, { lowPriority = false } = {}, request) {
     if (this.state === "closed") throw failure("closed");
     if (this._out.length >= this._options.maxBuffered) throw failure("buffer_full");
-    const { text, size } = encodeMessage(this._seq + 1, data, event);
+    const { text, size } = encodeMessage(this._seq + 1, data, event, request);
     if (size > this._maxMessage) throw failure("too_large");
     this._out.push({ seq: ++this._seq, text });
     this._n.sent++;
@@ -491,7 +579,7 @@ var Connection = class extends Emitter {
     } else if (name === "sse" && this._sid) {
       this._current = new SseTransport(this);
     } else if (this._sid) {
-      this._current = new PollingTransport(this, name);
+      this._current = new PollingTransport(this, name, this._attempt ? null : 0);
       this._posted = this._serverAck;
       this._sync = true;
       this._post();
@@ -529,7 +617,7 @@ var Connection = class extends Emitter {
       } else {
         this._down(opening, {
           code: status >= 400 ? 4e3 + status : 0,
-          reason: body2 && body2.error,
+          reason: this._error(status, body2),
           status,
           lifetime: 0
         });
@@ -636,7 +724,11 @@ var Connection = class extends Emitter {
     if (code === 4100 || code === 4409) {
       if (++this._takeovers >= 3) return this._reset("superseded");
     }
-    if (code === 4404) return this._reset("unknown_session");
+    if (code === 4404) {
+      if (reason !== "not_found") return this._reset("unknown_session");
+      if (!this._n.attached || this._attempt >= LOST) return this._end(code, reason);
+      this._suspects = [];
+    }
     if (RESET[code]) return this._reset(RESET[code]);
     if (code === 4e3 || code === 4001 || FATAL.includes(code)) return this._end(code, reason);
     const name = transport.name;
@@ -667,7 +759,17 @@ var Connection = class extends Emitter {
     if (next !== name) {
       (this._suspects ||= []).push(name);
       this._move("fallback");
-    } else this._why ||= "reconnect";
+    } else {
+      this._why ||= "reconnect";
+      if (code === 1006 && !opened && !this._n.attached && !this._asked) {
+        this._asked = 1;
+        this._request("GET", "poll?v=1", null, options.requestTimeout).then(({ status: status2, body: body2 }) => {
+          const reason2 = this._error(status2, body2);
+          this._asked = status2;
+          if (status2 === 403 || reason2 === "not_found") this._end(4e3 + status2, reason2);
+        });
+      }
+    }
     this._setTransport(next);
     this._setState(this._sid ? "reconnecting" : "connecting");
     if (next !== name) return this._connect(next);
@@ -790,10 +892,8 @@ var Connection = class extends Emitter {
       this._rx = frame.s;
       this._n.received++;
       const data = payloadOf(frame);
-      const info = { seq: frame.s };
-      if (frame.e !== void 0) info.event = frame.e;
-      this._fire("message", data, info);
-      if (frame.e !== void 0 && !RESERVED.includes(frame.e)) this._fire(frame.e, data, info);
+      if (frame.p !== void 0) this._answer(frame.p, null, data);
+      else this._message(frame, data);
       this._scheduleAck();
     } else if (frame.t === "ack") {
       this._onAck(frame.a);
@@ -807,6 +907,13 @@ var Connection = class extends Emitter {
       if (RESET[frame.code]) this._reset(RESET[frame.code]);
       else this._end(frame.code, frame.reason);
     }
+  }
+  /** Hands a message to the application: the `message` event, and its named event. */
+  _message(frame, data) {
+    const info = { seq: frame.s };
+    if (frame.e !== void 0) info.event = frame.e;
+    this._fire("message", data, info);
+    if (frame.e !== void 0 && !RESERVED.includes(frame.e)) this._fire(frame.e, data, info);
   }
   /** The server has our messages up to `ack`: stop keeping them. */
   _onAck(ack) {
@@ -881,13 +988,18 @@ var Connection = class extends Emitter {
           this._postFailures = 0;
           if (ack > this._acked) this._acked = ack;
           const closing = answer.body.some((frame) => frame && frame.t === "close");
-          if (this.state !== "open" && this._current.att && !closing) this._use(this._current);
+          if (this._current.att && !closing) {
+            if (this.state !== "open") this._use(this._current);
+            if (this._current._idle) this._current._loop();
+          }
           this._frames(null, answer.body);
           this._posted = this._serverAck;
           continue;
         }
-        if (answer.status === 404) return this._reset("unknown_session");
-        if (FATAL.includes(4e3 + answer.status)) return this._end(4e3 + answer.status, (answer.body || {}).error);
+        const reason = this._error(answer.status, answer.body);
+        if (reason === "unknown_session") return this._reset(reason);
+        if (FATAL.includes(4e3 + answer.status)) return this._end(4e3 + answer.status, reason);
+        if (reason === "not_found" || this._current._idle) return this._current._fail(answer.status > 399 ? 4e3 + answer.status : 0, reason);
         this._posted = this._serverAck;
         if (ack) this._ackDue = true;
         await new Promise((wake) => setTimeout(wake, backoff(this._postFailures++, this._options.backoff)));
@@ -922,12 +1034,21 @@ var Connection = class extends Emitter {
       if (aborts) aborts.delete(abort);
     }
   }
+  /**
+   * The error an HTTP answer reports: the server's code (§7), or `not_found` for a 404 that is not
+   * the server's own `unknown_session` (the app's page, a proxy's: no Switchboard at that URL).
+   */
+  _error(status, body) {
+    const error = body && body.error;
+    return status === 404 && error !== "unknown_session" ? "not_found" : error;
+  }
   // --- Endings -----------------------------------------------------------------------------------
   /** The server no longer has our session: start a new one and tell the application. */
   _reset(reason) {
     const unsent = this._out.length;
     const first = this._pick();
     this._stopAll();
+    this._giveUp(() => failure("reset"));
     this._fresh();
     this._move("reset");
     this._setTransport(first);
@@ -941,10 +1062,14 @@ var Connection = class extends Emitter {
     }
   }
   _end(code, reason) {
+    if (this.state === "closed") return;
     this._stopAll();
+    this._giveUp(() => failure("closed"));
     this._setTransport(null);
     this._setState("closed");
-    this._fire("close", { code, reason: reason || "" });
+    const info = { code, reason: reason || "" };
+    if (ADVICE[reason]) info.message = this._base + ": " + ADVICE[reason];
+    this._fire("close", info);
   }
   _stopAll() {
     for (const transport of [this._current, this._probe, this._racer, this._loser]) if (transport) transport.stop();

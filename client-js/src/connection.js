@@ -45,6 +45,16 @@ const RESET = { 4002: "expired", 4003: "overflow", 4004: "shutdown", 4005: "prot
 /** Refusals that no retry can fix: bad request, authentication, origin. */
 const FATAL = [4400, 4401, 4403];
 
+/** What to check, for the endings a page's developer can fix (the `message` of the close event). */
+const ADVICE = {
+  __proto__: null,
+  not_found: "no Switchboard mount point here (404): check the path given to connect",
+  origin_not_allowed: "the server does not allow this page's origin: add it with Builder::allowed_origins",
+};
+
+/** Reconnect attempts after which a session that opened here gives up on 404s that are not the server's (see `_down`). */
+const LOST = 6;
+
 const CLOSE = '{"t":"close"}';
 
 /** The page's localStorage; undefined where there is none or it may not be used. */
@@ -54,15 +64,62 @@ function localStorageIfAny() {
   } catch {}
 }
 
-/** The error `send` throws: an `Error` whose `code` is `closed`, `buffer_full` or `too_large`. */
+/**
+ * The error `send` throws, and `request` rejects with: an `Error` whose `code` is `closed`,
+ * `buffer_full` or `too_large`; for a request also `timeout` or `reset`.
+ */
 const failure = (code) => Object.assign(new Error("switchboard: " + code), { code });
+
+const NAMES = ["websocket", "sse", "longpoll", "poll"];
+const MS = "a number of ms, at least 0";
+const number = (v) => typeof v === "number" && v >= 0 && v < Infinity;
+
+/** What each option must be: a check, and what it says when the value fails it. */
+const RULES = {
+  __proto__: null,
+  transports: [(v) => Array.isArray(v) && v.length && v.every((name, i) => NAMES.includes(name) && v.indexOf(name) === i), "a non-empty list of distinct names of " + NAMES],
+  auth: [() => 1],
+  backoff: [(v) => v && typeof v === "object" && Object.entries(v).every(([k, n]) => ["min", "max", "jitter"].includes(k) && (n === undefined || (number(n) && (k !== "jitter" || n <= 1)))), "{ min, max, jitter }, each optional (ms; jitter 0 to 1)"],
+  maxBuffered: [(v) => Number.isInteger(v) && v > 0, "a whole number, at least 1"],
+  WebSocket: [(v) => typeof v === "function", "a constructor"],
+  fetch: [(v) => typeof v === "function", "a function"],
+  storage: [(v) => v === null || (typeof v === "object" && typeof v.getItem === "function" && typeof v.setItem === "function"), "null or like localStorage"],
+};
+for (const name of ["connectTimeout", "raceAfter", "earlyCloseWindow", "pollInterval", "requestTimeout", "probeDelay", "probeMax", "rememberFor", "lowPriorityDelay"]) {
+  RULES[name] = [number, MS];
+}
+
+/**
+ * The options given, without those given as `undefined` (which mean their default); throws a
+ * `TypeError` naming the first unknown or invalid one.
+ */
+function checked(options) {
+  const given = {};
+  for (const [name, value] of Object.entries(options)) {
+    if (value === undefined) continue;
+    const rule = RULES[name];
+    if (!rule) throw new TypeError(`switchboard: unknown option ${name} (known: ${Object.keys(RULES)})`);
+    if (!rule[0](value)) throw new TypeError(`switchboard: option ${name} must be ${rule[1]}, not ${describe(value)}`);
+    given[name] = value;
+  }
+  return given;
+}
+
+/** A short description of a value for an error message. */
+function describe(value) {
+  try {
+    return typeof value === "function" ? "a function" : JSON.stringify(value).slice(0, 60);
+  } catch {
+    return String(value);
+  }
+}
 
 export class Connection extends Emitter {
   constructor(url, options = {}) {
     super();
     const g = globalThis;
-    // An option given as `undefined` means its default.
-    const given = Object.fromEntries(Object.entries(options).filter((entry) => entry[1] !== undefined));
+    // An option given as `undefined` means its default; an unknown or invalid one throws.
+    const given = checked(options || {});
     this._options = {
       ...DEFAULTS,
       WebSocket: g.WebSocket,
@@ -90,6 +147,10 @@ export class Connection extends Emitter {
     this.transport = null;
     /** `connecting`, `open`, `reconnecting` or `closed`. */
     this.state = "connecting";
+    /** Resolves with the first `open` event's info; rejects with the `close` event's if that comes first. */
+    this.ready = new Promise((resolve, reject) => this.once("open", resolve).once("close", reject));
+    // A page that does not use it is not told of its rejection (the close event tells).
+    this.ready.catch(() => {});
     // Start on the next turn, so that the page can subscribe to the first events.
     setTimeout(() => this._connect(this._pick()));
   }
@@ -100,6 +161,9 @@ export class Connection extends Emitter {
     // `_top`: the highest sequence number sent so far (a message at or below it goes again).
     this._rx = this._acked = this._seq = this._serverAck = this._sent = this._posted = this._top = 0;
     this._out = [];
+    // Requests waiting for their reply, by id (`q`, counted from 1 in each session).
+    this._q = 0;
+    this._pending = new Map();
   }
 
   /**
@@ -128,10 +192,46 @@ export class Connection extends Emitter {
     this._queue(data, event, options);
   }
 
-  _queue(data, event, { lowPriority = false } = {}) {
+  /**
+   * Sends a request: a message (named `event`, or unnamed when it is `null`) that the server's
+   * application answers with `Session::reply`. Resolves with the reply's payload; rejects with an
+   * `Error` whose `code` is `timeout` (no reply within `timeout` ms, default 10000; `Infinity` waits
+   * as long as the session lasts), `reset` or `closed` (the session that would have answered is
+   * gone), or what `send` would throw. A reply that comes later is dropped. Replies are no `message`
+   * events.
+   */
+  request(event, data, { timeout = 10000, lowPriority } = {}) {
+    return new Promise((resolve, reject) => {
+      if (typeof timeout !== "number" || !(timeout >= 0)) {
+        throw new TypeError(`switchboard: request's timeout must be ${MS} or Infinity, not ${describe(timeout)}`);
+      }
+      const id = this._q + 1;
+      this._queue(data, event ?? undefined, { lowPriority }, id);
+      this._q = id;
+      const timer = timeout < Infinity && setTimeout(() => this._answer(id, failure("timeout")), timeout);
+      this._pending.set(id, { resolve, reject, timer });
+    });
+  }
+
+  /** Settles request `id`, if it still waits: with the reply's payload, or rejected with `error`. */
+  _answer(id, error, data) {
+    const waiting = this._pending.get(id);
+    if (!waiting) return;
+    this._pending.delete(id);
+    clearTimeout(waiting.timer);
+    if (error) waiting.reject(error);
+    else waiting.resolve(data);
+  }
+
+  /** Rejects every request still waiting: the session that would answer them is gone. */
+  _giveUp(error) {
+    for (const id of [...this._pending.keys()]) this._answer(id, error());
+  }
+
+  _queue(data, event, { lowPriority = false } = {}, request) {
     if (this.state === "closed") throw failure("closed");
     if (this._out.length >= this._options.maxBuffered) throw failure("buffer_full");
-    const { text, size } = encodeMessage(this._seq + 1, data, event);
+    const { text, size } = encodeMessage(this._seq + 1, data, event, request);
     if (size > this._maxMessage) throw failure("too_large");
     this._out.push({ seq: ++this._seq, text });
     this._n.sent++;
@@ -192,7 +292,9 @@ export class Connection extends Emitter {
       this._current = new SseTransport(this);
     } else if (this._sid) {
       // Resume over polling: poll, and POST (at least `[]`) to learn what the server has of ours.
-      this._current = new PollingTransport(this, name);
+      // After a failed attempt (the server may be down: a restart) the POST goes alone, and the
+      // polls follow once it is answered: one request per try, not two.
+      this._current = new PollingTransport(this, name, this._attempt ? null : 0);
       this._posted = this._serverAck;
       this._sync = true;
       this._post();
@@ -235,7 +337,7 @@ export class Connection extends Emitter {
       } else {
         this._down(opening, {
           code: status >= 400 ? 4000 + status : 0,
-          reason: body && body.error,
+          reason: this._error(status, body),
           status,
           lifetime: 0,
         });
@@ -363,7 +465,14 @@ export class Connection extends Emitter {
       // session is theirs, and we start a new one.
       if (++this._takeovers >= 3) return this._reset("superseded");
     }
-    if (code === 4404) return this._reset("unknown_session");
+    if (code === 4404) {
+      if (reason !== "not_found") return this._reset("unknown_session");
+      // A 404 that is not the server's own: nothing at this URL speaks Switchboard (a wrong mount
+      // path). Once a session has opened here it may come from an intermediary for a while (a
+      // deploy): retried with backoff like a server that is down, and reported if it lasts.
+      if (!this._n.attached || this._attempt >= LOST) return this._end(code, reason);
+      this._suspects = [];
+    }
     if (RESET[code]) return this._reset(RESET[code]);
     if (code === 4000 || code === 4001 || FATAL.includes(code)) return this._end(code, reason);
     const name = transport.name;
@@ -412,7 +521,20 @@ export class Connection extends Emitter {
     if (next !== name) {
       (this._suspects ||= []).push(name);
       this._move("fallback");
-    } else this._why ||= "reconnect";
+    } else {
+      this._why ||= "reconnect";
+      if (code === 1006 && !opened && !this._n.attached && !this._asked) {
+        // A refused handshake tells the page nothing (a wrong path, a disallowed origin, §13), and
+        // there is no HTTP transport to try: ask over HTTP, whose refusals it can read, until the
+        // server answers.
+        this._asked = 1;
+        this._request("GET", "poll?v=1", null, options.requestTimeout).then(({ status, body }) => {
+          const reason = this._error(status, body);
+          this._asked = status;
+          if (status === 403 || reason === "not_found") this._end(4000 + status, reason);
+        });
+      }
+    }
     // Tell what is being tried before saying that it is not open yet.
     this._setTransport(next);
     this._setState(this._sid ? "reconnecting" : "connecting");
@@ -551,10 +673,9 @@ export class Connection extends Emitter {
       this._rx = frame.s;
       this._n.received++;
       const data = payloadOf(frame);
-      const info = { seq: frame.s };
-      if (frame.e !== undefined) info.event = frame.e;
-      this._fire("message", data, info);
-      if (frame.e !== undefined && !RESERVED.includes(frame.e)) this._fire(frame.e, data, info);
+      // A reply settles its request (one that gave up already drops it), and is no message.
+      if (frame.p !== undefined) this._answer(frame.p, null, data);
+      else this._message(frame, data);
       this._scheduleAck();
     } else if (frame.t === "ack") {
       this._onAck(frame.a);
@@ -569,6 +690,14 @@ export class Connection extends Emitter {
       else this._end(frame.code, frame.reason);
     }
     // Frames of other types are ignored: later versions may add some (§2).
+  }
+
+  /** Hands a message to the application: the `message` event, and its named event. */
+  _message(frame, data) {
+    const info = { seq: frame.s };
+    if (frame.e !== undefined) info.event = frame.e;
+    this._fire("message", data, info);
+    if (frame.e !== undefined && !RESERVED.includes(frame.e)) this._fire(frame.e, data, info);
   }
 
   /** The server has our messages up to `ack`: stop keeping them. */
@@ -652,15 +781,23 @@ export class Connection extends Emitter {
           if (ack > this._acked) this._acked = ack;
           // The server has the session and answers over HTTP: the polling transport carries.
           const closing = answer.body.some((frame) => frame && frame.t === "close");
-          if (this.state !== "open" && this._current.att && !closing) this._use(this._current);
+          if (this._current.att && !closing) {
+            if (this.state !== "open") this._use(this._current);
+            // A resume whose POST went first (see `_connect`) polls from now on.
+            if (this._current._idle) this._current._loop();
+          }
           this._frames(null, answer.body);
           // Its ack says what arrived; what did not (the application was slow to take messages,
           // or a gap) goes again.
           this._posted = this._serverAck;
           continue;
         }
-        if (answer.status === 404) return this._reset("unknown_session");
-        if (FATAL.includes(4000 + answer.status)) return this._end(4000 + answer.status, (answer.body || {}).error);
+        const reason = this._error(answer.status, answer.body);
+        if (reason === "unknown_session") return this._reset(reason);
+        if (FATAL.includes(4000 + answer.status)) return this._end(4000 + answer.status, reason);
+        // A 404 that is not the server's, or the first POST of a resume that failed: the transport
+        // reports it (see `_down`).
+        if (reason === "not_found" || this._current._idle) return this._current._fail(answer.status > 399 ? 4000 + answer.status : 0, reason);
         // Lost or refused for now: send again what the server has not acknowledged.
         this._posted = this._serverAck;
         if (ack) this._ackDue = true;
@@ -699,6 +836,15 @@ export class Connection extends Emitter {
     }
   }
 
+  /**
+   * The error an HTTP answer reports: the server's code (§7), or `not_found` for a 404 that is not
+   * the server's own `unknown_session` (the app's page, a proxy's: no Switchboard at that URL).
+   */
+  _error(status, body) {
+    const error = body && body.error;
+    return status === 404 && error !== "unknown_session" ? "not_found" : error;
+  }
+
   // --- Endings -----------------------------------------------------------------------------------
 
   /** The server no longer has our session: start a new one and tell the application. */
@@ -706,6 +852,7 @@ export class Connection extends Emitter {
     const unsent = this._out.length;
     const first = this._pick();
     this._stopAll();
+    this._giveUp(() => failure("reset"));
     this._fresh();
     this._move("reset");
     this._setTransport(first);
@@ -720,10 +867,14 @@ export class Connection extends Emitter {
   }
 
   _end(code, reason) {
+    if (this.state === "closed") return;
     this._stopAll();
+    this._giveUp(() => failure("closed"));
     this._setTransport(null);
     this._setState("closed");
-    this._fire("close", { code, reason: reason || "" });
+    const info = { code, reason: reason || "" };
+    if (ADVICE[reason]) info.message = this._base + ": " + ADVICE[reason];
+    this._fire("close", info);
   }
 
   _stopAll() {

@@ -13,10 +13,20 @@ export class Emitter {
     return this;
   }
 
-  /** Removes `listener` from `event`. */
+  /** Subscribes `listener` to the next `event` only; `off` with the same `listener` removes it. */
+  once(event, listener) {
+    const once = (...args) => {
+      this.off(event, once);
+      listener(...args);
+    };
+    once._listener = listener;
+    return this.on(event, once);
+  }
+
+  /** Removes `listener` from `event` (subscribed with `on` or `once`). */
   off(event, listener) {
     const list = this._listeners.get(event) || [];
-    this._listeners.set(event, list.filter((l) => l !== listener));
+    this._listeners.set(event, list.filter((l) => l !== listener && l._listener !== listener));
     return this;
   }
 

@@ -28,11 +28,12 @@ export function fromBase64(text) {
 const utf8 = new TextEncoder();
 
 /**
- * Encodes an application message as a `m` frame. Returns the frame text and the payload size as
+ * Encodes an application message as a `m` frame (a request when `request`, its id, is given). Returns the frame text and the payload size as
  * the server counts it (JSON text bytes, or decoded bytes for binary).
  */
-export function encodeMessage(seq, data, event) {
+export function encodeMessage(seq, data, event, request) {
   let text = `{"t":"m","s":${seq}`;
+  if (request) text += `,"q":${request}`;
   if (event !== undefined) text += `,"e":${JSON.stringify(String(event))}`;
   let size;
   if (isBinary(data)) {

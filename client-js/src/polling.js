@@ -17,12 +17,15 @@ export class PollingTransport {
     // is lower than the probe's: if the probe attaches, these polls are refused, not the probe.
     this.att = conn._probe && conn._pollAtt ? conn._pollAtt : ++conn._att;
     conn._pollAtt = this.att;
-    // Start once the connection has taken the session's open frame (same turn, just after).
+    // Start once the connection has taken the session's open frame (same turn, just after), after
+    // `delay`, or (`delay` null) when the connection calls `_loop` (`_idle` until then).
+    this._idle = delay === null;
     if (delay) this._wake = setTimeout(() => this._loop(), delay);
-    else queueMicrotask(() => this._loop());
+    else if (!this._idle) queueMicrotask(() => this._loop());
   }
 
   async _loop() {
+    this._idle = false;
     const conn = this._conn;
     const options = conn._options;
     const long = this.name === "longpoll";
@@ -40,10 +43,9 @@ export class PollingTransport {
       const lifetime = Date.now() - started;
       if (answer.status !== 200 || !Array.isArray(answer.body)) {
         this._stopped = true;
-        const body = answer.body || {};
         return conn._down(this, {
           code: answer.status >= 400 && answer.status < 600 ? 4000 + answer.status : 0,
-          reason: body.error,
+          reason: conn._error(answer.status, answer.body),
           status: answer.status,
           body: answer.body,
           lifetime,

@@ -24,9 +24,8 @@ export class SseTransport extends Stream {
       );
       if (response.status !== 200) {
         // The server's refusals carry its JSON error (§7); anything else is an intermediary in
-        // the way, as good as no stream at all.
-        const body = await response.json().catch(() => null);
-        const error = body && body.error;
+        // the way, as good as no stream at all, except a 404 (`not_found`, no Switchboard there).
+        const error = conn._error(response.status, await response.json().catch(() => null));
         return this._fail(error ? 4000 + response.status : 0, error);
       }
       const reader = response.body.getReader();

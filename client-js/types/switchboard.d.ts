@@ -58,20 +58,59 @@ export interface SendOptions {
   lowPriority?: boolean;
 }
 
+/** Options of {@link Connection.request}. */
+export interface RequestOptions extends SendOptions {
+  /**
+   * How long to wait for the reply (ms), default 10000; `Infinity` waits as long as the session
+   * lasts. A reply that comes after it is dropped.
+   */
+  timeout?: number;
+}
+
 /** Details of a received message. */
 export interface MessageInfo {
   /** The event name, if the server sent one. */
   event?: string;
-  /** The message's sequence number in this session. */
+  /** The message's sequence number in this session (replies to requests take numbers too, so it may skip some). */
   seq: number;
 }
 
-/** Why the connection closed for good. */
+/** Details of an `open` event: a new session (the first, or one after a reset). */
+export interface OpenInfo {
+  /** The session id (a bearer secret: do not log it). */
+  sid: string;
+  /** Always `false`: resumes of the same session are no `open` event. */
+  resumed: boolean;
+}
+
+/**
+ * Why the connection closed for good. Besides the server's own close codes, the client ends with:
+ * - `4400`, `4401`, `4403` and the server's error code as `reason`: a refusal no retry can fix
+ *   (a bad request, the authentication hook's `unauthorized` or `forbidden`, and
+ *   `origin_not_allowed`: the server does not allow the page's origin, which the client learns
+ *   over HTTP even when its WebSocket handshake was refused invisibly);
+ * - `4404` with reason `not_found`: the URL answered `404` without the server's own JSON body
+ *   (`unknown_session`, which never ends a connection: it resets the session), so there is no
+ *   Switchboard mount point there: a wrong path in `connect`, most likely. A connection that has
+ *   never opened ends at the first such answer; one that has opened a session at that URL goes on
+ *   retrying with backoff (an intermediary may answer `404` for a moment, as in a deploy) and ends
+ *   at such an answer once 6 reconnect attempts in a row have failed (8 to 16 s with the default
+ *   backoff);
+ * - `1000`, reason `closed by client`: {@link Connection.close}.
+ */
 export interface CloseInfo {
   /** A session close code (4000–4005), `4000 + HTTP status` for a refused session, or 1000 for a local close. */
   code: number;
-  /** The reason text. */
+  /** The reason: the session's close reason, the server's error code, or `not_found`. */
   reason: string;
+  /**
+   * What to check, for the two endings a page's developer can fix (`not_found`,
+   * `origin_not_allowed`): a sentence naming the mount URL, such as
+   * `"https://example.com/rt: no Switchboard mount point here (404): check the path given to connect"`
+   * or `"…: the server does not allow this page's origin: add it with Builder::allowed_origins"`.
+   * Absent otherwise.
+   */
+  message?: string;
 }
 
 /** Details of a reset: the server no longer had the session; a new one was opened. */
@@ -85,10 +124,14 @@ export interface ResetInfo {
   unsent: number;
 }
 
-/** The error `send` throws when it cannot take a message. */
+/** The error `send` throws when it cannot take a message, and the one a request rejects with. */
 export interface SwitchboardError extends Error {
-  /** `buffer_full`, `too_large` or `closed`. */
-  code: string;
+  /**
+   * `buffer_full`, `too_large` or `closed`; for a request also `timeout` (no reply in time) and
+   * `reset` (the server lost the session, so nothing will answer), and `closed` when the
+   * connection ends while the request waits.
+   */
+  code: "buffer_full" | "too_large" | "closed" | "timeout" | "reset";
 }
 
 /**
@@ -173,7 +216,7 @@ export interface Stats {
 }
 
 export interface ConnectionEvents {
-  open: (info: { sid: string; resumed: boolean }) => void;
+  open: (info: OpenInfo) => void;
   message: (data: unknown, info: MessageInfo) => void;
   close: (info: CloseInfo) => void;
   /** `transport` changed (see {@link Connection.transport}). */
@@ -191,22 +234,46 @@ export interface Connection {
   readonly transport: TransportName | null;
   /** The connection's state. */
   readonly state: State;
+  /**
+   * Settles once: resolves with the first `open` event's info, or rejects with the `close` event's
+   * info ({@link CloseInfo}, not an `Error`) if the connection ends before it ever opened (refused,
+   * `not_found`, or `close()` called first). A later reset that opens a new session does not change
+   * it: it stays the first, resolved promise (listen to `open` for every new session). A page that
+   * never uses it gets no unhandled rejection.
+   */
+  readonly ready: Promise<OpenInfo>;
   /** Subscribes to a connection event, or to a named event sent with `emit` by the server. */
   on<K extends keyof ConnectionEvents>(event: K, listener: ConnectionEvents[K]): this;
   on(event: string, listener: (data: unknown, info: MessageInfo) => void): this;
-  /** Removes a listener. */
+  /** Like {@link Connection.on}, for the next such event only; `off` with the same listener removes it before that. */
+  once<K extends keyof ConnectionEvents>(event: K, listener: ConnectionEvents[K]): this;
+  once(event: string, listener: (data: unknown, info: MessageInfo) => void): this;
+  /** Removes a listener (added with `on` or `once`). */
   off(event: string, listener: (...args: any[]) => void): this;
   /** Sends text (a string), JSON (any other value) or binary (`Uint8Array`/`ArrayBuffer`). */
   send(data: unknown, options?: SendOptions): void;
   /** Sends a named event. */
   emit(event: string, data: unknown, options?: SendOptions): void;
+  /**
+   * Sends a request, a message named `event` (or unnamed, `null`) that the server's application
+   * answers with `Session::reply`, and resolves with the reply's payload (JSON, text, or a
+   * `Uint8Array`). It travels like every message: in order, exactly once, resent across a transport
+   * switch, so a reply pending across a dropped socket still comes, once. Rejects with a
+   * {@link SwitchboardError}: `timeout`, `reset`, `closed`, or what `send` would throw. A reply is no
+   * `message` event. A server application that does not answer lets it time out.
+   */
+  request<T = unknown>(event: string | null, data: unknown, options?: RequestOptions): Promise<T>;
   /** Ends the session. */
   close(): void;
   /** A snapshot of the transport history, the counters and the round-trip estimate (see {@link Stats}). */
   stats(): Stats;
 }
 
-/** Opens a connection to a Switchboard mount point, such as `"/realtime"` or `"https://host/realtime"`. */
+/**
+ * Opens a connection to a Switchboard mount point, such as `"/realtime"` or `"https://host/realtime"`.
+ * Throws a `TypeError` naming the option for an unknown option or an invalid value (an option given
+ * as `undefined` means its default).
+ */
 export function connect(url: string, options?: ConnectOptions): Connection;
 
 /** The client library's version. */

@@ -132,11 +132,12 @@ async function stopChild(child) {
 
 /**
  * Starts the test server. Options (ms): `hold` (long-poll hold), `ping`, `resume`; `port` (0 =
- * ephemeral). Returns `{port, url, stop(), restart(), stderr()}`; `restart` kills the process and
+ * ephemeral); `allowedOrigins` (a list: only the server's own origin and these are allowed,
+ * instead of any origin). Returns `{port, url, stop(), restart(), stderr()}`; `restart` kills the process and
  * starts a new one on the same port (its sessions are gone: clients must reset).
  */
-export async function startServer({ hold, ping, resume, port = 0 } = {}) {
-  const flags = [];
+export async function startServer({ hold, ping, resume, port = 0, allowedOrigins = [] } = {}) {
+  const flags = allowedOrigins.flatMap((origin) => ["--allowed-origin", origin]);
   if (hold !== undefined) flags.push("--hold-ms", String(hold));
   if (ping !== undefined) flags.push("--ping-ms", String(ping));
   if (resume !== undefined) flags.push("--resume-ms", String(resume));

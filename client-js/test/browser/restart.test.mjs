@@ -61,6 +61,7 @@ test("server restart: reset, new session, still working", { timeout: scaled(1800
     maxEchoDelayAfterResetMs: maxEchoMs,
     websockets: await websockets(page),
     events: log.filter((e) => e.type !== "state").map((e) => `${e.type}:${JSON.stringify(e.arg)}@${e.t}`),
+    console: page.logs.filter((line) => line.startsWith("console.")),
   });
 
   const messages = await received(page);
@@ -75,4 +76,7 @@ test("server restart: reset, new session, still working", { timeout: scaled(1800
   assert.deepEqual(reopened.arg, { resumed: false, sidOk: true });
   assert.equal(log.filter((e) => e.type === "reset").length, 1);
   assert.deepEqual(log.filter((e) => e.type === "close"), []);
+  // Refused connections while the server is down, and the new server's 404 for the old session,
+  // show in the console (the browser logs every failed request); a 409 would be a needless one.
+  assert.deepEqual(page.logs.filter((line) => /\b409\b/.test(line)), []);
 });

@@ -540,7 +540,11 @@ test("a 504 with the server's JSON error body, or one that comes at once, is a f
   await tick();
   assert.equal(conn.state, "reconnecting");
   await tick(150);
+  // Each try after a failed one starts with the resume's POST, alone; the polls follow its answer.
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, []);
   await answer(calls, /wait=1/, 504, { error: "x", message: "from the server" });
+  await tick(50);
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, []);
   await until(() => calls.filter((call) => /wait=1/.test(call.url)).length === 3);
   assert.ok(!calls.some((call) => /wait=0/.test(call.url)));
   conn.close();
@@ -855,8 +859,12 @@ test("close() on an open socket sends a waiting low-priority message before the 
 test("taken over three times running by a transport that is not ours: reset, and a new session", async () => {
   const { conn, calls, events } = setup({ transports: ["longpoll"] });
   await answer(calls, /\/open\?/, 200, OPEN);
-  for (let i = 0; i < 3; i++) await answer(calls, /wait=1/, 409, { error: "superseded", message: "" });
-  await tick();
+  for (let i = 0; i < 3; i++) {
+    // After the first, each try starts with the resume's POST; its answer brings the poll.
+    if (i) await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, []);
+    await answer(calls, /wait=1/, 409, { error: "superseded", message: "" });
+    await tick(50);
+  }
   assert.deepEqual(events.find(([name]) => name === "reset")?.[1], { reason: "superseded", unsent: 0 });
   await until(() => calls.filter((call) => /\/open\?/.test(call.url)).length === 2);
   conn.close();
@@ -1001,6 +1009,8 @@ test("an SSE stream cut after it lived comes back on SSE; one cut before its ope
   // The new stream is refused by something that is not the server (no JSON error): long polling.
   again.answered = true;
   again.answer(403, null);
+  // A try after a failed one: the resume's POST goes first, the poll after its answer.
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, []);
   await until(() => calls.some((c) => /wait=1/.test(c.url)), 1000);
   assert.equal(conn.transport, "longpoll");
   conn.close();
@@ -1183,11 +1193,13 @@ test("stats() counts every move down (WebSocket refused, then an SSE stream kill
   await until(() => conn.stats().rtt !== null);
   assert.equal(typeof conn.stats().rtt, "number");
   // Killed right after opening (a proxy): long polling, whose first poll fails at once (and is
-  // tried again) before the resume's POST is answered: still the fallback's entry.
+  // tried again: the resume's POST, still on its way, stands for the try, and the polls follow its
+  // answer): still the fallback's entry.
   second.cut();
   await answer(calls, /wait=1/, 502, null);
-  await until(() => calls.filter((c) => /wait=1/.test(c.url)).length === 2);
+  await tick(50);
   await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 0 }]);
+  await until(() => calls.filter((c) => /wait=1/.test(c.url)).length === 2);
   await until(() => conn.state === "open" && conn.transport === "longpoll");
   stats = conn.stats();
   assert.deepEqual(stats.transports.map(({ transport, why }) => [transport, why]), [["sse", "open"], ["longpoll", "fallback"]]);
@@ -1252,4 +1264,381 @@ test("stats(): a keep-alive ping answered by its pong is a round trip", async ()
   ws.deliver({ t: "pong" });
   assert.equal(typeof conn.stats().rtt, "number");
   conn.close();
+});
+
+// --- Endings a page's developer can fix: a wrong mount path, a disallowed origin ------------------
+
+const closes = (events) => events.filter(([name]) => name === "close").map(([, info]) => info);
+const resets = (events) => events.filter(([name]) => name === "reset");
+
+test("a 404 without the server's body on the first POST /open ends with close not_found: two requests, no reset", async () => {
+  // Default transports: the socket to a wrong path fails like any refused handshake (1006), then
+  // the fallback's POST /open gets the app's own 404 page (not JSON).
+  const { conn, calls, events } = setup({ transports: undefined });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(1006);
+  await answer(calls, /\/rt\/open\?v=1$/, 404, null);
+  await tick(200);
+  assert.deepEqual(closes(events), [
+    {
+      code: 4404,
+      reason: "not_found",
+      message: "http://127.0.0.1:9/rt: no Switchboard mount point here (404): check the path given to connect",
+    },
+  ]);
+  assert.equal(conn.state, "closed");
+  assert.equal(conn.transport, null);
+  assert.deepEqual(resets(events), []);
+  assert.equal(FakeWebSocket.instances.length, 1);
+  assert.equal(calls.length, 1, calls.map((call) => call.url).join(", "));
+  await assert.rejects(conn.ready, { code: 4404, reason: "not_found" });
+
+  // Another app's JSON 404 (`{"error":"Not Found"}`) is no Switchboard answer either.
+  FakeWebSocket.reset();
+  const other = setup({ transports: ["longpoll"] });
+  await answer(other.calls, /\/open\?/, 404, { error: "Not Found" });
+  await tick(100);
+  assert.deepEqual(closes(other.events).map(({ code, reason }) => [code, reason]), [[4404, "not_found"]]);
+  assert.equal(other.calls.length, 1);
+});
+
+test("a JSON 404 unknown_session still resets, on a poll, a POST and a stream", async () => {
+  const { conn, calls, events } = setup({ transports: ["longpoll"] });
+  await answer(calls, /\/open\?/, 200, OPEN);
+  await answer(calls, /wait=1/, 404, { error: "unknown_session", message: "no such session" });
+  await until(() => resets(events).length === 1);
+  assert.deepEqual(resets(events)[0][1], { reason: "unknown_session", unsent: 0 });
+  // A new session at once; its POST (of a message) finds it gone too.
+  await answer(calls, /\/open\?/, 200, openFrame({ sid: "f".repeat(32) }));
+  conn.send("hello");
+  await answer(calls, /poll\?v=1&sid=f+$/, 404, { error: "unknown_session", message: "" });
+  await until(() => resets(events).length === 2);
+  assert.deepEqual(closes(events), []);
+  assert.notEqual(conn.state, "closed");
+});
+
+test("once a session has opened, 404s that are not the server's are retried with backoff, then end not_found", async () => {
+  const { conn, calls, events } = setup({ transports: ["longpoll"] });
+  await answer(calls, /\/open\?/, 200, OPEN);
+  // A proxy in front now answers 404 (its own page) to everything: the poll, then each try's POST.
+  await answer(calls, /wait=1/, 404, null);
+  await tick();
+  assert.equal(conn.state, "reconnecting");
+  for (let i = 0; i < 20 && conn.state !== "closed"; i++) {
+    await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 404, null);
+    await tick(30);
+  }
+  assert.deepEqual(closes(events).map(({ code, reason }) => [code, reason]), [[4404, "not_found"]]);
+  assert.deepEqual(resets(events), []);
+  // The open, one poll, and one POST for each of the 6 tries: no storm, and nothing after the end.
+  const count = calls.length;
+  assert.equal(count, 1 + 1 + 6, calls.map((call) => call.method + " " + call.url).join("\n"));
+  await tick(100);
+  assert.equal(calls.length, count);
+  // The session had opened: `ready` stays resolved.
+  assert.deepEqual(await conn.ready, { sid: SID, resumed: false });
+});
+
+test("a 404 that is not the server's, after a session opened, is no lost session: a try that works resumes it", async () => {
+  const { conn, calls, events } = setup({ transports: ["longpoll"] });
+  await answer(calls, /\/open\?/, 200, OPEN);
+  await answer(calls, /wait=1/, 404, null);
+  await tick(30);
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 0 }]);
+  await until(() => conn.state === "open");
+  const poll = await until(() => calls.find((call) => /wait=1/.test(call.url) && !call.answered));
+  assert.match(poll.url, new RegExp(`sid=${SID}`));
+  assert.deepEqual(resets(events), []);
+  assert.deepEqual(closes(events), []);
+});
+
+test("a readable 403 origin_not_allowed ends with close, saying what to check", async () => {
+  const { conn, calls, events } = setup({ transports: undefined });
+  await until(() => FakeWebSocket.last());
+  // The handshake's 403 is invisible to a page: a socket closed 1006. POST /open's is readable.
+  FakeWebSocket.last().drop(1006);
+  await answer(calls, /\/open\?/, 403, { error: "origin_not_allowed", message: "origin not allowed" });
+  await tick(200);
+  assert.deepEqual(closes(events), [
+    {
+      code: 4403,
+      reason: "origin_not_allowed",
+      message: "http://127.0.0.1:9/rt: the server does not allow this page's origin: add it with Builder::allowed_origins",
+    },
+  ]);
+  assert.equal(conn.state, "closed");
+  assert.equal(calls.length, 1);
+  assert.equal(FakeWebSocket.instances.length, 1);
+  await assert.rejects(conn.ready, { code: 4403, reason: "origin_not_allowed" });
+});
+
+test("WebSocket only: a refused handshake is explained over HTTP (origin, wrong path), asked until answered", async () => {
+  // The server refuses the origin: the GET's 403 is readable.
+  let { conn, calls, events } = setup({ transports: ["websocket"] });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(1006);
+  let check = await answer(calls, /\/rt\/poll\?v=1$/, 403, { error: "origin_not_allowed", message: "" });
+  assert.equal(check.method, "GET");
+  await tick(50);
+  assert.deepEqual(closes(events).map(({ code, reason }) => [code, reason]), [[4403, "origin_not_allowed"]]);
+  assert.match(closes(events)[0].message, /allowed_origins/);
+  assert.equal(conn.state, "closed");
+
+  // A wrong path: not found.
+  FakeWebSocket.reset();
+  ({ conn, calls, events } = setup({ transports: ["websocket"] }));
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(1006);
+  await answer(calls, /\/rt\/poll\?v=1$/, 404, null);
+  await tick(50);
+  assert.deepEqual(closes(events).map(({ code, reason }) => [code, reason]), [[4404, "not_found"]]);
+
+  // The server is down (no answer): asked again after the next failure; once Switchboard answers
+  // (400: no sid), never again, and the socket goes on retrying.
+  FakeWebSocket.reset();
+  ({ conn, calls, events } = setup({ transports: ["websocket"] }));
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().drop(1006);
+  (await until(() => calls.find((call) => !call.answered))).fail();
+  await until(() => FakeWebSocket.instances.length === 2);
+  FakeWebSocket.last().drop(1006);
+  await answer(calls, /\/rt\/poll\?v=1$/, 400, { error: "bad_request", message: "missing query parameter sid" });
+  await until(() => FakeWebSocket.instances.length === 3);
+  FakeWebSocket.last().drop(1006);
+  await until(() => FakeWebSocket.instances.length === 4);
+  assert.equal(calls.length, 2);
+  assert.deepEqual(closes(events), []);
+  FakeWebSocket.last().accept({ sid: SID });
+  assert.equal(conn.state, "open");
+});
+
+test("a resume retried after a failure sends its POST alone; the polls follow its answer", async () => {
+  const { conn, calls, events } = setup({ transports: ["longpoll"] });
+  await answer(calls, /\/open\?/, 200, OPEN);
+  // The server goes away (a restart): the poll fails at once, and so does each try's POST.
+  (await until(() => calls.find((call) => /wait=1/.test(call.url) && !call.answered))).fail();
+  for (let i = 0; i < 3; i++) {
+    const post = await until(() => calls.find((call) => !call.answered && !call.aborted));
+    assert.equal(post.method, "POST", `try ${i}: ${post.url}`);
+    assert.deepEqual(post.body, []);
+    assert.equal(calls.filter((call) => !call.answered && !call.aborted).length, 1, "one request per try");
+    post.fail();
+    await tick(30);
+  }
+  assert.equal(calls.filter((call) => /wait=1/.test(call.url)).length, 1);
+  // Back, with the session: the POST's answer opens it, and the polls start.
+  await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 0 }]);
+  await until(() => conn.state === "open");
+  const poll = await until(() => calls.find((call) => /wait=1/.test(call.url) && !call.answered));
+  poll.answer(200, [{ t: "m", s: 1, d: "after" }]);
+  poll.answered = true;
+  await until(() => messages(events).length === 1);
+  // Back without it (a restarted server): one 404, and a reset.
+  const { calls: calls2, events: events2 } = setup({ transports: ["longpoll"] });
+  await answer(calls2, /\/open\?/, 200, OPEN);
+  (await until(() => calls2.find((call) => /wait=1/.test(call.url) && !call.answered))).fail();
+  await answer(calls2, new RegExp(`poll\\?v=1&sid=${SID}$`), 404, { error: "unknown_session", message: "" });
+  await until(() => resets(events2).length === 1);
+  assert.equal(calls2.filter((call) => call.method === "GET").length, 1);
+});
+
+// --- Conveniences: once, ready ---------------------------------------------------------------------
+
+test("once: called for the next event only; off removes it before; returns the connection", async () => {
+  const { conn } = setup();
+  const seen = [];
+  const first = (state) => seen.push(["first", state]);
+  const never = () => seen.push(["never"]);
+  assert.equal(conn.once("state", first), conn);
+  conn.once("state", never).off("state", never);
+  conn.on("state", (state) => seen.push(["every", state]));
+  // A listener added with both stays until off removes both.
+  const both = (state) => seen.push(["both", state]);
+  conn.on("state", both).once("state", both);
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  FakeWebSocket.last().drop(1006);
+  assert.deepEqual(seen, [
+    ["first", "open"],
+    ["every", "open"],
+    ["both", "open"],
+    ["both", "open"],
+    ["every", "reconnecting"],
+    ["both", "reconnecting"],
+  ]);
+  conn.off("state", both);
+  conn.close();
+  assert.deepEqual(seen.at(-1), ["every", "closed"]);
+  // Named events of the server too.
+  FakeWebSocket.reset();
+  const { conn: other } = setup();
+  const chats = [];
+  other.once("chat", (data, info) => chats.push([data, info.seq]));
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  FakeWebSocket.last().deliver({ t: "m", s: 1, e: "chat", d: "a" }, { t: "m", s: 2, e: "chat", d: "b" });
+  assert.deepEqual(chats, [["a", 1]]);
+});
+
+test("ready resolves with the first open's info and stays so across a reset", async () => {
+  const { conn } = setup();
+  const ready = conn.ready;
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  assert.deepEqual(await ready, { sid: SID, resumed: false });
+  FakeWebSocket.last().deliver({ t: "close", code: 4003, reason: "overflow" });
+  await until(() => FakeWebSocket.instances.length === 2);
+  FakeWebSocket.last().accept({ sid: "e".repeat(32) });
+  assert.equal(conn.ready, ready);
+  assert.deepEqual(await conn.ready, { sid: SID, resumed: false });
+  // Closing after it opened changes nothing either.
+  conn.close();
+  assert.deepEqual(await conn.ready, { sid: SID, resumed: false });
+});
+
+test("ready rejects with the close info when the connection ends before opening; unused, it is not an unhandled rejection", async () => {
+  const unhandled = [];
+  const onUnhandled = (reason) => unhandled.push(reason);
+  process.on("unhandledRejection", onUnhandled);
+  try {
+    const refused = setup({ transports: ["longpoll"] });
+    await answer(refused.calls, /\/open\?/, 401, { error: "unauthorized", message: "who are you" });
+    await assert.rejects(refused.conn.ready, (info) => {
+      assert.deepEqual(info, { code: 4401, reason: "unauthorized" });
+      return true;
+    });
+    // Closed by the page before it opened.
+    const early = setup();
+    early.conn.close();
+    await assert.rejects(early.conn.ready, { code: 1000, reason: "closed by client" });
+    // Nobody looks at this one's `ready`.
+    const ignored = setup({ transports: ["longpoll"] });
+    await answer(ignored.calls, /\/open\?/, 403, { error: "forbidden", message: "" });
+    await tick(20);
+    assert.equal(ignored.conn.state, "closed");
+    assert.deepEqual(unhandled, []);
+  } finally {
+    process.off("unhandledRejection", onUnhandled);
+  }
+});
+
+// --- Options ---------------------------------------------------------------------------------------
+
+test("an option given as undefined means its default; an unknown or invalid one throws a TypeError naming it", async () => {
+  const { conn } = setup({ transports: undefined, connectTimeout: undefined, backoff: undefined, auth: undefined });
+  await until(() => FakeWebSocket.last());
+  assert.equal(conn.transport, "websocket");
+  const invalid = [
+    [{ transports: "websocket" }, /option transports must be a non-empty list of distinct names of websocket,sse,longpoll,poll, not "websocket"/],
+    [{ transports: [] }, /option transports must be/],
+    [{ transports: ["ws"] }, /option transports must be .*not \["ws"\]/],
+    [{ transports: ["poll", "poll"] }, /option transports must be/],
+    [{ connectTimeout: "2500" }, /option connectTimeout must be a number of ms, at least 0, not "2500"/],
+    [{ requestTimeout: -1 }, /option requestTimeout must be/],
+    [{ pollInterval: NaN }, /option pollInterval must be/],
+    [{ maxBuffered: 0.5 }, /option maxBuffered must be a whole number/],
+    [{ backoff: { min: 5, mx: 20 } }, /option backoff must be \{ min, max, jitter \}/],
+    [{ backoff: { jitter: 2 } }, /option backoff must be/],
+    [{ storage: {} }, /option storage must be null or like localStorage/],
+    [{ WebSocket: "ws" }, /option WebSocket must be a constructor/],
+    [{ transport: ["poll"] }, /unknown option transport \(known: transports,auth,/],
+  ];
+  for (const [options, message] of invalid) {
+    assert.throws(() => connect(BASE, options), (error) => error instanceof TypeError && message.test(error.message), JSON.stringify(options));
+  }
+  // Nothing was started by the refused ones.
+  await tick(5);
+  assert.equal(FakeWebSocket.instances.length, 1);
+});
+
+// --- Requests --------------------------------------------------------------------------------------
+
+/** A connection open over WebSocket. */
+async function openOverWebSocket(options) {
+  const ctx = setup({ earlyCloseWindow: 0, ...options });
+  await until(() => FakeWebSocket.last());
+  FakeWebSocket.last().accept({ sid: SID });
+  return { ...ctx, ws: FakeWebSocket.last() };
+}
+
+test("request: sends q, resolves with the reply's payload (JSON, text, binary), in any order; a reply is no message", async () => {
+  const { conn, ws, events } = await openOverWebSocket();
+  const first = conn.request("add", { a: 1, b: 2 });
+  const second = conn.request(null, "안녕 👋");
+  const third = conn.request("bytes", new Uint8Array([0, 255]));
+  assert.deepEqual(ws.sent, [
+    { t: "m", s: 1, q: 1, e: "add", d: { a: 1, b: 2 } },
+    { t: "m", s: 2, q: 2, d: "안녕 👋" },
+    { t: "m", s: 3, q: 3, e: "bytes", b: "AP8=" },
+  ]);
+  const chats = [];
+  conn.on("sum", (data) => chats.push(data));
+  ws.deliver(
+    { t: "m", s: 1, p: 2, d: "네 🎉" },
+    { t: "m", s: 2, d: "an ordinary message between" },
+    { t: "m", s: 3, p: 1, e: "sum", d: { sum: 3 } },
+    { t: "m", s: 4, p: 3, b: "AQI=" },
+  );
+  assert.deepEqual(await first, { sum: 3 });
+  assert.equal(await second, "네 🎉");
+  assert.deepEqual(await third, new Uint8Array([1, 2]));
+  assert.deepEqual(messages(events), ["an ordinary message between"]);
+  assert.deepEqual(chats, [], "a reply's event name fires nothing");
+  // Replies are acknowledged like any message.
+  await until(() => ws.sent.some((frame) => frame.t === "ack" && frame.a === 4), 1000);
+  assert.equal(conn.stats().received, 4);
+});
+
+test("request: times out with code timeout, and a late reply is dropped", async () => {
+  const { conn, ws, events } = await openOverWebSocket();
+  const started = Date.now();
+  await assert.rejects(conn.request("slow", 1, { timeout: 30 }), (error) => error.code === "timeout" && error.message === "switchboard: timeout");
+  assert.ok(Date.now() - started >= 25);
+  ws.deliver({ t: "m", s: 1, p: 1, d: "too late" }, { t: "m", s: 2, d: "next" });
+  assert.deepEqual(messages(events), ["next"]);
+  // A reply to an id never asked for is dropped too; the next request has its own id.
+  const next = conn.request("again", 2);
+  assert.deepEqual(ws.sent.filter((frame) => frame.t === "m").at(-1), { t: "m", s: 2, q: 2, e: "again", d: 2 });
+  ws.deliver({ t: "m", s: 3, p: 99, d: "nobody's" }, { t: "m", s: 4, p: 2, d: "mine" });
+  assert.equal(await next, "mine");
+  await assert.rejects(conn.request("x", 1, { timeout: "1s" }), (error) => error instanceof TypeError && /timeout must be/.test(error.message));
+  await assert.rejects(conn.request("x", "x".repeat(70000)), (error) => error.code === "too_large");
+});
+
+test("request: pending across a WebSocket drop and a switch to long polling, resent with its id, answered once", async () => {
+  const { conn, ws, calls } = await openOverWebSocket({ earlyCloseWindow: 10000 });
+  ws.deliver({ t: "m", s: 1, d: "before" });
+  const reply = conn.request("slow", { n: "하나" }, { timeout: 5000 });
+  assert.deepEqual(ws.sent.at(-1), { t: "m", s: 1, q: 1, e: "slow", d: { n: "하나" } });
+  // The socket dies before the server acknowledged the request: the resume POST sends it again.
+  ws.drop(1006);
+  assert.equal(conn.transport, "longpoll");
+  const post = await answer(calls, new RegExp(`poll\\?v=1&sid=${SID}$`), 200, [{ t: "ack", a: 1 }]);
+  assert.deepEqual(post.body, [{ t: "m", s: 1, q: 1, e: "slow", d: { n: "하나" } }]);
+  let settled = 0;
+  reply.then(() => settled++);
+  // The reply comes in a poll answer, twice (the server resends what the client had not acknowledged).
+  await answer(calls, /wait=1/, 200, [{ t: "m", s: 2, p: 1, d: "done" }, { t: "m", s: 2, p: 1, d: "done" }]);
+  assert.equal(await reply, "done");
+  await answer(calls, /ack=2&wait=1/, 200, [{ t: "m", s: 2, p: 1, d: "done" }, { t: "m", s: 3, d: "after" }]);
+  await tick(5);
+  assert.equal(settled, 1);
+  conn.close();
+});
+
+test("request: a reset rejects what waits with code reset; close with closed; after close it rejects at once", async () => {
+  const { conn, ws, events } = await openOverWebSocket();
+  const waiting = conn.request("a", 1, { timeout: Infinity });
+  ws.drop(4404, "unknown_session");
+  await assert.rejects(waiting, (error) => error.code === "reset");
+  assert.equal(events.find(([name]) => name === "reset")[1].unsent, 1);
+  await until(() => FakeWebSocket.instances.length === 2);
+  const fresh = FakeWebSocket.last();
+  fresh.accept({ sid: "f".repeat(32) });
+  // The new session counts its requests from 1 again.
+  const next = conn.request("b", 2);
+  assert.deepEqual(fresh.sent.at(-1), { t: "m", s: 1, q: 1, e: "b", d: 2 });
+  conn.close();
+  await assert.rejects(next, (error) => error.code === "closed");
+  await assert.rejects(conn.request("c", 3), (error) => error.code === "closed");
 });

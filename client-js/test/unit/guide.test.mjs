@@ -55,7 +55,7 @@ const RESET_REASONS = [
 const SEND_ERRORS = [...connectionSource.matchAll(/failure\("(\w+)"\)/g)].map((m) => m[1]);
 
 /** Public properties a Connection sets on itself. */
-const PROPERTIES = ["transport", "state"];
+const PROPERTIES = ["transport", "state", "ready"];
 
 // --- The guide's blocks ---------------------------------------------------------------------------
 
