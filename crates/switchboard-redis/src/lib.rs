@@ -15,7 +15,8 @@
 //!   (`P:node:{node}`), and its answer comes back over the asker's.
 //! - A broadcast is published once, on `P:room:{room}` or `P:all`; every node with members in
 //!   the room is subscribed, the sender too, and delivers it when Redis hands it over, so that
-//!   every member sees a room's messages in one order.
+//!   every member sees a room's messages in one order. Joins and leaves (for
+//!   `Hub::watch_presence`) are published on `P:membership`, to which every node subscribes.
 //!
 //! One RESP3 connection per node carries commands and subscriptions (redis-rs's reconnecting
 //! `ConnectionManager`), so that a node's subscriptions and publications reach Redis in the
@@ -194,6 +195,8 @@ struct Names {
     node: String,
     /// `P:all`.
     all: String,
+    /// `P:membership`: joins and leaves of every node's rooms.
+    membership: String,
 }
 
 impl Names {
@@ -203,6 +206,7 @@ impl Names {
             room: format!("{prefix}:room:"),
             node: format!("{prefix}:node:"),
             all: format!("{prefix}:all"),
+            membership: format!("{prefix}:membership"),
         }
     }
 
@@ -268,7 +272,7 @@ struct RedisMetrics {
     unsubscribes: metrics::Counter,
     subscribe_errors: metrics::Counter,
     /// Messages received on a room's channel, the all-sessions channel and this node's own.
-    received: [metrics::Counter; 3],
+    received: [metrics::Counter; 4],
     errors: metrics::Counter,
     disconnects: metrics::Counter,
     reconnects: metrics::Counter,
@@ -300,7 +304,7 @@ impl RedisMetrics {
         describe_counter!(
             "switchboard_redis_received_total",
             Unit::Count,
-            "Messages received from Redis, by channel (room, all, node: requests and answers between nodes)."
+            "Messages received from Redis, by channel (room, all, node: requests and answers between nodes, membership: joins and leaves)."
         );
         describe_counter!(
             "switchboard_redis_errors_total",
@@ -324,7 +328,12 @@ impl RedisMetrics {
             subscribes: metrics::counter!("switchboard_redis_subscriptions_total", "op" => "subscribe"),
             unsubscribes: metrics::counter!("switchboard_redis_subscriptions_total", "op" => "unsubscribe"),
             subscribe_errors: metrics::counter!("switchboard_redis_subscribe_errors_total"),
-            received: [channel("room"), channel("all"), channel("node")],
+            received: [
+                channel("room"),
+                channel("all"),
+                channel("node"),
+                channel("membership"),
+            ],
             errors: metrics::counter!("switchboard_redis_errors_total"),
             disconnects: metrics::counter!("switchboard_redis_disconnects_total"),
             reconnects: metrics::counter!("switchboard_redis_reconnects_total"),
@@ -366,6 +375,9 @@ impl Pushes {
                 } else if channel == self.names.all.as_bytes() {
                     received[1].increment(1);
                     deliver(Delivery::All(payload));
+                } else if channel == self.names.membership.as_bytes() {
+                    received[3].increment(1);
+                    deliver(Delivery::Presence(payload));
                 } else if let Some(room) = channel.strip_prefix(self.names.room.as_bytes())
                     && let Ok(room) = std::str::from_utf8(room)
                 {
@@ -466,6 +478,9 @@ impl RedisBackend {
         let number = (count % (NODE_NUMBERS - 1) + 1) as u32;
         conn.subscribe(&node_channel).await.map_err(redis_error)?;
         conn.subscribe(&names.all).await.map_err(redis_error)?;
+        conn.subscribe(&names.membership)
+            .await
+            .map_err(redis_error)?;
         let (queue, jobs) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
             id,
@@ -609,6 +624,7 @@ impl Shared {
         let mut channels: Vec<Vec<u8>> = vec![
             self.pushes.node_channel.clone(),
             self.names.all.as_bytes().to_vec(),
+            self.names.membership.as_bytes().to_vec(),
         ];
         if let Ok(rooms) = self.rooms.lock() {
             channels.extend(rooms.iter().map(|room| self.names.room_channel(room)));
@@ -810,6 +826,7 @@ impl Backend for RedisBackend {
         let channel = match topic {
             Topic::Room(room) => self.shared.names.room_channel(room),
             Topic::All => self.shared.names.all.as_bytes().to_vec(),
+            Topic::Presence => self.shared.names.membership.as_bytes().to_vec(),
         };
         self.shared
             .queue
@@ -1059,6 +1076,7 @@ impl Backend for RedisBackend {
                 .await
                 .ok();
             conn.unsubscribe(&self.shared.names.all).await.ok();
+            conn.unsubscribe(&self.shared.names.membership).await.ok();
             let rooms: Vec<String> = self
                 .shared
                 .rooms

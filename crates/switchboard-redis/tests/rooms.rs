@@ -380,3 +380,101 @@ async fn direct_sends_and_close_by_key_reach_a_session_on_another_node_even_whil
         switchboard::CloseReason::Closed("잘 가요 👋".into())
     );
 }
+
+/// The next presence event of `watch` as `(key, room, change)` (at most 10 s).
+async fn presence(
+    watch: &mut switchboard::PresenceWatch<()>,
+) -> (u64, String, switchboard::PresenceChange) {
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.recv())
+        .await
+        .expect("no presence event within 10 s")
+        .unwrap();
+    (event.member.key.0, event.room.to_string(), event.change)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_events_reach_every_node_in_one_order_and_a_move_announces_nothing() {
+    use switchboard::PresenceChange::{Ended, Joined, Left};
+    let mut cluster = Cluster::start(3, |builder| builder).await;
+    let mut watches: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.realtime.hub().watch_presence())
+        .collect();
+    // One member per node, joining and leaving from all three nodes.
+    let mut clients = Vec::new();
+    let mut sessions = Vec::new();
+    for node in 0..3 {
+        let base = cluster.nodes[node].base.clone();
+        clients.push(Client::connect(&base, Transport::WebSocket).await.unwrap());
+        sessions.push(cluster.next_session().await);
+    }
+    let keys: Vec<u64> = sessions.iter().map(|session| session.key().0).collect();
+    for session in &sessions {
+        session.join("방 🎉").unwrap();
+    }
+    sessions[2].join("other").unwrap();
+    assert!(sessions[1].leave("방 🎉"));
+    sessions[2].close("bye");
+    let mut orders = Vec::new();
+    for watch in &mut watches {
+        let mut order = Vec::new();
+        for _ in 0..7 {
+            order.push(presence(watch).await);
+        }
+        orders.push(order);
+    }
+    // Every node saw the same events in the same order: one order cluster-wide, in which each
+    // session's events come as it made them (events of different nodes' sessions interleave
+    // as their publications reached Redis, like broadcasts).
+    assert_eq!(orders[1], orders[0]);
+    assert_eq!(orders[2], orders[0]);
+    let room = || "방 🎉".to_string();
+    let of = |key: u64| -> Vec<(String, switchboard::PresenceChange)> {
+        orders[0]
+            .iter()
+            .filter(|event| event.0 == key)
+            .map(|event| (event.1.clone(), event.2))
+            .collect()
+    };
+    assert_eq!(of(keys[0]), [(room(), Joined)]);
+    assert_eq!(of(keys[1]), [(room(), Joined), (room(), Left)]);
+    let mut third = of(keys[2]);
+    assert_eq!(third[..2], [(room(), Joined), ("other".into(), Joined)]);
+    // Its two rooms' ends may come in either order.
+    third[2..].sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(third[2..], [("other".into(), Ended), (room(), Ended)]);
+
+    // A member whose every WebSocket goes to the next node: it joins once and, however often it
+    // moves, neither leaves nor joins again until it closes.
+    let mut current = cluster.follow();
+    let mut mover = Client::builder(&cluster.proxy.base)
+        .transport(Transport::WebSocket)
+        .http_client(common::no_keep_alive())
+        .connect()
+        .await
+        .unwrap();
+    let first = current.live().await;
+    first.join("방 🎉").unwrap();
+    let key = first.key().0;
+    for watch in &mut watches {
+        assert_eq!(presence(watch).await, (key, room(), Joined));
+    }
+    for _ in 0..4 {
+        mover.switch(Transport::WebSocket).await.unwrap();
+    }
+    let last = current.live().await;
+    assert!(last.handed_over() && last.in_room("방 🎉"));
+    let handlers = current.handlers.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        handlers >= 4,
+        "{handlers} handlers: the member did not move"
+    );
+    mover.close().await.unwrap();
+    for watch in &mut watches {
+        assert_eq!(presence(watch).await, (key, room(), Ended));
+        let more = tokio::time::timeout(Duration::from_millis(300), watch.recv()).await;
+        assert!(more.is_err(), "more events: {more:?}");
+    }
+    drop((clients, sessions));
+}

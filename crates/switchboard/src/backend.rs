@@ -42,6 +42,9 @@ pub enum Topic<'a> {
     Room(&'a str),
     /// Every node.
     All,
+    /// Every node: announcements of joins and leaves (presence events), kept apart from
+    /// broadcasts so that a node of a version without them never sees them.
+    Presence,
 }
 
 /// What a backend hands to the core (through the callback given to [`Backend::start`]).
@@ -54,6 +57,8 @@ pub enum Delivery {
     Room(Arc<str>, Bytes),
     /// A publication to every node.
     All(Bytes),
+    /// A publication of [`Topic::Presence`] (every node receives them).
+    Presence(Bytes),
     /// The backend lost its connection to the shared engine: answers to requests sent to other
     /// nodes may be lost, so the core stops waiting for them.
     Disconnected,

@@ -176,6 +176,7 @@ pub(crate) fn deliveries<U: Clone + Send + Sync + 'static>(
             },
             Delivery::Room(room, bytes) => broadcast(&inner, &node, Some(room), bytes),
             Delivery::All(bytes) => broadcast(&inner, &node, None, bytes),
+            Delivery::Presence(bytes) => inner.rooms.announcer.received(bytes),
             Delivery::Disconnected => node.answers_lost(),
             Delivery::Reconnected => {
                 tracing::info!(node = node.id(), "cluster backend reconnected");

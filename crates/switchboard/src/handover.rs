@@ -490,7 +490,7 @@ impl<U: Clone + Send + Sync + 'static> Mounted<U> {
                 }
             }
             for room in &rooms {
-                if let Err(err) = inner.rooms.join(&session, room) {
+                if let Err(err) = inner.rooms.join(&session, room, true) {
                     tracing::warn!(session = key, error = %err, "handed-over session left a room");
                 }
             }

@@ -33,6 +33,7 @@ use crate::config::{Config, UserCodec};
 use crate::error::{JoinError, SendError};
 use crate::message::Message;
 use crate::node::{Node, Recorded};
+use crate::presence::{Announcer, PresenceChange, PresenceWatch};
 use crate::protocol::EncodedMessage;
 use crate::room_log::Except;
 use crate::room_log::RoomLog;
@@ -55,6 +56,8 @@ pub(crate) struct RoomIndex<U> {
     /// On a node of a cluster: rooms whose members changed since this node last wrote its
     /// presence entries (see [`RoomIndex::start_presence`]).
     changed: Mutex<HashSet<Arc<str>>>,
+    /// Joins and leaves, for [`Hub::watch_presence`].
+    pub(crate) announcer: Announcer<U>,
 }
 
 /// One room of a [`RoomIndex`].
@@ -84,10 +87,11 @@ impl<U> RoomIndex<U> {
     pub(crate) fn new(backend: Option<Arc<dyn Backend>>, config: Arc<Config>) -> Self {
         Self {
             rooms: DashMap::new(),
-            backend,
+            backend: backend.clone(),
             stamps: AtomicU64::new(0),
             config,
             changed: Mutex::new(HashSet::new()),
+            announcer: Announcer::new(backend.clone()),
         }
     }
 
@@ -118,7 +122,14 @@ impl<U> RoomIndex<U> {
         }
     }
 
-    pub(crate) fn join(&self, session: &Session<U>, room: &str) -> Result<(), JoinError> {
+    /// Adds `session` to `room`; a new member is announced (see [`crate::presence`]) unless
+    /// `quietly` (a session taken over from another node, which was in the room there).
+    pub(crate) fn join(
+        &self,
+        session: &Session<U>,
+        room: &str,
+        quietly: bool,
+    ) -> Result<(), JoinError> {
         let name = self.name(room);
         // Insert first, then record it in the session: a concurrent close either sees the room in
         // the session's list and removes it, or we see the close and undo the insert.
@@ -128,23 +139,36 @@ impl<U> RoomIndex<U> {
             entry.log.clone()
         };
         self.changed(&name);
-        match session.shared.add_room(&name, &log) {
+        let announce = || {
+            if !quietly {
+                let key = session.shared.key;
+                let user = &session.shared.user;
+                self.announcer
+                    .announce(&name, key, user, PresenceChange::Joined);
+            }
+        };
+        match session.shared.add_room(&name, &log, announce) {
             Ok(_) => Ok(()),
             Err(err) => {
                 if !session.shared.in_room(room) {
-                    self.remove(room, session.shared.key);
+                    self.remove(room, session.shared.key, None);
                 }
                 Err(err)
             }
         }
     }
 
-    pub(crate) fn remove(&self, room: &str, key: u64) {
+    /// Removes the session `key` from `room`, announcing `change` if it was a member.
+    pub(crate) fn remove(&self, room: &str, key: u64, change: Option<PresenceChange>) {
         if let Some(mut entry) = self.rooms.get_mut(room) {
-            entry.members.remove(&key);
+            let member = entry.members.remove(&key);
             let name = entry.key().clone();
             drop(entry);
             self.changed(&name);
+            if let (Some(member), Some(change)) = (member, change) {
+                self.announcer
+                    .announce(&name, key, &member.shared.user, change);
+            }
         }
         self.drop_if_unused(room);
     }
@@ -436,6 +460,24 @@ impl<U> Hub<U> {
             }
         }
         Ok(members)
+    }
+
+    /// Watches every room's joins and leaves from now on (on a node of a cluster, every node's,
+    /// in one order that every node's watchers share): [`PresenceWatch::recv`] returns them as
+    /// they happen. A session that ends is announced as leaving each of its rooms
+    /// ([`PresenceChange::Ended`]); one whose client lost its network ends, and is announced,
+    /// once the resume window has passed with no transport attached. A session moving to
+    /// another node of the cluster announces nothing. Watchers cost nothing when there are none;
+    /// each event is copied to each watcher, and one that falls 4,096 events behind is told what
+    /// it missed. On a node of a cluster every join and leave is published to every node (one
+    /// small publication each, watched or not).
+    ///
+    /// [`PresenceChange::Ended`]: crate::PresenceChange::Ended
+    pub fn watch_presence(&self) -> PresenceWatch<U>
+    where
+        U: Clone,
+    {
+        self.rooms.announcer.watch()
     }
 
     /// The number of sessions in `room` on this node.

@@ -76,10 +76,14 @@ impl<U> Inner<U> {
     ) -> Self {
         let config = Arc::new(config);
         let metrics = config.metrics.clone();
+        let rooms = RoomIndex::new(backend.clone(), config.clone());
+        if let Some(codec) = user_codec.filter(|_| backend.is_some()) {
+            rooms.announcer.start(codec);
+        }
         Self {
             addresses: Arc::new(Addresses::new(config.addresses.clone())),
             unknown_address_logged: AtomicBool::new(false),
-            rooms: Arc::new(RoomIndex::new(backend.clone(), config.clone())),
+            rooms: Arc::new(rooms),
             config,
             registry: Arc::new(Registry::new(backend.clone())),
             auth,

@@ -186,3 +186,60 @@ fn links_to_the_api_go_to_the_api_documentation() {
         source_links.join("\n")
     );
 }
+
+/// Every relative link of the repository's Markdown documents (`](path)` and `[name]: path`)
+/// names a file or folder that is in the repository (deployment.md once pointed to a
+/// `DESIGN.md` that is not); links into `target/` name pages `cargo doc` makes, which
+/// `scripts/test.sh` checks.
+#[test]
+fn relative_links_of_the_documents_name_files_of_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut documents = vec![root.join("README.md"), root.join("client-js/README.md")];
+    for folder in ["docs", "examples/chat"] {
+        for entry in std::fs::read_dir(root.join(folder)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|ext| ext == "md") {
+                documents.push(path);
+            }
+        }
+    }
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for document in &documents {
+        let Ok(text) = std::fs::read_to_string(document) else {
+            continue;
+        };
+        let folder = document.parent().unwrap();
+        let mut targets: Vec<&str> = Vec::new();
+        for (at, _) in text.match_indices("](") {
+            let rest = &text[at + 2..];
+            if let Some(end) = rest.find(')') {
+                targets.push(&rest[..end]);
+            }
+        }
+        for line in text.lines() {
+            if line.starts_with('[')
+                && let Some((_, target)) = line.split_once("]: ")
+            {
+                targets.push(target.trim());
+            }
+        }
+        for target in targets {
+            let path = target.split('#').next().unwrap_or_default();
+            let external = target.contains("://") || target.starts_with("mailto:");
+            if path.is_empty() || external || path.contains(' ') || path.contains("target/doc") {
+                continue;
+            }
+            checked += 1;
+            if !folder.join(path).exists() {
+                broken.push(format!("{}: {target}", document.display()));
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} relative links found");
+    assert!(
+        broken.is_empty(),
+        "links to files not in the repository:\n{}",
+        broken.join("\n")
+    );
+}

@@ -36,6 +36,7 @@ pub(crate) use shared::{AttachError, Drain, Expiry, Shared, Snapshot};
 
 use crate::error::{CloseReason, JoinError, SendError};
 use crate::message::Message;
+use crate::presence::PresenceChange;
 use crate::protocol::EncodedMessage;
 
 /// A session's secret id: 128 random bits from the operating system's generator.
@@ -240,7 +241,7 @@ impl<U> Session<U> {
     /// Adds this session to a room. Joining a room twice is harmless.
     pub fn join(&self, room: &str) -> Result<(), JoinError> {
         match self.shared.rooms_index() {
-            Some(index) => index.join(self, room),
+            Some(index) => index.join(self, room, false),
             None => Err(JoinError::Closed),
         }
     }
@@ -249,7 +250,7 @@ impl<U> Session<U> {
     pub fn leave(&self, room: &str) -> bool {
         let was_in = self.shared.remove_room(room);
         if was_in && let Some(index) = self.shared.rooms_index() {
-            index.remove(room, self.shared.key);
+            index.remove(room, self.shared.key, Some(PresenceChange::Left));
         }
         was_in
     }

@@ -26,6 +26,7 @@ use crate::error::{CloseReason, JoinError, SendError};
 use crate::hub::RoomIndex;
 use crate::message::Message;
 use crate::metrics::Origin;
+use crate::presence::PresenceChange;
 use crate::protocol::EncodedMessage;
 use crate::room_log::{Entry, Registered, RoomLog};
 use crate::session::{Priority, SessionId, TransportKind};
@@ -958,13 +959,15 @@ impl<U> Shared<U> {
         state.low = None;
         tracing::debug!(session = self.key, reason = %reason, "session closed");
         self.config.metrics.session_ended(&reason, state.last);
+        // A session that moved to another node is in its rooms there: nothing to announce.
+        let change = (!matches!(reason, CloseReason::HandedOver)).then_some(PresenceChange::Ended);
         state.close = Some(reason);
         state.since = Instant::now();
         let rooms = std::mem::take(&mut state.rooms);
         drop(state);
         if let Some(index) = self.rooms.upgrade() {
             for room in rooms {
-                index.remove(&room.log.name, self.key);
+                index.remove(&room.log.name, self.key, change);
             }
         }
         self.outbound.notify_waiters();
@@ -973,11 +976,13 @@ impl<U> Shared<U> {
 
     /// Records that the session is in `room`, whose log is `log`: it gets the broadcasts appended
     /// from now on. The caller has already added it to the room index; on `Err` the caller removes
-    /// it again.
+    /// it again. `joined` runs if the session was not in the room, under the session's lock (so
+    /// that it comes before anything the session's end does).
     pub(crate) fn add_room(
         self: &Arc<Self>,
         room: &Arc<str>,
         log: &Arc<RoomLog<U>>,
+        joined: impl FnOnce(),
     ) -> Result<bool, JoinError> {
         let mut state = self.state();
         if state.close.is_some() {
@@ -1008,6 +1013,7 @@ impl<U> Shared<U> {
             next,
             registered,
         });
+        joined();
         Ok(true)
     }
 
