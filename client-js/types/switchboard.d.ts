@@ -200,7 +200,10 @@ export interface Stats {
   resets: number;
   /** Messages the application handed to `send` or `emit` (and that were accepted). */
   sent: number;
-  /** Messages delivered to the application (`message` events: each once). */
+  /**
+   * Messages received from the server, each once: `message` events, and replies to requests
+   * (including a late one that was dropped because its request had given up).
+   */
   received: number;
   /**
    * The round-trip estimate in ms (rounded), or `null` before the first measurement. Each sample is
@@ -259,8 +262,9 @@ export interface Connection {
    * answers with `Session::reply`, and resolves with the reply's payload (JSON, text, or a
    * `Uint8Array`). It travels like every message: in order, exactly once, resent across a transport
    * switch, so a reply pending across a dropped socket still comes, once. Rejects with a
-   * {@link SwitchboardError}: `timeout`, `reset`, `closed`, or what `send` would throw. A reply is no
-   * `message` event. A server application that does not answer lets it time out.
+   * {@link SwitchboardError}: `timeout`, `reset`, `closed`, or what `send` would throw (and with a
+   * `TypeError` for a `timeout` that is not a number of ms). A reply is no `message` event. A
+   * server application that does not answer lets it time out.
    */
   request<T = unknown>(event: string | null, data: unknown, options?: RequestOptions): Promise<T>;
   /** Ends the session. */

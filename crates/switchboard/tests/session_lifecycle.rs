@@ -206,6 +206,52 @@ async fn the_client_can_close_its_session() {
     assert_eq!(session.close_reason(), Some(CloseReason::ClientClosed));
 }
 
+/// A page's `conn.close()` over WebSocket sends its last messages, `{"t":"close"}` and the
+/// WebSocket close frame at once: the server reads them in one burst, and must still deliver the
+/// messages and end the session (it once dropped both when the close frame was in the same burst,
+/// so the session expired after the resume window and the last messages were lost).
+#[tokio::test]
+async fn a_websocket_close_in_the_same_burst_as_the_last_messages_and_the_close_frame() {
+    let mut server = TestServer::start(
+        Switchboard::builder()
+            .resume_window(Duration::from_secs(30))
+            .build(),
+    )
+    .await;
+    for round in 0..5 {
+        let mut socket = server.ws("").await;
+        assert_eq!(next_json(&mut socket).await["t"], "open");
+        let session = server.next_session().await;
+        // Queued, then written in one go.
+        socket
+            .feed(WsMessage::text(r#"{"t":"m","s":1,"d":"안녕히 👋"}"#))
+            .await
+            .unwrap();
+        socket
+            .feed(WsMessage::text(r#"{"t":"m","s":2,"e":"bye","b":"AAH/"}"#))
+            .await
+            .unwrap();
+        socket
+            .feed(WsMessage::text(r#"{"t":"close"}"#))
+            .await
+            .unwrap();
+        socket.close(None).await.ok();
+        let first = tokio::time::timeout(Duration::from_secs(5), session.recv())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the last messages were not delivered"));
+        assert_eq!(first.unwrap().as_text().as_deref(), Some("안녕히 👋"));
+        let second = session.recv().await.unwrap();
+        assert_eq!(second.event(), Some("bye"));
+        assert_eq!(second.as_bytes().map(|b| b.to_vec()), Some(vec![0, 1, 255]));
+        // Ended at once as closed by the client, not 30 s later as expired.
+        let reason = tokio::time::timeout(Duration::from_secs(5), session.closed())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the session did not end"));
+        assert_eq!(reason, CloseReason::ClientClosed, "round {round}");
+        assert!(session.recv().await.is_none());
+    }
+}
+
 #[tokio::test]
 async fn graceful_shutdown_tells_clients_and_releases_waiting_polls() {
     let mut server = TestServer::start(Switchboard::builder().build()).await;

@@ -688,6 +688,9 @@ async fn handle_incoming<U>(
     let mut messages = Vec::new();
     let mut replies = Outgoing::new(batch);
     let mut close = false;
+    // The client's WebSocket close: what came before it in the burst (its last messages, its
+    // `{"t":"close"}`: a page's `conn.close()` sends both at once) is still taken.
+    let mut socket_closed = false;
     for incoming in burst {
         match incoming {
             WsMessage::Text(frame) if frame.len() > max_frame => {
@@ -740,7 +743,8 @@ async fn handle_incoming<U>(
             WsMessage::Ping(_) | WsMessage::Pong(_) => {}
             WsMessage::Close(_) => {
                 tracing::debug!(session = shared.key, "WebSocket closed by the client");
-                return Err(());
+                socket_closed = true;
+                break;
             }
         }
     }
@@ -762,6 +766,9 @@ async fn handle_incoming<U>(
     }
     if close {
         shared.close(CloseReason::ClientClosed);
+    }
+    if socket_closed {
+        return Err(());
     }
     let replies = replies.into_messages(None);
     if replies.is_empty() {
