@@ -29,7 +29,7 @@ var Emitter = class {
   /** Removes `listener` from `event` (subscribed with `on` or `once`). */
   off(event, listener) {
     const list = this._listeners.get(event) || [];
-    this._listeners.set(event, list.filter((l) => l !== listener && l._listener !== listener));
+    this._listeners.set(event, list.filter((l) => l !== listener && (!l._listener || l._listener !== listener)));
     return this;
   }
   _fire(event, ...args) {
@@ -508,7 +508,7 @@ var Connection = class extends Emitter {
       const id = this._q + 1;
       this._queue(data, event ?? void 0, { lowPriority }, id);
       this._q = id;
-      const timer = timeout < Infinity && setTimeout(() => this._answer(id, failure("timeout")), timeout);
+      const timer = timeout < 2 ** 31 && setTimeout(() => this._answer(id, failure("timeout")), timeout);
       this._pending.set(id, { resolve, reject, timer });
     });
   }
@@ -765,8 +765,9 @@ var Connection = class extends Emitter {
         this._asked = 1;
         this._request("GET", "poll?v=1", null, options.requestTimeout).then(({ status: status2, body: body2 }) => {
           const reason2 = this._error(status2, body2);
-          this._asked = status2;
-          if (status2 === 403 || reason2 === "not_found") this._end(4e3 + status2, reason2);
+          this._asked = body2 && body2.error || reason2 === "not_found" ? status2 : 0;
+          if (this.state === "closed" || this._n.attached) return;
+          if (reason2 === "origin_not_allowed" || reason2 === "not_found") this._end(4e3 + status2, reason2);
         });
       }
     }

@@ -208,7 +208,8 @@ export class Connection extends Emitter {
       const id = this._q + 1;
       this._queue(data, event ?? undefined, { lowPriority }, id);
       this._q = id;
-      const timer = timeout < Infinity && setTimeout(() => this._answer(id, failure("timeout")), timeout);
+      // Beyond setTimeout's range (2^31 ms, 24.8 days) a time-out would fire at once: none.
+      const timer = timeout < 2 ** 31 && setTimeout(() => this._answer(id, failure("timeout")), timeout);
       this._pending.set(id, { resolve, reject, timer });
     });
   }
@@ -530,8 +531,11 @@ export class Connection extends Emitter {
         this._asked = 1;
         this._request("GET", "poll?v=1", null, options.requestTimeout).then(({ status, body }) => {
           const reason = this._error(status, body);
-          this._asked = status;
-          if (status === 403 || reason === "not_found") this._end(4000 + status, reason);
+          // Asked again after the next refused handshake unless the server itself answered (its
+          // JSON error) or nothing is mounted there; a session that opened meanwhile is fine.
+          this._asked = (body && body.error) || reason === "not_found" ? status : 0;
+          if (this.state === "closed" || this._n.attached) return;
+          if (reason === "origin_not_allowed" || reason === "not_found") this._end(4000 + status, reason);
         });
       }
     }

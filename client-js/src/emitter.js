@@ -26,7 +26,7 @@ export class Emitter {
   /** Removes `listener` from `event` (subscribed with `on` or `once`). */
   off(event, listener) {
     const list = this._listeners.get(event) || [];
-    this._listeners.set(event, list.filter((l) => l !== listener && l._listener !== listener));
+    this._listeners.set(event, list.filter((l) => l !== listener && (!l._listener || l._listener !== listener)));
     return this;
   }
 

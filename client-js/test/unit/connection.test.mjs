@@ -1393,8 +1393,9 @@ test("WebSocket only: a refused handshake is explained over HTTP (origin, wrong 
   await tick(50);
   assert.deepEqual(closes(events).map(({ code, reason }) => [code, reason]), [[4404, "not_found"]]);
 
-  // The server is down (no answer): asked again after the next failure; once Switchboard answers
-  // (400: no sid), never again, and the socket goes on retrying.
+  // The server is down (no answer), then a gateway answers 502 without the server's body: asked
+  // again after each next failure; once Switchboard answers (400: no sid), never again, and the
+  // socket goes on retrying.
   FakeWebSocket.reset();
   ({ conn, calls, events } = setup({ transports: ["websocket"] }));
   await until(() => FakeWebSocket.last());
@@ -1402,11 +1403,14 @@ test("WebSocket only: a refused handshake is explained over HTTP (origin, wrong 
   (await until(() => calls.find((call) => !call.answered))).fail();
   await until(() => FakeWebSocket.instances.length === 2);
   FakeWebSocket.last().drop(1006);
-  await answer(calls, /\/rt\/poll\?v=1$/, 400, { error: "bad_request", message: "missing query parameter sid" });
+  await answer(calls, /\/rt\/poll\?v=1$/, 502, null);
   await until(() => FakeWebSocket.instances.length === 3);
   FakeWebSocket.last().drop(1006);
+  await answer(calls, /\/rt\/poll\?v=1$/, 400, { error: "bad_request", message: "missing query parameter sid" });
   await until(() => FakeWebSocket.instances.length === 4);
-  assert.equal(calls.length, 2);
+  FakeWebSocket.last().drop(1006);
+  await until(() => FakeWebSocket.instances.length === 5);
+  assert.equal(calls.length, 3);
   assert.deepEqual(closes(events), []);
   FakeWebSocket.last().accept({ sid: SID });
   assert.equal(conn.state, "open");
@@ -1467,6 +1471,8 @@ test("once: called for the next event only; off removes it before; returns the c
     ["both", "reconnecting"],
   ]);
   conn.off("state", both);
+  // off without a listener (or with one never added) removes nothing.
+  conn.off("state").off("state", () => {});
   conn.close();
   assert.deepEqual(seen.at(-1), ["every", "closed"]);
   // Named events of the server too.
@@ -1587,6 +1593,16 @@ test("request: sends q, resolves with the reply's payload (JSON, text, binary), 
   // Replies are acknowledged like any message.
   await until(() => ws.sent.some((frame) => frame.t === "ack" && frame.a === 4), 1000);
   assert.equal(conn.stats().received, 4);
+});
+
+test("request: a time-out beyond setTimeout's range waits instead of firing at once", async () => {
+  const { conn, ws } = await openOverWebSocket();
+  let settled = false;
+  const reply = conn.request("long", 1, { timeout: 2 ** 31 + 5 }).finally(() => (settled = true));
+  await tick(20);
+  assert.equal(settled, false);
+  ws.deliver({ t: "m", s: 1, p: 1, d: "eventually" });
+  assert.equal(await reply, "eventually");
 });
 
 test("request: times out with code timeout, and a late reply is dropped", async () => {

@@ -633,7 +633,9 @@ fn encode_state(snapshot: &Snapshot, marks: &[(String, u64)], all_mark: u64, use
 }
 
 fn decode_state(mut bytes: Bytes) -> Option<State> {
-    if take(&mut bytes, 1)?.get_u8() != STATE_VERSION {
+    // Version 1 is version 2 without request ids (its flags are 0 or 1): a session handed over
+    // by a node of the version before still parses.
+    if !matches!(take(&mut bytes, 1)?.get_u8(), 1 | STATE_VERSION) {
         return None;
     }
     let mut fixed = take(&mut bytes, 6 * 8 + 9)?;
@@ -794,6 +796,37 @@ mod tests {
         assert_eq!(state.user, b"{\"name\":\"kim\"}");
         for cut in 0..encoded.len() - 14 {
             assert!(decode_state(encoded.slice(..cut)).is_none(), "{cut}");
+        }
+    }
+
+    #[test]
+    fn a_state_of_version_1_still_parses_and_unknown_versions_do_not() {
+        let snapshot = Snapshot {
+            key: 9,
+            out: vec![EncodedMessage::new(&Message::text("보낸"))],
+            acked: 1,
+            next_seq: 3,
+            released: 2,
+            low: None,
+            inbox: vec![
+                Message::text("받은").with_event("chat"),
+                Message::binary(vec![7u8]),
+            ],
+            in_seq: 2,
+            att: 1,
+            rooms: vec![Arc::from("방")],
+        };
+        // Without requests in its inbox, version 2's bytes are version 1's but for the first.
+        let mut encoded = encode_state(&snapshot, &[("방".to_string(), 5)], 0, b"null").to_vec();
+        encoded[0] = 1;
+        let state = decode_state(Bytes::from(encoded.clone())).unwrap();
+        assert_eq!(state.snapshot.inbox[0].event(), Some("chat"));
+        assert_eq!(state.snapshot.inbox[0].as_text().as_deref(), Some("받은"));
+        assert_eq!(&state.snapshot.inbox[1].as_bytes().unwrap()[..], &[7]);
+        assert_eq!(state.marks, [("방".to_string(), 5)]);
+        for version in [0, 3, 255] {
+            encoded[0] = version;
+            assert!(decode_state(Bytes::from(encoded.clone())).is_none());
         }
     }
 

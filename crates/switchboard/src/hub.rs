@@ -133,10 +133,13 @@ impl<U> RoomIndex<U> {
         let name = self.name(room);
         // Insert first, then record it in the session: a concurrent close either sees the room in
         // the session's list and removes it, or we see the close and undo the insert.
-        let log = {
+        let (log, was_member) = {
             let mut entry = self.entry(name.clone());
-            entry.members.insert(session.shared.key, session.clone());
-            entry.log.clone()
+            let was_member = entry
+                .members
+                .insert(session.shared.key, session.clone())
+                .is_some();
+            (entry.log.clone(), was_member)
         };
         self.changed(&name);
         let announce = || {
@@ -150,7 +153,9 @@ impl<U> RoomIndex<U> {
         match session.shared.add_room(&name, &log, announce) {
             Ok(_) => Ok(()),
             Err(err) => {
-                if !session.shared.in_room(room) {
+                // Undo only an insert of our own: a member already there (joining twice while the
+                // session closes) is the close's to remove, and to announce.
+                if !was_member && !session.shared.in_room(room) {
                     self.remove(room, session.shared.key, None);
                 }
                 Err(err)

@@ -218,3 +218,43 @@ async fn watchers_made_later_see_only_later_events_and_one_that_lags_is_told() {
     }
     quiet(&mut watch, Duration::from_millis(100)).await;
 }
+
+/// Joining a room again while the session closes (from another thread) must not lose the
+/// session's `Ended`: every member that was announced joining is announced ending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_racing_the_close_loses_no_end() {
+    const SESSIONS: usize = 200;
+    let mut server = server(Duration::from_secs(30)).await;
+    let hub = server.realtime.hub();
+    let mut watch = hub.watch_presence();
+    let http = reqwest::Client::new();
+    let mut keys = Vec::new();
+    for _ in 0..SESSIONS {
+        common::open(&http, &server.base).await;
+        let session = server.next_session().await;
+        session.join("race").unwrap();
+        keys.push(session.key());
+        let closer = session.clone();
+        let closing = tokio::spawn(async move { closer.close("bye") });
+        // Harmless whether it comes before, during or after the close.
+        session.join("race").ok();
+        closing.await.unwrap();
+    }
+    let mut joined = std::collections::HashSet::new();
+    let mut ended = std::collections::HashSet::new();
+    for _ in 0..2 * SESSIONS {
+        let event = next(&mut watch).await;
+        match event.change {
+            PresenceChange::Joined => assert!(joined.insert(event.member.key), "joined twice"),
+            PresenceChange::Ended => {
+                assert!(joined.contains(&event.member.key), "ended before it joined");
+                assert!(ended.insert(event.member.key), "ended twice");
+            }
+            PresenceChange::Left => panic!("nobody left"),
+            _ => panic!("unexpected {event:?}"),
+        }
+    }
+    assert_eq!(ended.len(), SESSIONS);
+    assert_eq!(hub.member_count("race"), 0);
+    quiet(&mut watch, Duration::from_millis(200)).await;
+}
