@@ -478,3 +478,44 @@ async fn presence_events_reach_every_node_in_one_order_and_a_move_announces_noth
     }
     drop((clients, sessions));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_follows_its_session_to_the_node_that_took_it_over() {
+    let mut cluster = Cluster::start(2, |builder| builder).await;
+    let mut current = cluster.follow();
+    let mut client = Client::builder(&cluster.proxy.base)
+        .transport(Transport::WebSocket)
+        .http_client(common::no_keep_alive())
+        .connect()
+        .await
+        .unwrap();
+    let first = current.live().await;
+    client
+        .send(switchboard_client::Message::text("질문 ❓").with_request(41))
+        .unwrap();
+    let request = tokio::time::timeout(Duration::from_secs(10), first.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(request.request_id(), Some(41));
+    // The handler has the request; the session moves to the other node before it answers.
+    client.switch(Transport::WebSocket).await.unwrap();
+    let now = current.live().await;
+    assert!(first.is_closed() && now.handed_over());
+    first
+        .reply(&request, switchboard::Message::text("답 ✅"))
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), client.recv())
+        .await
+        .expect("the reply did not follow the session")
+        .unwrap();
+    assert_eq!(reply.reply_to, Some(41));
+    assert_eq!(reply.as_text(), Some("답 ✅"));
+    assert_eq!(
+        client
+            .recv_timeout(Duration::from_millis(300))
+            .await
+            .unwrap(),
+        None
+    );
+}

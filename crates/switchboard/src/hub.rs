@@ -20,7 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -58,6 +58,9 @@ pub(crate) struct RoomIndex<U> {
     changed: Mutex<HashSet<Arc<str>>>,
     /// Joins and leaves, for [`Hub::watch_presence`].
     pub(crate) announcer: Announcer<U>,
+    /// On a node of a cluster: the node, for what a session that moved away still sends (its
+    /// replies, see [`Session::reply`]).
+    pub(crate) node: OnceLock<Arc<Node>>,
 }
 
 /// One room of a [`RoomIndex`].
@@ -92,6 +95,7 @@ impl<U> RoomIndex<U> {
             config,
             changed: Mutex::new(HashSet::new()),
             announcer: Announcer::new(backend.clone()),
+            node: OnceLock::new(),
         }
     }
 

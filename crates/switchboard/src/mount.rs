@@ -80,6 +80,12 @@ impl<U> Inner<U> {
         if let Some(codec) = user_codec.filter(|_| backend.is_some()) {
             rooms.announcer.start(codec);
         }
+        let node = backend
+            .clone()
+            .map(|backend| Arc::new(Node::new(backend, metrics)));
+        if let Some(node) = &node {
+            rooms.node.set(node.clone()).ok();
+        }
         Self {
             addresses: Arc::new(Addresses::new(config.addresses.clone())),
             unknown_address_logged: AtomicBool::new(false),
@@ -91,7 +97,7 @@ impl<U> Inner<U> {
             attached: AtomicUsize::new(0),
             attached_changed: Notify::new(),
             reaper: Once::new(),
-            node: backend.map(|backend| Arc::new(Node::new(backend, metrics))),
+            node,
             handler: OnceLock::new(),
             user_codec,
         }

@@ -223,11 +223,31 @@ impl<U> Session<U> {
     /// second reply to the same id is dropped by the client. A request left unanswered fails on
     /// the client's side after its time-out.
     ///
+    /// On a node of a cluster, a session that moved to another node after this handler took the
+    /// request (a WebSocket there took it over) still gets the reply: it follows the session by
+    /// its key, as [`Hub::session`](crate::Hub::session)`(key).send` would.
+    ///
     /// Fails with [`SendError::NotARequest`] (sending nothing) if `request` is not a request, and
-    /// as [`send`](Self::send) does otherwise.
+    /// as [`send`](Self::send) does otherwise (on a session that moved: only when the backend
+    /// cannot take it, [`SendError::Backend`]).
     pub fn reply(&self, request: &Message, reply: impl Into<Message>) -> Result<(), SendError> {
         let id = request.request_id().ok_or(SendError::NotARequest)?;
-        self.send_with(reply.into().into_reply(id), Priority::Normal)
+        let reply = EncodedMessage::new(&reply.into().into_reply(id));
+        match self.shared.push_or_close(&reply, Priority::Normal) {
+            Err(SendError::Closed(CloseReason::HandedOver)) => {
+                let node = self
+                    .shared
+                    .rooms_index()
+                    .and_then(|index| index.node.get().cloned());
+                match node {
+                    Some(node) => node
+                        .publish_direct(self.shared.key, &reply, Priority::Normal, false)
+                        .map_err(|err| SendError::Backend(err.to_string())),
+                    None => Err(SendError::Closed(CloseReason::HandedOver)),
+                }
+            }
+            pushed => pushed.map(|_| ()),
+        }
     }
 
     /// Sends a named event whose payload is `data` encoded as JSON.
