@@ -45,9 +45,8 @@ async fn step(client: &mut Client, i: usize) {
 }
 
 async fn connect(cluster: &Cluster) -> Client {
-    Client::builder(&cluster.proxy.base)
-        .transport(Transport::LongPoll)
-        .http_client(no_keep_alive())
+    cluster
+        .through_proxy(Transport::LongPoll)
         .connect()
         .await
         .unwrap()

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, no_keep_alive, text};
+use common::{Cluster, text};
 use switchboard_client::{Client, Transport};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,9 +25,8 @@ async fn redis_killed_and_restarted_under_traffic() {
     session_a.join("room").unwrap();
     session_b.join("room").unwrap();
     // And one through the round-robin proxy, whose requests are forwarded half of the time.
-    let mut c = Client::builder(&cluster.proxy.base)
-        .transport(Transport::LongPoll)
-        .http_client(no_keep_alive())
+    let mut c = cluster
+        .through_proxy(Transport::LongPoll)
         .max_attempts(1_000)
         .connect()
         .await

@@ -9,18 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Cluster, no_keep_alive, text};
-use switchboard_client::{Client, Message as ClientMessage, Transport};
+use common::{Cluster, text};
+use switchboard_client::{Message as ClientMessage, Transport};
 
 async fn rolling_restart_under_traffic(transport: Transport) {
     let mut cluster = Cluster::start(3, |builder| builder).await;
     let current = cluster.follow();
-    let mut client = Client::builder(&cluster.proxy.base)
-        .transport(transport)
-        .http_client(no_keep_alive())
-        .connect()
-        .await
-        .unwrap();
+    let mut client = cluster.through_proxy(transport).connect().await.unwrap();
     let sid = client.sid().to_string();
     let done = Arc::new(AtomicBool::new(false));
     // Down: the application sends a numbered message every 2 ms, from whichever node holds the

@@ -212,9 +212,8 @@ async fn a_member_moving_between_nodes_misses_nothing_of_its_room() {
     watching.join("room").unwrap();
     // The member that moves: its every WebSocket goes to the next node, which takes it over.
     let mut current = cluster.follow();
-    let mut mover = Client::builder(&cluster.proxy.base)
-        .transport(Transport::WebSocket)
-        .http_client(common::no_keep_alive())
+    let mut mover = cluster
+        .through_proxy(Transport::WebSocket)
         .connect()
         .await
         .unwrap();
@@ -297,9 +296,8 @@ async fn direct_sends_and_close_by_key_reach_a_session_on_another_node_even_whil
     let mut cluster = Cluster::start(3, |builder| builder).await;
     let mut current = cluster.follow();
     // A client whose every WebSocket lands on the next node (each one moves its session).
-    let mut mover = Client::builder(&cluster.proxy.base)
-        .transport(Transport::WebSocket)
-        .http_client(common::no_keep_alive())
+    let mut mover = cluster
+        .through_proxy(Transport::WebSocket)
         .connect()
         .await
         .unwrap();
@@ -448,9 +446,8 @@ async fn presence_events_reach_every_node_in_one_order_and_a_move_announces_noth
     // A member whose every WebSocket goes to the next node: it joins once and, however often it
     // moves, neither leaves nor joins again until it closes.
     let mut current = cluster.follow();
-    let mut mover = Client::builder(&cluster.proxy.base)
-        .transport(Transport::WebSocket)
-        .http_client(common::no_keep_alive())
+    let mut mover = cluster
+        .through_proxy(Transport::WebSocket)
         .connect()
         .await
         .unwrap();
@@ -483,9 +480,8 @@ async fn presence_events_reach_every_node_in_one_order_and_a_move_announces_noth
 async fn a_reply_follows_its_session_to_the_node_that_took_it_over() {
     let mut cluster = Cluster::start(2, |builder| builder).await;
     let mut current = cluster.follow();
-    let mut client = Client::builder(&cluster.proxy.base)
-        .transport(Transport::WebSocket)
-        .http_client(common::no_keep_alive())
+    let mut client = cluster
+        .through_proxy(Transport::WebSocket)
         .connect()
         .await
         .unwrap();

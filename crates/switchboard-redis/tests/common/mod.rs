@@ -411,6 +411,17 @@ impl Current {
 }
 
 impl Cluster {
+    /// A client through the round-robin proxy on `transport`, a new connection per request (so
+    /// that each request may land on another node).
+    pub fn through_proxy(
+        &self,
+        transport: switchboard_client::Transport,
+    ) -> switchboard_client::ClientBuilder {
+        switchboard_client::Client::builder(&self.proxy.base)
+            .transport(transport)
+            .http_client(no_keep_alive())
+    }
+
     /// Follows the sessions the nodes open and take over (one client at a time).
     pub fn follow(&mut self) -> Current {
         let (_, empty) = mpsc::channel(1);
